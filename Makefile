@@ -1,0 +1,46 @@
+# Two-command quickstart: `make serve` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+DEMO   ?= var/demo
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: setup test lint format serve demo bench clean
+
+$(BIN)/steer: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# Pin torch first: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install "torch==$(TORCH_VERSION)" -e ".[dev]"
+	touch $(BIN)/steer
+
+setup: $(BIN)/steer
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
+
+$(DEMO)/world.json: | setup
+	HF_HUB_OFFLINE=1 $(BIN)/steer demo build --out $(DEMO)
+
+demo: $(DEMO)/world.json
+
+serve: setup $(DEMO)/world.json
+	HF_HUB_OFFLINE=1 $(BIN)/steer serve --model $(DEMO)/model --sae $(DEMO)/sae \
+		--vectors $(DEMO)/vectors --host $(HOST) --port $(PORT)
+
+bench: setup $(DEMO)/world.json
+	HF_HUB_OFFLINE=1 $(BIN)/steer bench --quick
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from steer_cli import main
+
+sys.exit(main())
