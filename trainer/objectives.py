@@ -1,0 +1,182 @@
+"""The four ways to make a vector: the YaPO/BiPO preference loss with its steering modules, and the
+CAA/SAS mean-difference estimators.
+
+YaPO steers the output h of block L with `Dec(ReLU(z + d·v)) + (h − Dec(z))`, z = Enc(h) ≥ 0.
+Since Dec is affine, that equals `h + Lin(ReLU(z + u) − z)` with Lin(a) = Dec(a) − Dec(0): one
+encode and one decode, no reconstruction error materialised, and for every feature the same value
+and the same gradient `1[z + u > 0]` as the reference form (which also costs a second decode).
+`mode="reference"` keeps the reference code's round trip for measurement and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+YapoMode = Literal["fast", "reference"]
+
+
+def preference_margin(policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor) -> Tensor:
+    """`(log π_v(y_w) − log π_0(y_w)) − (log π_v(y_l) − log π_0(y_l))` per pair."""
+    return (policy_w - ref_w) - (policy_l - ref_l)
+
+
+def preference_loss(margin: Tensor, direction: float, beta: float) -> Tensor:
+    """Bi-directional DPO loss `−log σ(d·β·margin)`, averaged over the batch (ln 2 at margin 0)."""
+    return -F.logsigmoid(direction * beta * margin).mean()
+
+
+class YapoSteer(nn.Module):
+    """Learned SAE-code vector v (float32, zero-init) applied as `Dec(ReLU(z + d·v)) + (h − Dec(z))`."""
+
+    def __init__(self, coder: Any, mode: YapoMode = "fast", dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.coder = coder
+        self.mode = mode
+        self.v = nn.Parameter(torch.zeros(coder.d_sae, dtype=dtype, device=coder.W_dec.device))
+        self.direction = 1.0
+
+    def forward(self, h: Tensor) -> Tensor:
+        coder = self.coder
+        x = h.to(coder.dtype)
+        u = (self.direction * self.v).to(coder.dtype)
+        with torch.no_grad():
+            z = coder.encode(x)
+        if self.mode == "reference":
+            with torch.no_grad():
+                error = x - coder.decode(z, ref=x) if coder.normalizes else x - coder.decode(z)
+            steered = F.relu(z + u)
+            out = (coder.decode(steered, ref=x) if coder.normalizes else coder.decode(steered)) + error
+        else:
+            change = (F.relu(z + u) - z) @ coder.W_dec
+            scale = coder.input_scale(x)
+            out = x + (change if scale is None else change * scale)
+        return out.to(h.dtype)
+
+    def vector(self) -> Tensor:
+        return self.v.detach().float().cpu()
+
+
+class BipoSteer(nn.Module):
+    """Learned dense vector v (float32, zero-init) added as `h + d·v`."""
+
+    def __init__(
+        self, d_model: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__()
+        self.v = nn.Parameter(torch.zeros(d_model, dtype=dtype, device=device))
+        self.direction = 1.0
+
+    def forward(self, h: Tensor) -> Tensor:
+        return (h.to(self.v.dtype) + self.direction * self.v).to(h.dtype)
+
+    def vector(self) -> Tensor:
+        return self.v.detach().float().cpu()
+
+
+def _replace_output(output: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(output, Tensor):
+        return fn(output)
+    if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+        return (fn(output[0]), *output[1:])
+    raise TypeError(f"unsupported decoder-layer output type {type(output).__name__}")
+
+
+def _first_tensor(output: Any) -> Tensor:
+    return output if isinstance(output, Tensor) else output[0]
+
+
+def decoder_layers_of(model: Any) -> list[nn.Module]:
+    """The decoder blocks of a HF causal LM (`vectors.hooks.decoder_layers`, with a fallback while absent)."""
+    try:
+        from vectors.hooks import decoder_layers
+    except ImportError:  # pragma: no cover - only before vectors.hooks exists
+        inner = getattr(model, "model", None) or getattr(model, "transformer", None)
+        layers = getattr(inner, "layers", None) or getattr(inner, "h", None)
+        if layers is None:
+            raise
+        return list(layers)
+    return decoder_layers(model)
+
+
+@contextlib.contextmanager
+def layer_output_hook(model: Any, layer: int, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Replace the output h of decoder block `layer` by `fn(h)` for the duration of the context."""
+    handle = decoder_layers_of(model)[layer].register_forward_hook(
+        lambda _m, _a, out: _replace_output(out, fn)
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def capture_last_token(model: Any, layer: int, store: list[Tensor]) -> Iterator[None]:
+    """Append the block-`layer` output at the last position of every row (left padding) to `store`."""
+
+    def hook(_m: Any, _a: Any, out: Any) -> None:
+        store.append(_first_tensor(out)[:, -1, :].detach().float())
+
+    handle = decoder_layers_of(model)[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def mean_difference(pos: Tensor, neg: Tensor) -> Tensor:
+    """CAA: mean of `pos − neg` over pairs (rows are paired)."""
+    if pos.shape != neg.shape or pos.ndim != 2 or pos.shape[0] == 0:
+        raise ValueError(
+            f"mean_difference needs two equal non-empty [N, D] tensors, got {pos.shape} {neg.shape}"
+        )
+    return (pos.double() - neg.double()).mean(0).float()
+
+
+def threshold_relative(v: Tensor, tau: float) -> Tensor:
+    """SAS threshold τ ∈ [0, 1): zero every entry with |v_i| < τ · max|v| (τ = 0 keeps all non-zeros)."""
+    if not 0.0 <= tau < 1.0:
+        raise ValueError(f"tau must be in [0, 1), got {tau}")
+    if tau == 0.0 or not torch.any(v != 0):
+        return v.clone()
+    keep = v.abs() >= tau * v.abs().max()
+    return torch.where(keep, v, torch.zeros_like(v))
+
+
+def keep_top_k(v: Tensor, k: int | None) -> Tensor:
+    """Zero all but the `k` entries of largest magnitude (None keeps everything)."""
+    if k is None or k >= v.numel():
+        return v.clone()
+    if k <= 0:
+        raise ValueError(f"top-k must be positive, got {k}")
+    out = torch.zeros_like(v)
+    idx = v.abs().topk(k).indices
+    out[idx] = v[idx]
+    return out
+
+
+def soft_threshold_(v: Tensor, amount: float) -> None:
+    """In-place proximal step of an L1 penalty: shrink |v| by `amount`, exact zeros below it."""
+    if amount > 0:
+        v.copy_(v.sign() * (v.abs() - amount).clamp(min=0))
+
+
+__all__ = [
+    "BipoSteer",
+    "YapoMode",
+    "YapoSteer",
+    "capture_last_token",
+    "keep_top_k",
+    "layer_output_hook",
+    "mean_difference",
+    "preference_loss",
+    "preference_margin",
+    "soft_threshold_",
+    "threshold_relative",
+]
