@@ -1,0 +1,61 @@
+"""FastAPI app factory and lifespan: routes, error handlers, middlewares, background loading."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.engine import Engine
+from server.errors import (
+    ApiError,
+    handle_api_error,
+    handle_http_error,
+    handle_unexpected,
+    handle_validation_error,
+)
+from server.middleware import ApiKeyAuth, BodyLimit, RequestMetrics
+from server.routes import generate, health, openai, vectors
+from server.settings import ServerSettings
+from server.state import ServerState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: ServerSettings, *, engine: Engine | None = None, state: ServerState | None = None
+) -> FastAPI:
+    """The app for `settings`. Pass `engine` to serve an already loaded engine (tests); `state` to keep a handle."""
+    state = state or ServerState(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.start(engine)  # loads in the background: /health answers and /ready says 503 meanwhile
+        try:
+            yield
+        finally:
+            await state.close()
+
+    app = FastAPI(
+        title="sparse-steer",
+        summary="Serve learned sparse (SAE-space) steering vectors; each request picks its own.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.steer = state
+    for router in (health.router, generate.router, vectors.router, openai.router):
+        app.include_router(router)
+    app.add_exception_handler(ApiError, handle_api_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(Exception, handle_unexpected)
+    # Added last = outermost: metrics see every status, auth runs before the body is read.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None and settings.api_key.get_secret_value():
+        app.add_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value())
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    return app

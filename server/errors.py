@@ -1,0 +1,102 @@
+"""One error type for the HTTP layer and one function that turns any failure into the one error schema."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.protocol import ErrorInfo, ErrorResponse
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a machine-readable type and the request field it is about."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.headers = dict(headers or {})
+
+
+def invalid(param: str, message: str) -> ApiError:
+    """A 422 about one request field."""
+    return ApiError(422, message, type="invalid_request_error", param=param)
+
+
+def error_payload(status: int, message: str, type: str, param: str | None = None) -> dict[str, Any]:
+    """The JSON body of an error (addresses stripped from the message)."""
+    info = ErrorInfo(message=_ADDRESS.sub("", message), type=type, param=param, code=status)
+    return ErrorResponse(error=info).model_dump()
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(
+        error_payload(error.status, error.message, error.type, error.param),
+        status_code=error.status,
+        headers=error.headers,
+    )
+
+
+def _loc_to_param(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def _validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    first = errors[0]
+    param = _loc_to_param(first.get("loc", ()))
+    value = first.get("input")
+    shown = "" if first.get("type") == "missing" else f" (got {_short(value)})"
+    msg = f"`{param}`: {first.get('msg', 'invalid value')}{shown}"
+    if len(errors) > 1:
+        msg += f"; and {len(errors) - 1} more problem(s)"
+    return param, msg
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+async def handle_api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def handle_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors()) or [{"loc": ("body",), "msg": "invalid request"}]
+    if errors[0].get("type") == "json_invalid":
+        return error_response(ApiError(422, f"body is not valid JSON: {errors[0].get('msg')}", param="body"))
+    param, message = _validation_message(errors)
+    return error_response(ApiError(422, message, param=param))
+
+
+async def handle_http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "http_error"
+    )
+    return error_response(ApiError(exc.status_code, str(exc.detail), type=kind, headers=exc.headers))
+
+
+async def handle_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="internal_error"))

@@ -1,0 +1,70 @@
+"""Run the app under uvicorn with draining: the first SIGTERM/SIGINT stops admitting, waits, then exits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from server.app import create_app
+from server.settings import ServerSettings
+from server.state import ServerState
+
+log = logging.getLogger("server")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose first signal drains (new requests get 503) before the normal shutdown."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+        self.exit_code = 0
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        loop = self._loop
+        if self._draining or loop is None:
+            super().handle_exit(sig, frame)  # a second signal stops at once
+            return
+        self._draining = True
+        log.info("%s received: draining (new requests get 503)", signal.Signals(sig).name)
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        ok = await self.state.drain()
+        log.info("drain %s; exiting", "complete" if ok else "timed out")
+        self.should_exit = True
+
+    def fatal(self, reason: str) -> None:
+        """Startup failed: exit non-zero instead of serving a server that can never be ready."""
+        log.error("%s", reason)
+        self.exit_code = 1
+        self.should_exit = True
+
+
+def run_server(settings: ServerSettings, log_level: str = "info") -> int:
+    """Serve until a signal; returns the process exit code."""
+    state = ServerState(settings)
+    app = create_app(settings, state=state)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+    server = DrainingServer(config, state)
+    state.on_fatal = server.fatal
+    asyncio.run(server.serve())
+    return server.exit_code

@@ -1,0 +1,56 @@
+"""Prometheus metrics of one server (its own registry, so several apps can live in one test process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_PER_TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    """Every metric the server exports; names follow vLLM/TGI conventions with a `steer_` prefix."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "steer_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.failures = Counter(
+            "steer_request_failures", "Failed generations by reason", ["reason"], registry=r
+        )
+        self.disconnects = Counter("steer_client_disconnects", "Clients gone before the end", registry=r)
+        self.prompt_tokens = Counter("steer_prompt_tokens", "Prompt tokens admitted", registry=r)
+        self.generation_tokens = Counter("steer_generation_tokens", "Tokens generated", registry=r)
+        self.queue_depth = Gauge("steer_num_requests_waiting", "Requests waiting for a batch row", registry=r)
+        self.running = Gauge("steer_num_rows_running", "Rows in the decode batch", registry=r)
+        self.batch_size = Histogram(
+            "steer_batch_size", "Rows per decode step", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r
+        )
+        self.batch_configs = Histogram(
+            "steer_batch_steering_configs",
+            "Distinct steering configs per decode step",
+            buckets=(0, 1, 2, 3, 4, 6, 8, 16, 32),
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "steer_time_to_first_token_seconds", "Submission to first token", buckets=_LATENCY, registry=r
+        )
+        self.tpot = Histogram(
+            "steer_time_per_output_token_seconds",
+            "Mean time per token after the first",
+            buckets=_PER_TOKEN,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "steer_e2e_request_latency_seconds", "Submission to end", buckets=_LATENCY, registry=r
+        )
+        self.queue_time = Histogram(
+            "steer_request_queue_time_seconds", "Submission to admission", buckets=_LATENCY, registry=r
+        )
+        self.vectors_loaded = Gauge("steer_vectors_loaded", "Vectors in the catalog", registry=r)
+        self.vectors_skipped = Gauge("steer_vector_files_skipped", "Catalog files skipped", registry=r)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)

@@ -1,0 +1,143 @@
+"""Pure ASGI middlewares (no BaseHTTPMiddleware, so disconnect detection keeps working).
+
+- `RequestMetrics`: counts requests by route template and status.
+- `ApiKeyAuth`: `Authorization: Bearer <key>` on every route except the open ones, constant-time compare.
+- `BodyLimit`: 413 for bodies over the limit, by Content-Length or by counting what arrives.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import error_payload
+from server.metrics import Metrics
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+async def _send_error(
+    send: Send, status: int, message: str, type: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    body = json.dumps(error_payload(status, message, type)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestMetrics:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(route=path, status=str(status)).inc()
+
+
+class ApiKeyAuth:
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                given = value
+                break
+        if not hmac.compare_digest(given, self.expected):
+            await _send_error(
+                send,
+                401,
+                "missing or wrong API key (send `Authorization: Bearer <key>`)",
+                "authentication_error",
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Reads the body (at most `max_bytes`) before the app runs, then replays it; 413 beyond the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._reject(send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away before sending the whole body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send: Send) -> None:
+        await _send_error(
+            send, 413, f"request body is larger than {self.max_bytes} bytes", "request_too_large", []
+        )
+
+
+def route_paths(app: Any) -> list[tuple[str, set[str]]]:
+    """(path, methods) of every route of an app: what the auth test walks."""
+    out = []
+    for route in app.routes:
+        methods = getattr(route, "methods", None) or {"GET"}
+        out.append((route.path, set(methods)))
+    return out

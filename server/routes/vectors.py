@@ -1,0 +1,78 @@
+"""GET /vectors (the catalog, with skipped files and why) and GET /vectors/{name} (full metadata + top features)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from server.errors import ApiError
+from server.protocol import (
+    CatalogResponse,
+    ErrorResponse,
+    FeatureValue,
+    SkippedFile,
+    VectorDetail,
+    VectorSummary,
+)
+from server.routes import get_service
+from server.serving import ADHOC_HELP
+
+router = APIRouter(tags=["vectors"])
+
+TOP_FEATURES = 20
+
+
+def summarize(vector: Any) -> VectorSummary:
+    meta = vector.meta
+    return VectorSummary(
+        name=vector.name,
+        method=meta.method,
+        space=meta.space,
+        layer=meta.layer,
+        default_strength=meta.default_strength,
+        strength_range=tuple(meta.strength_range),
+        apply=meta.apply,
+        eval=headline(meta.eval),
+        created=meta.created,
+        nnz=vector.nnz,
+    )
+
+
+def headline(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The scalar entries of a vector's eval record (nested details stay in GET /vectors/{name})."""
+    return {k: v for k, v in evaluation.items() if isinstance(v, int | float | str | bool) or v is None}
+
+
+def top_features(vector: Any, k: int = TOP_FEATURES) -> list[FeatureValue]:
+    if vector.space != "sae" or vector.indices is None or vector.values is None:
+        return []
+    order = vector.values.abs().argsort(descending=True)[:k]
+    return [FeatureValue(index=int(vector.indices[i]), value=float(vector.values[i])) for i in order]
+
+
+@router.get("/vectors", response_model=CatalogResponse)
+async def list_vectors(request: Request) -> CatalogResponse:
+    """Every loadable vector, and every file that was skipped with the reason."""
+    catalog = get_service(request).catalog
+    vectors = sorted(catalog.vectors(), key=lambda v: v.name)
+    skipped = [SkippedFile(path=p, reason=r) for p, r in sorted(dict(catalog.skipped).items())]
+    return CatalogResponse(vectors=[summarize(v) for v in vectors], skipped=skipped, adhoc=ADHOC_HELP)
+
+
+@router.get("/vectors/{name:path}", response_model=VectorDetail, responses={404: {"model": ErrorResponse}})
+async def get_vector(name: str, request: Request) -> VectorDetail:
+    """Full metadata of one vector, plus its largest SAE features."""
+    catalog = get_service(request).catalog
+    try:
+        vector = catalog.get(name)
+    except (KeyError, ValueError):  # UnknownVector, InvalidVectorName
+        raise ApiError(
+            404, f"no vector named {name!r} in the catalog", type="not_found", param="name"
+        ) from None
+    return VectorDetail(
+        name=vector.name,
+        summary=summarize(vector),
+        metadata=vector.meta.model_dump(mode="json"),
+        top_features=top_features(vector),
+    )

@@ -1,0 +1,300 @@
+"""Serving logic shared by /generate and /v1: validate a request, resolve its steering, queue it, wait.
+
+Routes translate HTTP to a `GenerationInput` and back; this module knows the limits and the catalog but no
+HTTP framework beyond raising `ApiError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from server.engine import FAULT_ERROR, FAULT_OOM, Engine
+from server.errors import ApiError, invalid
+from server.metrics import Metrics
+from server.protocol import AppliedVector, ChatMessage, Usage
+from server.sampling import SamplingParams
+from server.scheduler import Event, Handle, NotAccepting, QueueFull, Scheduler
+from server.sequence import UNSTEERED, Sequence, SteerSpec
+from server.settings import ServerSettings
+
+ADHOC = re.compile(r"sae:(?:(\d{1,6}):)?(\d{1,9})")
+ADHOC_HELP = (
+    "steer on one SAE feature with `sae:<feature>` (or `sae:<layer>:<feature>` when several SAEs are loaded)"
+)
+_FAULTS = {"[[fault:oom]]": FAULT_OOM, "[[fault:error]]": FAULT_ERROR}
+
+
+@dataclass(frozen=True)
+class GenerationInput:
+    """A validated request, in engine terms but still with the field names the client used."""
+
+    prompt: str | None
+    messages: list[ChatMessage] | None
+    steer: Mapping[str, float]
+    apply: str | None
+    max_new_tokens: int | None
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    stop: str | list[str] | None
+    compare: bool = False
+    max_tokens_field: str = "max_new_tokens"  # what to call it in error messages
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What to queue: the engine rows and what to report back."""
+
+    seqs: list[Sequence]
+    applied: list[AppliedVector]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    text: str
+    finish_reason: str
+    usage: Usage
+    applied: list[AppliedVector]
+    unsteered_text: str | None = None
+    unsteered_finish_reason: str | None = None
+
+
+class Service:
+    """Validation + steering resolution + queueing on top of the engine, scheduler and catalog."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        scheduler: Scheduler,
+        catalog: Any,
+        settings: ServerSettings,
+        metrics: Metrics,
+    ) -> None:
+        self.engine = engine
+        self.scheduler = scheduler
+        self.catalog = catalog
+        self.settings = settings
+        self.metrics = metrics
+
+    # --- steering ---------------------------------------------------------------------------------------
+    def resolve_steer(
+        self, steer: Mapping[str, float], apply: str | None
+    ) -> tuple[SteerSpec, list[AppliedVector]]:
+        """Names → vectors (resolved now, kept for the request's lifetime), strengths checked or clamped."""
+        limit = self.settings.max_vectors_per_request
+        if len(steer) > limit:
+            raise invalid("steer", f"`steer` has {len(steer)} vectors; at most {limit} per request")
+        pairs: list[tuple[Any, float]] = []
+        applied: list[AppliedVector] = []
+        for name, requested in steer.items():
+            param = f"steer.{name}"
+            if not math.isfinite(requested):
+                raise invalid(param, f"strength of {name!r} must be a finite number, got {requested}")
+            vector, lo, hi = self._lookup(name, param)
+            strength = requested
+            if not lo <= requested <= hi:
+                if self.settings.strength_policy == "reject":
+                    raise invalid(
+                        param,
+                        f"strength {requested} of {name!r} is outside its strength_range [{lo}, {hi}]"
+                        " (server policy: reject; clamp with STEER_STRENGTH_POLICY=clamp)",
+                    )
+                strength = min(max(requested, lo), hi)
+            applied.append(
+                AppliedVector(
+                    name=name,
+                    strength=strength,
+                    requested_strength=requested,
+                    clamped=strength != requested,
+                    layer=vector.layer,
+                    method=vector.meta.method,
+                    space=vector.space,
+                    apply=apply or vector.meta.apply,
+                )
+            )
+            if strength != 0.0:  # strength 0 is reported but costs nothing: exactly the unsteered row
+                pairs.append((vector, float(strength)))
+        spec = SteerSpec(tuple(pairs), apply)
+        try:
+            self.engine.check_steer(spec)
+        except ValueError as exc:
+            raise invalid("steer", f"incompatible steering: {exc}") from None
+        return spec, applied
+
+    def _lookup(self, name: str, param: str) -> tuple[Any, float, float]:
+        from vectors.errors import InvalidVectorName, UnknownVector
+
+        m = ADHOC.fullmatch(name)
+        if m is not None:
+            layer = int(m.group(1)) if m.group(1) is not None else None
+            try:
+                vector = self.engine.adhoc_vector(int(m.group(2)), layer)
+            except ValueError as exc:
+                raise invalid(param, f"{name!r}: {exc}") from None
+            cap = self.settings.adhoc_strength_limit
+            return vector, -cap, cap
+        if name.startswith("sae:"):
+            raise invalid(param, f"malformed ad-hoc vector {name!r}: {ADHOC_HELP}")
+        try:
+            vector = self.catalog.get(name)
+        except (UnknownVector, InvalidVectorName, KeyError, ValueError):
+            raise ApiError(
+                422,
+                f"unknown steering vector {name!r} (GET /vectors lists the catalog; {ADHOC_HELP})",
+                param=param,
+                type="unknown_vector",
+            ) from None
+        lo, hi = vector.meta.strength_range
+        return vector, float(lo), float(hi)
+
+    # --- requests ---------------------------------------------------------------------------------------
+    def prepare(self, req: GenerationInput) -> Prepared:
+        """Validate limits and build the engine rows (no forward pass happens here)."""
+        spec, applied = self.resolve_steer(req.steer, req.apply)
+        stop = self._stops(req.stop)
+        if req.prompt is not None:
+            ids = self.engine.encode(prompt=req.prompt)
+            text = req.prompt
+        else:
+            assert req.messages is not None
+            msgs = [m.model_dump() for m in req.messages]
+            ids = self.engine.encode(messages=msgs)
+            text = "\n".join(m["content"] for m in msgs)
+        max_new = self._max_new_tokens(len(ids), req.max_new_tokens, req.max_tokens_field)
+        sampling = SamplingParams(
+            max_new_tokens=max_new,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            seed=req.seed,
+            stop=stop,
+        )
+        fault = self._fault(text)
+        seqs = [Sequence(ids, sampling, spec, fault=fault)]
+        if req.compare:
+            seqs.append(Sequence(ids, sampling, UNSTEERED, fault=fault))
+        return Prepared(seqs=seqs, applied=applied, prompt_tokens=len(ids))
+
+    def _stops(self, stop: str | list[str] | None) -> tuple[str, ...]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > self.settings.max_stop_sequences:
+            raise invalid(
+                "stop", f"`stop` has {len(stops)} sequences; at most {self.settings.max_stop_sequences}"
+            )
+        if any(not s for s in stops):
+            raise invalid("stop", "`stop` sequences must be non-empty strings")
+        return tuple(stops)
+
+    def _max_new_tokens(self, prompt_tokens: int, asked: int | None, field: str) -> int:
+        ctx = self.engine.context_length
+        cap = self.settings.max_new_tokens
+        room = ctx - prompt_tokens
+        if room < 1:
+            raise invalid(
+                "prompt",
+                f"prompt has {prompt_tokens} tokens; the model's context is {ctx}, leaving no room to generate",
+            )
+        if asked is None:
+            return min(self.settings.default_max_new_tokens, cap, room)
+        if asked > cap:
+            raise invalid(field, f"`{field}` must be <= {cap} (server limit), got {asked}")
+        if asked > room:
+            raise invalid(
+                field,
+                f"prompt tokens + `{field}` must be <= {ctx} (the model's context); "
+                f"got {prompt_tokens} prompt tokens and {field}={asked}",
+            )
+        return asked
+
+    def _fault(self, text: str) -> str | None:
+        if not self.settings.fault_injection:
+            return None
+        return next((kind for marker, kind in _FAULTS.items() if marker in text), None)
+
+    def submit(self, prepared: Prepared) -> Handle:
+        """Queue the rows; 429 when the queue is full, 503 while draining."""
+        retry = {"Retry-After": str(self.settings.retry_after_s)}
+        try:
+            handle = self.scheduler.submit(prepared.seqs)
+        except QueueFull as exc:
+            self.metrics.failures.labels(reason="overloaded").inc()
+            raise ApiError(429, f"{exc}; retry later", type="overloaded", headers=retry) from None
+        except NotAccepting as exc:
+            raise ApiError(503, str(exc), type="unavailable", headers=retry) from None
+        return handle
+
+    async def run(self, prepared: Prepared, is_disconnected: Callable[[], Any]) -> Outcome:
+        """Queue, wait for the end (cancelling the rows if the client goes away), and summarise."""
+        handle = self.submit(prepared)
+        waiter = asyncio.ensure_future(handle.wait())
+        try:
+            while not waiter.done():
+                done, _ = await asyncio.wait({waiter}, timeout=0.25)
+                if not done and not handle.cancelled and await is_disconnected():
+                    self.cancel(handle)
+            await waiter
+        except asyncio.CancelledError:
+            self.cancel(handle)
+            waiter.cancel()
+            raise
+        return self.outcome(prepared, handle)
+
+    async def stream(self, prepared: Prepared) -> tuple[Handle, AsyncIterator[Event]]:
+        """Queue and return the handle and its event stream (deltas of row 0; every row's end)."""
+        handle = self.submit(prepared)
+        return handle, handle.stream()
+
+    def cancel(self, handle: Handle) -> None:
+        if not all(s.finished for s in handle.seqs):
+            self.metrics.disconnects.inc()
+        handle.cancel()
+
+    @staticmethod
+    def outcome(prepared: Prepared, handle: Handle) -> Outcome:
+        """Final result, or the ApiError of a failed row."""
+        main = handle.seqs[0]
+        for s in handle.seqs:
+            if s.finish_reason == "error":
+                raise failure(s.error)
+        twin = handle.seqs[1] if len(handle.seqs) > 1 else None
+        n = len(main.output_ids)
+        return Outcome(
+            text=main.text,
+            finish_reason=main.finish_reason or "stop",
+            usage=Usage(
+                prompt_tokens=prepared.prompt_tokens,
+                completion_tokens=n,
+                total_tokens=prepared.prompt_tokens + n,
+            ),
+            applied=prepared.applied,
+            unsteered_text=twin.text if twin is not None else None,
+            unsteered_finish_reason=twin.finish_reason if twin is not None else None,
+        )
+
+
+def failure(error: BaseException | None) -> ApiError:
+    """The ApiError for a row that failed inside the engine."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return ApiError(503, "out of memory while generating; retry later", type="out_of_memory")
+    name = type(error).__name__ if error is not None else "unknown"
+    return ApiError(500, f"generation failed ({name})", type="internal_error")
+
+
+@contextlib.asynccontextmanager
+async def cancel_on_exit(service: Service, handle: Handle) -> AsyncIterator[None]:
+    """Cancel the rows when a stream ends early (client gone, error)."""
+    try:
+        yield
+    finally:
+        if not all(s.finished for s in handle.seqs):
+            service.cancel(handle)

@@ -1,0 +1,93 @@
+"""Server settings: every option of `steer serve`, also readable from `STEER_*` environment variables.
+
+Every limit the server enforces is named here once, with its default; `GET /ready` and the 4xx messages
+quote them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+StrengthPolicy = Literal["reject", "clamp"]
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: requests carry text, never tensors
+
+
+class ServerSettings(BaseSettings):
+    """Configuration of one server process (CLI flags override `STEER_*` environment variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="STEER_", extra="forbid", validate_default=True)
+
+    # What to serve.
+    model: str = Field(description="Hugging Face model folder (or hub id when online).")
+    sae: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="SAE source(s): sae-lens folder or release/id; comma-separated."
+    )
+    vectors: str = Field(description="Catalog root: a folder of <namespace>/<name>.safetensors files.")
+    model_name: str | None = Field(
+        default=None, description="Name shown in /v1/models (default: folder name)."
+    )
+
+    # Where and how.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps.")
+    dtype: DType = "auto"
+    api_key: SecretStr | None = Field(default=None, description="When set, every route but /health needs it.")
+
+    # Limits.
+    max_new_tokens: int = Field(default=512, ge=1, description="Cap on max_new_tokens / max_tokens.")
+    default_max_new_tokens: int = Field(default=128, ge=1, description="Used when a request gives none.")
+    max_context: int | None = Field(
+        default=None, ge=2, description="Prompt + generation cap (default: model's)."
+    )
+    max_batch: int = Field(default=8, ge=1, description="Rows decoded together (a compare request uses 2).")
+    max_queue: int = Field(default=64, ge=0, description="Requests waiting for a batch row; more → 429.")
+    max_configs_per_batch: int = Field(default=4, ge=1, description="Distinct steering configs per batch.")
+    max_vectors_per_request: int = Field(default=8, ge=1)
+    max_stop_sequences: int = Field(default=4, ge=0)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    strength_policy: StrengthPolicy = Field(
+        default="reject", description="A strength outside a vector's strength_range: 422 or clamp."
+    )
+    adhoc_strength_limit: float = Field(default=100.0, gt=0, description="|strength| cap for sae:<feature>.")
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 429 and 503.")
+
+    # Lifecycle.
+    catalog_poll_s: float = Field(default=1.0, gt=0, description="Catalog rescan interval (hot reload).")
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="SIGTERM: time given to in-flight requests."
+    )
+    warmup: bool = True
+    warmup_tokens: int = Field(default=4, ge=1)
+
+    # Testing aids (never needed in production).
+    debug_step_delay_s: float = Field(default=0.0, ge=0, description="Sleep per decode step (tests only).")
+    fault_injection: bool = Field(
+        default=False, description="Prompts containing [[fault:oom]] / [[fault:error]] fail on purpose."
+    )
+
+    @field_validator("sae", mode="before")
+    @classmethod
+    def _split_sae(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def public_limits(self) -> dict[str, object]:
+        """The limits a client may want to know (no paths, no secrets)."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "default_max_new_tokens": self.default_max_new_tokens,
+            "max_batch": self.max_batch,
+            "max_queue": self.max_queue,
+            "max_configs_per_batch": self.max_configs_per_batch,
+            "max_vectors_per_request": self.max_vectors_per_request,
+            "max_stop_sequences": self.max_stop_sequences,
+            "max_body_bytes": self.max_body_bytes,
+            "strength_policy": self.strength_policy,
+        }

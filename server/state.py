@@ -1,0 +1,149 @@
+"""The server's runtime state: load once (model, SAEs, catalog), warm up, poll the catalog, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from server.engine import Engine, EngineConfig
+from server.metrics import Metrics
+from server.sampling import SamplingParams
+from server.scheduler import Scheduler, SchedulerLimits
+from server.sequence import Sequence, SteerSpec
+from server.serving import Service
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+Status = Literal["loading", "ready", "draining", "failed"]
+
+
+def engine_config(settings: ServerSettings) -> EngineConfig:
+    return EngineConfig(
+        model=settings.model,
+        sae=tuple(settings.sae),
+        device=settings.device,
+        dtype=settings.dtype,
+        max_context=settings.max_context,
+        model_name=settings.model_name,
+        step_delay_s=settings.debug_step_delay_s,
+    )
+
+
+@dataclass
+class ServerState:
+    """Everything a route may need; `service` is None until loading succeeded."""
+
+    settings: ServerSettings
+    metrics: Metrics = field(default_factory=Metrics)
+    status: Status = "loading"
+    detail: str | None = "loading model"
+    engine: Engine | None = None
+    scheduler: Scheduler | None = None
+    catalog: Any = None
+    service: Service | None = None
+    started: float = field(default_factory=time.time)
+    on_fatal: Callable[[str], None] | None = None  # set by `steer serve`: exit non-zero
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    # --- startup ------------------------------------------------------------------------------------------
+    def start(self, engine: Engine | None = None) -> None:
+        """Begin loading in the background (so /health answers at once and /ready says "loading")."""
+        self._tasks.append(asyncio.get_running_loop().create_task(self._load(engine)))
+
+    async def _load(self, engine: Engine | None) -> None:
+        s = self.settings
+        try:
+            if engine is None:
+                engine = await asyncio.to_thread(Engine.load, engine_config(s))
+            self.engine = engine
+            self.detail = "loading catalog"
+            self.catalog = await asyncio.to_thread(self._open_catalog, engine)
+            if s.warmup:
+                self.detail = f"warming up (batch {s.max_batch})"
+                await asyncio.to_thread(warm_up, engine, s)
+            limits = SchedulerLimits(s.max_batch, s.max_queue, s.max_configs_per_batch)
+            self.scheduler = Scheduler(engine, limits, self.metrics)
+            self.scheduler.start()
+            self.service = Service(engine, self.scheduler, self.catalog, s, self.metrics)
+        except Exception as exc:
+            log.exception("startup failed")
+            self.status, self.detail = "failed", f"startup failed: {type(exc).__name__}: {exc}"
+            if self.on_fatal is not None:
+                self.on_fatal(self.detail)
+            return
+        self.status, self.detail = "ready", None
+        log.info("ready: %s, %d vectors", engine.name, len(self.catalog.vectors()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._poll_catalog()))
+
+    def _open_catalog(self, engine: Engine) -> Any:
+        from vectors.catalog import Catalog
+
+        root = Path(self.settings.vectors)
+        if not root.is_dir():
+            log.warning("catalog folder %s does not exist (yet); it will be picked up when created", root)
+        catalog = Catalog(root, engine.model_info(), engine.coders)
+        self._refresh(catalog)
+        return catalog
+
+    def _refresh(self, catalog: Any) -> bool:
+        changed = bool(catalog.refresh())
+        if changed:
+            for path, reason in sorted(catalog.skipped.items()):
+                log.warning("catalog: skipped %s: %s", path, reason)
+            log.info("catalog: %d vectors, %d skipped", len(catalog.vectors()), len(catalog.skipped))
+        self.metrics.vectors_loaded.set(len(catalog.vectors()))
+        self.metrics.vectors_skipped.set(len(catalog.skipped))
+        return changed
+
+    async def _poll_catalog(self) -> None:
+        """Hot reload: rescan off the event loop; requests keep the vectors they resolved at admission."""
+        while True:
+            await asyncio.sleep(self.settings.catalog_poll_s)
+            try:
+                await asyncio.to_thread(self._refresh, self.catalog)
+            except Exception:
+                log.exception("catalog refresh failed (keeping the previous catalog)")
+
+    # --- shutdown -----------------------------------------------------------------------------------------
+    async def drain(self) -> bool:
+        """Stop admitting (503) and wait for in-flight requests up to the drain timeout."""
+        if self.status == "ready":
+            self.status, self.detail = "draining", "shutting down"
+        if self.scheduler is None:
+            return True
+        ok = await self.scheduler.drain(self.settings.drain_timeout_s)
+        if not ok:
+            log.warning("drain timeout: %d requests still in flight", self.scheduler.in_flight)
+        return ok
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.shutdown)
+
+
+def warm_up(engine: Engine, settings: ServerSettings) -> None:
+    """One generation at the largest batch, half the rows steered (exercises every code path once)."""
+    ids = engine.encode(prompt="Hello")
+    budget = max(1, min(settings.warmup_tokens, engine.context_length - len(ids)))
+    params = SamplingParams(max_new_tokens=budget)
+    steer = SteerSpec(((engine.adhoc_vector(0), 1.0),)) if engine.coders else SteerSpec()
+    seqs = [Sequence(ids, params, steer if i % 2 else SteerSpec()) for i in range(settings.max_batch)]
+    try:
+        engine.generate(seqs)
+    except Exception as exc:
+        raise RuntimeError(
+            f"warm-up at max_batch={settings.max_batch} failed ({type(exc).__name__}: {exc}); "
+            "lower STEER_MAX_BATCH or STEER_MAX_NEW_TOKENS"
+        ) from exc
