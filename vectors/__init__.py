@@ -13,17 +13,20 @@ from vectors.errors import (
     VectorFileError,
     VectorFormatError,
 )
+from vectors.hooks import SteeringSession, decoder_layers, steering_hooks
 from vectors.io import load_vector, read_metadata, save_vector, update_metadata
 from vectors.metadata import ApplyPhase, Method, ModelRef, SaeRef, Space, VectorMetadata
 from vectors.names import NAME_PATTERN, name_from_path, validate_name, vector_path
 from vectors.sae import SparseCoder, coder_from_sae_lens, layer_from_hook_name, load_sae
 from vectors.steering import SparsePlan, code_space_sum, fast_steer, plan_for, reference_steer
+from vectors.tables import LayerTable, build_tables, coders_by_layer
 from vectors.vector import SteeringVector
 
 __all__ = [
     "NAME_PATTERN",
     "ApplyPhase",
     "InvalidVectorName",
+    "LayerTable",
     "Method",
     "ModelRef",
     "SaeLoadError",
@@ -32,14 +35,18 @@ __all__ = [
     "SparseCoder",
     "SparsePlan",
     "SteerError",
+    "SteeringSession",
     "SteeringVector",
     "UnknownVector",
     "VectorCompatibilityError",
     "VectorFileError",
     "VectorFormatError",
     "VectorMetadata",
+    "build_tables",
     "code_space_sum",
     "coder_from_sae_lens",
+    "coders_by_layer",
+    "decoder_layers",
     "fast_steer",
     "layer_from_hook_name",
     "load_sae",
@@ -49,6 +56,7 @@ __all__ = [
     "read_metadata",
     "reference_steer",
     "save_vector",
+    "steering_hooks",
     "update_metadata",
     "validate_name",
     "vector_path",
