@@ -4,6 +4,7 @@ File format and metadata, SAE access through sae-lens, the exact steering math, 
 batches, forward hooks on Hugging Face models, and the catalog of a directory of vector files.
 """
 
+from vectors.catalog import Catalog, ModelInfo, check_compatible, model_info_from_config
 from vectors.errors import (
     InvalidVectorName,
     SaeLoadError,
@@ -25,9 +26,11 @@ from vectors.vector import SteeringVector
 __all__ = [
     "NAME_PATTERN",
     "ApplyPhase",
+    "Catalog",
     "InvalidVectorName",
     "LayerTable",
     "Method",
+    "ModelInfo",
     "ModelRef",
     "SaeLoadError",
     "SaeRef",
@@ -43,6 +46,7 @@ __all__ = [
     "VectorFormatError",
     "VectorMetadata",
     "build_tables",
+    "check_compatible",
     "code_space_sum",
     "coder_from_sae_lens",
     "coders_by_layer",
@@ -51,6 +55,7 @@ __all__ = [
     "layer_from_hook_name",
     "load_sae",
     "load_vector",
+    "model_info_from_config",
     "name_from_path",
     "plan_for",
     "read_metadata",

@@ -1,0 +1,191 @@
+"""The catalog: a directory of vector files, validated against the model and SAEs in use.
+
+`refresh()` rescans the tree and reloads only files whose (mtime, size, inode) changed; every file that cannot
+be served is listed in `skipped` (relative path -> reason) instead of failing the whole catalog. Readers see
+immutable snapshots: a refresh builds new dicts and swaps one attribute, so `get`/`vectors` are safe to call
+from other threads while a refresh runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from vectors.errors import InvalidVectorName, UnknownVector, VectorCompatibilityError, VectorFileError
+from vectors.io import load_vector
+from vectors.names import SUFFIX, name_from_path, validate_name
+from vectors.sae import SparseCoder
+from vectors.tables import coders_by_layer
+from vectors.vector import SteeringVector
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a vector must match about the served model. `name` is informational (fine-tunes share vectors)."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+
+
+def model_info_from_config(cfg: Any) -> ModelInfo:
+    """`ModelInfo` of a transformers config (uses the text config of multimodal models)."""
+    text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    name = getattr(cfg, "name_or_path", None) or getattr(cfg, "_name_or_path", None) or ""
+    return ModelInfo(
+        name=str(name), hidden_size=int(text.hidden_size), num_layers=int(text.num_hidden_layers)
+    )
+
+
+def check_compatible(
+    vector: SteeringVector,
+    model_info: ModelInfo,
+    coders: dict[int, SparseCoder] | Any,
+    path: str | Path | None = None,
+) -> None:
+    """Raise `VectorCompatibilityError` if `vector` cannot steer this model with these SAEs (layer -> coder)."""
+    where = path if path is not None else vector.name
+    meta = vector.meta
+    if (meta.model.hidden_size, meta.model.num_layers) != (model_info.hidden_size, model_info.num_layers):
+        raise VectorCompatibilityError(
+            where,
+            f"wrong model: vector is for hidden_size={meta.model.hidden_size}, num_layers={meta.model.num_layers} "
+            f"({meta.model.name}); served model has {model_info.hidden_size}, {model_info.num_layers}",
+        )
+    if meta.space != "sae":
+        return
+    assert meta.sae is not None
+    coder = coders_by_layer(coders).get(meta.layer)
+    if coder is None:
+        raise VectorCompatibilityError(
+            where, f"SAE-space vector at layer {meta.layer}, but no SAE is loaded there"
+        )
+    if meta.sae.d_sae != coder.d_sae:
+        raise VectorCompatibilityError(
+            where,
+            f"wrong SAE: vector is for d_sae={meta.sae.d_sae}, the SAE at layer {meta.layer} has {coder.d_sae}",
+        )
+    if meta.sae.architecture != coder.architecture:
+        raise VectorCompatibilityError(
+            where,
+            f"wrong SAE: vector is for a {meta.sae.architecture} SAE, the SAE at layer {meta.layer} is "
+            f"{coder.architecture}",
+        )
+
+
+Stamp = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    stamp: Stamp
+    vector: SteeringVector | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    entries: dict[str, _Entry] = field(default_factory=dict)  # relative path -> entry
+    by_name: MappingProxyType[str, SteeringVector] = field(default_factory=lambda: MappingProxyType({}))
+    skipped: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class Catalog:
+    """Named vectors under `root` that fit `model_info` and `coders`; call `refresh()` to (re)scan."""
+
+    def __init__(self, root: str | Path, model_info: ModelInfo, coders: Any = None) -> None:
+        self.root = Path(root)
+        self.model_info = model_info
+        self.coders = coders_by_layer(coders)
+        self._snap = _Snapshot()
+        self._lock = threading.Lock()  # serialises refreshes; readers never take it
+
+    # --- reading (lock-free: one attribute read per call) -------------------------------------------------
+    def get(self, name: str) -> SteeringVector:
+        """The vector called `name`; `UnknownVector` if absent, `InvalidVectorName` if not a name."""
+        validate_name(name)
+        try:
+            return self._snap.by_name[name]
+        except KeyError:
+            raise UnknownVector(name) from None
+
+    def vectors(self) -> list[SteeringVector]:
+        """All loadable vectors, sorted by name."""
+        by_name = self._snap.by_name
+        return [by_name[n] for n in sorted(by_name)]
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Files that could not be served: relative path -> reason."""
+        return dict(self._snap.skipped)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._snap.by_name
+
+    def __len__(self) -> int:
+        return len(self._snap.by_name)
+
+    # --- scanning ------------------------------------------------------------------------------------------
+    def _scan(self) -> dict[str, tuple[Path, Stamp]]:
+        found: dict[str, tuple[Path, Stamp]] = {}
+        if not self.root.is_dir():
+            return found
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fn in filenames:
+                if fn.startswith(".") or not fn.endswith(SUFFIX):
+                    continue  # hidden files and in-progress atomic writes (".<name>.<rand>.tmp")
+                path = Path(dirpath) / fn
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue  # vanished between listing and stat
+                found[path.relative_to(self.root).as_posix()] = (
+                    path,
+                    (st.st_mtime_ns, st.st_size, st.st_ino),
+                )
+        return found
+
+    def _load(self, path: Path, stamp: Stamp) -> _Entry:
+        try:
+            name = name_from_path(self.root, path)
+            vector = load_vector(path)
+            if vector.name != name:
+                raise VectorCompatibilityError(
+                    path, f"name mismatch: metadata says {vector.name!r}, the path means {name!r}"
+                )
+            check_compatible(vector, self.model_info, self.coders, path)
+        except InvalidVectorName as e:
+            return _Entry(stamp, None, f"bad name: {e}")
+        except VectorFileError as e:
+            return _Entry(stamp, None, e.problem)
+        return _Entry(stamp, vector, None)
+
+    def refresh(self) -> bool:
+        """Rescan the tree; returns True if the set of vectors or skipped files changed."""
+        with self._lock:
+            old = self._snap
+            entries: dict[str, _Entry] = {}
+            for rel, (path, stamp) in self._scan().items():
+                prev = old.entries.get(rel)
+                entries[rel] = prev if prev is not None and prev.stamp == stamp else self._load(path, stamp)
+            by_name: dict[str, SteeringVector] = {}
+            skipped: dict[str, str] = {}
+            for rel in sorted(entries):
+                entry = entries[rel]
+                if entry.vector is not None:
+                    by_name[entry.vector.name] = entry.vector
+                else:
+                    skipped[rel] = entry.reason or "unknown problem"
+            new = _Snapshot(entries, MappingProxyType(by_name), MappingProxyType(skipped))
+            changed = (
+                skipped != dict(old.skipped)
+                or by_name.keys() != old.by_name.keys()
+                or any(old.by_name[n] is not v for n, v in by_name.items())
+            )
+            self._snap = new
+            return changed
