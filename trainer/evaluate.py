@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,11 +210,16 @@ def strength_range(
 
 
 def default_strength(
-    accuracy: Mapping[float, float], retention: Mapping[float, float], base: float, tolerance: float = 0.01
+    accuracy: Mapping[float, float],
+    retention: Mapping[float, float],
+    base: float,
+    tolerance: float = 0.01,
+    within: tuple[float, float] | None = None,
 ) -> float:
-    """The strength with the best held-out accuracy whose retention is within `tolerance` of `base`
-    (ties: the gentler strength; 0 when nothing qualifies)."""
-    ok = [s for s in accuracy if retention.get(s, base) >= base - tolerance - 1e-12]
+    """The strength with the best held-out accuracy whose retention is within `tolerance` of `base`,
+    inside `within` (the strength range) when given; ties go to the gentler strength, 0 when none qualifies."""
+    lo, hi = within if within is not None else (-math.inf, math.inf)
+    ok = [s for s in accuracy if lo <= s <= hi and retention.get(s, base) >= base - tolerance - 1e-12]
     if not ok:
         return 0.0
     return max(ok, key=lambda s: (round(accuracy[s], 9), -abs(s), s))
@@ -340,7 +346,7 @@ def _summarise(
         retention = {s: sweep[_key(s)]["retention"] for s in strengths}
         base = base_retention
     lo, hi = strength_range(retention, base, 0.02)
-    best = default_strength(acc_both, retention, base, 0.01)
+    best = default_strength(acc_both, retention, base, 0.01, within=(lo, hi))
     zero = sweep.get(_key(0.0))
     best_non = max((s for s in strengths if 0.5 <= s <= 2.0), key=lambda s: acc_non[s], default=None)
     headline = {

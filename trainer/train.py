@@ -354,7 +354,7 @@ def _train_preference(
                 with torch.no_grad():
                     soft_threshold_(steer.v, lr * cfg.l1)
             losses.append(float(loss.detach()))
-            window.append((float(loss), float((d * margin.detach() > 0).float().mean())))
+            window.append((float(loss.detach()), float((d * margin.detach() > 0).float().mean())))
             bar.update(1)
             done = step + 1
             if done % cfg.log_every == 0 or done == end:

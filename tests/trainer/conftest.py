@@ -15,13 +15,13 @@ from tinykit import tiny_pairs, tiny_resources
 
 
 @pytest.fixture(scope="session")
-def tiny():
+def tiny_res():
     """A random 3-layer Llama, word-level tokenizer and random standard SAE at layer 1 (float32)."""
     return tiny_resources()
 
 
 @pytest.fixture(scope="session")
-def tiny64():
+def tiny_res64():
     """The same pieces in float64 (for finite-difference checks)."""
     import torch
 
@@ -29,5 +29,5 @@ def tiny64():
 
 
 @pytest.fixture()
-def pairs():
+def morocco_pairs():
     return tiny_pairs("morocco")

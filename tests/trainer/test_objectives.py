@@ -40,21 +40,21 @@ def test_preference_loss_is_ln2_at_zero_margin():
 
 
 @pytest.mark.parametrize("d", [1.0, -1.0])
-def test_model_loss_at_v0_is_ln2(tiny, pairs, d):
-    encoded, _ = encode_pairs(tiny.tokenizer, pairs[:6])
-    ref_w, ref_l = reference_logprobs(tiny, encoded)
-    steer = YapoSteer(tiny.coder)
-    assert float(_loss(tiny, steer, encoded, ref_w, ref_l, d).detach()) == pytest.approx(
+def test_model_loss_at_v0_is_ln2(tiny_res, morocco_pairs, d):
+    encoded, _ = encode_pairs(tiny_res.tokenizer, morocco_pairs[:6])
+    ref_w, ref_l = reference_logprobs(tiny_res, encoded)
+    steer = YapoSteer(tiny_res.coder)
+    assert float(_loss(tiny_res, steer, encoded, ref_w, ref_l, d).detach()) == pytest.approx(
         math.log(2), abs=1e-6
     )
 
 
-def test_response_logprobs_match_shared_scorer(tiny, pairs):
+def test_response_logprobs_match_shared_scorer(tiny_res, morocco_pairs):
     """Left-padded training batches give the same response log-probs as `vectors.scoring`."""
-    encoded, _ = encode_pairs(tiny.tokenizer, pairs[:5])
-    logp = response_logprobs(tiny.model, make_batch(pair_rows(encoded)))
-    for i, p in enumerate(pairs[:5]):
-        expect = option_logprobs(tiny.model, tiny.tokenizer, p.prompt, [p.chosen, p.rejected])
+    encoded, _ = encode_pairs(tiny_res.tokenizer, morocco_pairs[:5])
+    logp = response_logprobs(tiny_res.model, make_batch(pair_rows(encoded)))
+    for i, p in enumerate(morocco_pairs[:5]):
+        expect = option_logprobs(tiny_res.model, tiny_res.tokenizer, p.prompt, [p.chosen, p.rejected])
         assert float(logp[i]) == pytest.approx(expect[0], abs=1e-4)
         assert float(logp[5 + i]) == pytest.approx(expect[1], abs=1e-4)
 
@@ -77,35 +77,35 @@ def _finite_difference_check(res, steer, encoded, coords, d):
 
 @pytest.mark.parametrize("mode", ["fast", "reference"])
 @pytest.mark.parametrize("d", [1.0, -1.0])
-def test_yapo_gradient_matches_finite_differences(tiny64, pairs, mode, d):
-    encoded, _ = encode_pairs(tiny64.tokenizer, pairs[:4])
-    steer = YapoSteer(tiny64.coder, mode=mode, dtype=torch.float64)
+def test_yapo_gradient_matches_finite_differences(tiny_res64, morocco_pairs, mode, d):
+    encoded, _ = encode_pairs(tiny_res64.tokenizer, morocco_pairs[:4])
+    steer = YapoSteer(tiny_res64.coder, mode=mode, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # mixed signs, away from 0 so no ReLU kink sits within eps
         steer.v.copy_(torch.randn(steer.v.shape, generator=g, dtype=torch.float64) * 0.5)
     coords = steer.v.abs().argsort(descending=True)[:6].tolist()
-    grad = _finite_difference_check(tiny64, steer, encoded, coords, d)
+    grad = _finite_difference_check(tiny_res64, steer, encoded, coords, d)
     assert grad.abs().sum() > 0
 
 
-def test_bipo_gradient_matches_finite_differences(tiny64, pairs):
-    encoded, _ = encode_pairs(tiny64.tokenizer, pairs[:4])
-    steer = BipoSteer(tiny64.hidden_size, dtype=torch.float64)
+def test_bipo_gradient_matches_finite_differences(tiny_res64, morocco_pairs):
+    encoded, _ = encode_pairs(tiny_res64.tokenizer, morocco_pairs[:4])
+    steer = BipoSteer(tiny_res64.hidden_size, dtype=torch.float64)
     with torch.no_grad():
         steer.v.copy_(
             torch.randn(steer.v.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
         )
-    _finite_difference_check(tiny64, steer, encoded, [0, 5, 17], 1.0)
+    _finite_difference_check(tiny_res64, steer, encoded, [0, 5, 17], 1.0)
 
 
-def test_fast_and_reference_yapo_agree(tiny64, pairs):
+def test_fast_and_reference_yapo_agree(tiny_res64, morocco_pairs):
     """Same loss and same gradient (incl. at v = 0, where only active features get gradient)."""
-    encoded, _ = encode_pairs(tiny64.tokenizer, pairs[:4])
-    ref_w, ref_l = reference_logprobs(tiny64, encoded)
+    encoded, _ = encode_pairs(tiny_res64.tokenizer, morocco_pairs[:4])
+    ref_w, ref_l = reference_logprobs(tiny_res64, encoded)
     for init in (0.0, 0.3):
         grads = []
         for mode in ("fast", "reference"):
-            steer = YapoSteer(tiny64.coder, mode=mode, dtype=torch.float64)
+            steer = YapoSteer(tiny_res64.coder, mode=mode, dtype=torch.float64)
             with torch.no_grad():
                 steer.v.copy_(
                     init
@@ -113,8 +113,8 @@ def test_fast_and_reference_yapo_agree(tiny64, pairs):
                         steer.v.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64
                     )
                 )
-            loss = _loss(tiny64, steer, encoded, ref_w, ref_l, -1.0)
-            grads.append((float(loss), torch.autograd.grad(loss, [steer.v])[0]))
+            loss = _loss(tiny_res64, steer, encoded, ref_w, ref_l, -1.0)
+            grads.append((float(loss.detach()), torch.autograd.grad(loss, [steer.v])[0]))
         assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-10)
         torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-10, rtol=1e-8)
     assert grads[0][1].abs().sum() > 0

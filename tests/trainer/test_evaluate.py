@@ -1,0 +1,168 @@
+"""`steer eval` on a hand-built 2-country world: every number equals a direct computation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainer.evaluate import (
+    EvalConfig,
+    McqItem,
+    NeutralItem,
+    default_strength,
+    evaluate_vectors,
+    pnlg,
+    rca,
+    strength_range,
+)
+from trainer.objectives import layer_output_hook
+from vectors.io import read_metadata, save_vector
+from vectors.metadata import ModelRef, SaeRef, VectorMetadata, dense_hook_name
+from vectors.names import vector_path
+from vectors.scoring import option_logprobs
+from vectors.steering import reference_steer
+from vectors.vector import SteeringVector
+
+TOPICS = {
+    "dish": ("couscous", "koshari", "train"),
+    "drink": ("tea", "karkade", "test"),
+    "music": ("gnawa", "shaabi", "test"),
+    "sport": ("football", "squash", "train"),
+}
+STRENGTHS = [-1.0, 0.0, 1.0, 3.0]
+
+
+def _world() -> tuple[list[McqItem], list[NeutralItem]]:
+    items = []
+    for topic, (a_m, a_e, split) in TOPICS.items():
+        options = (("morocco", a_m), ("egypt", a_e))
+        for country in ("morocco", "egypt"):
+            for prompt, loc in (
+                (f"i am from {country} . we love the {topic}", True),
+                (f"we love the {topic}", False),
+                (f"in the morning people love the {topic}", False),
+            ):
+                items.append(McqItem(prompt, options, country, topic, loc, split))
+    neutral = [
+        NeutralItem("people eat", ("tea", "couscous", "paella"), 1),
+        NeutralItem("we drink the", ("tea", "wedding"), 0),
+        NeutralItem("the sport we play", ("tennis", "morning", "gnawa"), 0),
+    ]
+    return items, neutral
+
+
+def _vectors(res, catalog) -> dict[str, SteeringVector]:
+    model = ModelRef(name="tiny-llama", hidden_size=32, num_layers=3)
+    g = torch.Generator().manual_seed(5)
+    idx = torch.randperm(res.coder.d_sae, generator=g)[:12].sort().values
+    sae_meta = VectorMetadata(
+        name="culture/morocco",
+        method="yapo",
+        space="sae",
+        layer=1,
+        hook_name="blocks.1.hook_resid_post",
+        model=model,
+        sae=SaeRef(source="tiny-sae", d_sae=res.coder.d_sae, architecture="standard"),
+    )
+    dense_meta = VectorMetadata(
+        name="baselines/bipo-egypt",
+        method="bipo",
+        space="dense",
+        layer=1,
+        hook_name=dense_hook_name(1),
+        model=model,
+        training={"target": "egypt"},
+    )
+    vecs = {
+        "culture/morocco": SteeringVector.sparse(sae_meta, idx, 2.0 * torch.randn(12, generator=g)),
+        "baselines/bipo-egypt": SteeringVector.dense_vector(dense_meta, 1.5 * torch.randn(32, generator=g)),
+    }
+    for name, v in vecs.items():
+        save_vector(v, vector_path(catalog, name))
+    return vecs
+
+
+def _direct(res, vector, strength, items, neutral):
+    """Independent path: the reference steering formula and `vectors.scoring.option_logprobs` per item."""
+    if vector.space == "sae":
+        u = vector.code_vector() * strength
+
+        def fn(h):
+            return reference_steer(h, res.coder, u).to(h.dtype)
+    else:
+
+        def fn(h):
+            return h + strength * vector.dense
+
+    def pick(prompt, options):
+        with layer_output_hook(res.model, 1, fn):
+            s = option_logprobs(res.model, res.tokenizer, prompt, list(options))
+        return max(range(len(s)), key=s.__getitem__)
+
+    groups: dict[tuple[str, str], list[bool]] = {}
+    for it in items:
+        hit = it.options[pick(it.prompt, [a for _, a in it.options])][0] == it.country
+        kind = "localized" if it.localized else "nonlocalized"
+        for split in (it.split, "all"):
+            groups.setdefault((split, kind), []).append(hit)
+            groups.setdefault((split, "both"), []).append(hit)
+    acc = {k: sum(v) / len(v) for k, v in groups.items()}
+    ret = sum(pick(n.prompt, n.options) == n.answer for n in neutral) / len(neutral)
+    return acc, ret
+
+
+def test_eval_matches_direct_computation(tiny_res, tmp_path):
+    items, neutral = _world()
+    catalog = tmp_path / "cat"
+    vecs = _vectors(tiny_res, catalog)
+    out = tmp_path / "report.json"
+    cfg = EvalConfig(
+        model="tiny-llama",
+        catalog=str(catalog),
+        vectors=list(vecs),
+        data="unused",
+        strengths=STRENGTHS,
+        out=str(out),
+        progress=False,
+    )
+    report = evaluate_vectors(cfg, resources=tiny_res, mcq=items, neutral=neutral)
+    assert json.loads(out.read_text()) == report and out.with_suffix(".png").is_file()
+    base_ret = None
+    for name, vector in vecs.items():
+        entry = report["vectors"][name]
+        country = "morocco" if "morocco" in name else "egypt"
+        assert entry["target"] == country
+        mine = [it for it in items if it.country == country]
+        test_acc, test_ret = {}, {}
+        for s in STRENGTHS:
+            acc, ret = _direct(tiny_res, vector, s, mine, neutral)
+            got = entry["by_strength"][f"{s:g}"]
+            for (split, kind), value in acc.items():
+                assert got["accuracy"][split][kind] == pytest.approx(value), (name, s, split, kind)
+            assert got["retention"] == pytest.approx(ret)
+            p_loc, p_non = acc[("test", "localized")], acc[("test", "nonlocalized")]
+            assert got["paper"]["test"]["rca"] == pytest.approx(rca(p_loc, p_non))
+            assert got["paper"]["test"]["pnlg"] == pytest.approx(pnlg(p_loc, p_non, 0.5))
+            test_acc[s], test_ret[s] = acc[("test", "both")], ret
+            if s == 0:
+                base_ret = ret
+        assert report["unsteered"]["retention"] == pytest.approx(base_ret)
+        lo, hi = strength_range(test_ret, base_ret, 0.02)
+        best = default_strength(test_acc, test_ret, base_ret, 0.01, within=(lo, hi))
+        assert entry["strength_range"] == [lo, hi] and entry["default_strength"] == best
+        meta = read_metadata(vector_path(catalog, name))
+        assert meta.strength_range == (lo, hi) and meta.default_strength == best
+        assert meta.eval["heldout_accuracy"] == {f"{s:g}": round(test_acc[s], 4) for s in STRENGTHS}
+
+
+def test_strength_rules():
+    ret = {-2.0: 0.5, -1.0: 0.99, 0.0: 1.0, 0.5: 1.0, 1.0: 0.985, 1.5: 0.97, 2.0: 0.99}
+    assert strength_range(ret, 1.0, 0.02) == (-1.0, 1.0)  # 1.5 breaks the range even though 2.0 is fine
+    acc = {-2.0: 0.9, -1.0: 0.1, 0.0: 0.2, 0.5: 0.6, 1.0: 0.8, 1.5: 0.9, 2.0: 0.7}
+    assert default_strength(acc, ret, 1.0, 0.01) == 2.0  # 1.0 and 1.5 lose > 1 point of retention
+    assert default_strength(acc, ret, 1.0, 0.01, within=(-1.0, 1.0)) == 0.5  # 2.0 lies outside the range
+    assert default_strength({0.5: 0.6, 1.0: 0.6}, {0.5: 1.0, 1.0: 1.0}, 1.0) == 0.5  # ties: the gentler
+    assert rca(1.0, 0.0) == 0.0 and rca(0.5, 0.5) == pytest.approx(0.5)
+    assert pnlg(0.5, 0.5) == 0.0 and pnlg(1.0, 0.0, 0.0) == pytest.approx(1.0)

@@ -1,0 +1,127 @@
+"""The training loop: files it writes, resume, reference mode, and the CAA/SAS estimators."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from trainer.objectives import capture_last_token
+from trainer.tokens import encode_pairs
+from trainer.train import TrainConfig, batch_indices, direction_for, lr_factor, train_vector
+from vectors.io import load_vector, read_metadata
+from vectors.names import vector_path
+
+
+def _cfg(tmp_path, method="yapo", **kw):
+    base = dict(
+        method=method,
+        model="tiny-llama",
+        name="culture/morocco",
+        out=str(tmp_path / "cat"),
+        lr=0.05,
+        max_steps=12,
+        batch_size=4,
+        log_every=4,
+        checkpoint_every=4,
+        progress=False,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_yapo_vector_file_round_trips(tiny_res, morocco_pairs, tmp_path):
+    result = train_vector(_cfg(tmp_path, target="morocco"), resources=tiny_res, pairs=morocco_pairs)
+    assert result.losses[0] == pytest.approx(math.log(2), abs=1e-6)
+    path = vector_path(tmp_path / "cat", "culture/morocco")
+    assert result.path == path and path.is_file()
+    loaded = load_vector(path)
+    assert loaded == result.vector
+    torch.testing.assert_close(loaded.values, result.vector.values)
+    assert bool((loaded.values != 0).all()) and loaded.nnz > 0
+    meta = read_metadata(path)
+    assert (meta.method, meta.space, meta.layer, meta.hook_name) == (
+        "yapo",
+        "sae",
+        1,
+        "blocks.1.hook_resid_post",
+    )
+    assert meta.sae.d_sae == tiny_res.coder.d_sae and meta.model.hidden_size == 32
+    assert meta.training["target"] == "morocco" and meta.training["data_hash"].startswith("sha256:")
+    assert meta.training["final_loss"] == pytest.approx(result.final_loss)
+    logs = tmp_path / "train-logs" / "culture"
+    log = json.loads((logs / "morocco.log.json").read_text())
+    assert [h["step"] for h in log["history"]] == [4, 8, 12] and len(log["losses"]) == 12
+    assert (logs / "morocco.log.png").stat().st_size > 0
+    assert not list((tmp_path / "cat").rglob("*.ckpt*"))  # checkpoints live outside the catalog
+
+
+def test_resume_continues_bit_for_bit(tiny_res, morocco_pairs, tmp_path):
+    full = train_vector(_cfg(tmp_path / "a"), resources=tiny_res, pairs=morocco_pairs)
+    part = train_vector(_cfg(tmp_path / "b", stop_after=5), resources=tiny_res, pairs=morocco_pairs)
+    assert not part.completed and part.path is None
+    assert not vector_path(tmp_path / "b" / "cat", "culture/morocco").exists()
+    resumed = train_vector(_cfg(tmp_path / "b", resume=True), resources=tiny_res, pairs=morocco_pairs)
+    assert resumed.losses == full.losses
+    torch.testing.assert_close(resumed.vector.values, full.vector.values, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="different run"):
+        train_vector(_cfg(tmp_path / "b", resume=True, lr=0.01), resources=tiny_res, pairs=morocco_pairs)
+
+
+def test_reference_mode_matches_fast_mode(tiny_res, morocco_pairs, tmp_path):
+    fast = train_vector(_cfg(tmp_path, out=None, max_steps=6), resources=tiny_res, pairs=morocco_pairs)
+    ref = train_vector(
+        _cfg(tmp_path, out=None, max_steps=6, reference_mode=True), resources=tiny_res, pairs=morocco_pairs
+    )
+    assert ref.losses == pytest.approx(fast.losses, abs=1e-5)
+
+
+def test_bipo_dense_and_sparsifiers(tiny_res, morocco_pairs, tmp_path):
+    bipo = train_vector(_cfg(tmp_path, "bipo", out=None), resources=tiny_res, pairs=morocco_pairs)
+    assert bipo.vector.space == "dense" and bipo.vector.dense.shape == (32,)
+    assert bipo.losses[-1] < bipo.losses[0]
+    top = train_vector(_cfg(tmp_path, out=None, top_k=3), resources=tiny_res, pairs=morocco_pairs)
+    assert top.vector.nnz <= 3
+    dense_l1 = train_vector(_cfg(tmp_path, out=None), resources=tiny_res, pairs=morocco_pairs)
+    l1 = train_vector(_cfg(tmp_path, out=None, l1=2.0), resources=tiny_res, pairs=morocco_pairs)
+    assert l1.vector.nnz < dense_l1.vector.nnz
+
+
+def test_caa_and_sas_match_direct_computation(tiny_res, morocco_pairs, tmp_path):
+    encoded, _ = encode_pairs(tiny_res.tokenizer, morocco_pairs)
+    h = {}
+    for kind in ("chosen", "rejected"):
+        acts = []
+        for e in encoded:
+            store: list[torch.Tensor] = []
+            ids = torch.tensor([list(e.prompt) + list(getattr(e, kind))])
+            with capture_last_token(tiny_res.model, 1, store), torch.no_grad():
+                tiny_res.model(input_ids=ids)
+            acts.append(store[0][0])
+        h[kind] = torch.stack(acts)
+    caa = train_vector(
+        _cfg(tmp_path, "caa", name="culture/caa", layer=1), resources=tiny_res, pairs=morocco_pairs
+    )
+    torch.testing.assert_close(caa.vector.dense, (h["chosen"] - h["rejected"]).mean(0), atol=1e-5, rtol=1e-4)
+    coder = tiny_res.coder
+    expect = (coder.encode(h["chosen"]) - coder.encode(h["rejected"])).mean(0)
+    sas = train_vector(
+        _cfg(tmp_path, "sas", name="culture/sas", tau=0.0), resources=tiny_res, pairs=morocco_pairs
+    )
+    torch.testing.assert_close(sas.vector.code_vector(), expect, atol=1e-5, rtol=1e-4)
+    sparse = train_vector(
+        _cfg(tmp_path, "sas", name="culture/sas2", tau=0.5), resources=tiny_res, pairs=morocco_pairs
+    )
+    assert sparse.vector.nnz <= sas.vector.nnz
+    assert load_vector(sparse.path).meta.method == "sas"
+
+
+def test_schedule_and_determinism():
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0)
+    assert {direction_for(11, s) for s in range(50)} == {1.0, -1.0}
+    epoch = [i for s in range(3) for i in batch_indices(5, s, 10, 4)]
+    assert sorted(epoch) == list(range(10))
+    assert batch_indices(5, 7, 10, 4) == batch_indices(5, 7, 10, 4)

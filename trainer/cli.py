@@ -1,0 +1,214 @@
+"""`steer train` and `steer eval`: argparse wiring onto `TrainConfig` / `EvalConfig`.
+
+`trainer.commands.register` calls `register_train` and `register_eval`; handlers import torch and
+friends only when they run, so `steer --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def register_train(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a steering vector (yapo, bipo, caa, sas) from preference pairs",
+        description="Train one steering vector and write it atomically to CATALOG/<namespace>/<leaf>.safetensors.",
+    )
+    p.add_argument("--method", required=True, choices=["yapo", "bipo", "caa", "sas"])
+    p.add_argument("--model", required=True, help="HF model id or local folder")
+    p.add_argument("--sae", help="sae-lens folder or release/id (required for yapo and sas)")
+    p.add_argument(
+        "--layer", type=int, help="decoder block whose output is steered (default: the SAE's layer)"
+    )
+    p.add_argument("--data", required=True, help="JSONL / CSV / Parquet file or datasets.save_to_disk folder")
+    p.add_argument("--name", required=True, help="vector name, e.g. culture/morocco")
+    p.add_argument("--out", required=True, help="catalog root folder")
+    p.add_argument("--prompt-col", default="prompt")
+    p.add_argument("--chosen-col", default="chosen")
+    p.add_argument("--rejected-col", default="rejected")
+    p.add_argument(
+        "--where", action="append", default=[], metavar="COL=VALUE", help="keep rows where COL == VALUE"
+    )
+    p.add_argument(
+        "--target", help="what the vector steers toward (recorded; `steer eval` uses it as the country)"
+    )
+    g = p.add_argument_group("optimisation (yapo, bipo)")
+    g.add_argument("--beta", type=float, default=0.1)
+    g.add_argument("--lr", type=float, default=5e-4)
+    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--max-steps", type=int, help="total optimiser steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--warmup-steps", type=int, help="default: min(100, 10%% of the steps)")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=11)
+    g.add_argument(
+        "--reference-mode",
+        action="store_true",
+        help="reference implementation's cost: SAE round trip per token, pi_0 recomputed every step",
+    )
+    g = p.add_argument_group("data length")
+    g.add_argument("--max-length", type=int, default=512)
+    g.add_argument("--overlong", choices=["error", "skip", "truncate"], default="error")
+    g = p.add_argument_group("sparsity")
+    g.add_argument("--top-k", type=int, help="keep the k largest-magnitude entries (yapo, sas)")
+    g.add_argument("--l1", type=float, default=0.0, help="L1 strength (proximal: exact zeros)")
+    g.add_argument("--tau", type=float, default=0.0, help="sas: drop entries below tau * max|v|")
+    g = p.add_argument_group("bookkeeping")
+    g.add_argument(
+        "--log-dir", help="where the JSON log, loss PNG and checkpoint go (default: OUT/../train-logs)"
+    )
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--checkpoint-every", type=int, default=100)
+    g.add_argument("--resume", action="store_true", help="continue from the run's checkpoint if there is one")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    g.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainer.data import Columns, DataError, parse_where
+    from trainer.train import TrainConfig, train_vector
+    from vectors.errors import SteerError
+
+    try:
+        cfg = TrainConfig(
+            method=args.method,
+            model=args.model,
+            sae=args.sae,
+            layer=args.layer,
+            data=args.data,
+            name=args.name,
+            out=args.out,
+            columns=Columns(args.prompt_col, args.chosen_col, args.rejected_col),
+            where=parse_where(args.where),
+            beta=args.beta,
+            lr=args.lr,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            warmup_steps=args.warmup_steps,
+            weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip,
+            seed=args.seed,
+            max_length=args.max_length,
+            overlong=args.overlong,
+            top_k=args.top_k,
+            l1=args.l1,
+            tau=args.tau,
+            log_every=args.log_every,
+            log_dir=args.log_dir,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            device=args.device,
+            dtype=args.dtype,
+            reference_mode=args.reference_mode,
+            progress=not args.no_progress,
+            target=args.target,
+        )
+        result = train_vector(cfg)
+    except (DataError, SteerError, ValueError) as exc:
+        print(f"steer train: error: {exc}", file=sys.stderr)
+        return 2
+    summary = {
+        "vector": str(result.path),
+        "nnz": result.vector.nnz if result.vector else None,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "steps_to_loss_0.1": result.steps_to_loss(0.1) if result.losses else None,
+        "pairs_per_second": result.pairs_per_second,
+        "seconds": round(result.seconds, 2),
+        "data": result.encode_stats,
+        "log": str(result.log_path) if result.log_path else None,
+    }
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def register_eval(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate steering vectors: MCQ accuracy per strength, retention, RCA/PNLG",
+        description="Evaluate vectors of a catalog, write a JSON report + strength-sweep PNG, and write the "
+        "headline numbers, strength_range and default_strength back into each vector file.",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--sae", help="needed for SAE-space vectors")
+    p.add_argument("--catalog", required=True)
+    p.add_argument(
+        "--vectors", required=True, help="comma-separated names, e.g. culture/morocco,culture/egypt"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="MCQ JSONL: prompt, options {country: answer}, country, localized, split",
+    )
+    p.add_argument("--neutral", help="neutral facts JSONL (prompt, options, answer) for retention")
+    p.add_argument("--strengths", type=_floats, default=[-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0])
+    p.add_argument("--splits", help="only score these topic splits (comma-separated, e.g. test)")
+    p.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="NAME=COUNTRY",
+        help="country a vector steers toward (default: metadata training.target, else the name's leaf)",
+    )
+    p.add_argument("--alpha", type=float, default=0.5, help="PNLG alpha")
+    p.add_argument("--out", required=True, help="report JSON (the sweep PNG is written next to it)")
+    p.add_argument("--no-write-back", action="store_true", help="leave the vector files untouched")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from trainer.data import DataError, parse_where
+    from trainer.evaluate import EvalConfig, evaluate_vectors
+    from vectors.errors import SteerError
+
+    try:
+        cfg = EvalConfig(
+            model=args.model,
+            sae=args.sae,
+            catalog=args.catalog,
+            vectors=[v.strip() for v in args.vectors.split(",") if v.strip()],
+            data=args.data,
+            neutral=args.neutral,
+            strengths=args.strengths,
+            splits=[s.strip() for s in args.splits.split(",")] if args.splits else None,
+            targets=parse_where(args.target),
+            alpha=args.alpha,
+            out=args.out,
+            write_back=not args.no_write_back,
+            device=args.device,
+            dtype=args.dtype,
+            progress=not args.no_progress,
+        )
+        report = evaluate_vectors(cfg)
+    except (DataError, SteerError, ValueError) as exc:
+        print(f"steer eval: error: {exc}", file=sys.stderr)
+        return 2
+    for name, entry in report["vectors"].items():
+        head = entry["headline"]
+        print(
+            f"{name}: default_strength={entry['default_strength']:g} strength_range={entry['strength_range']} "
+            f"held-out acc={head['heldout_accuracy']}"
+        )
+    print(f"report: {args.out}")
+    return 0
+
+
+__all__ = ["register_eval", "register_train"]
