@@ -154,7 +154,7 @@ class Engine:
 
     def model_info(self) -> Any:
         """`vectors.catalog.ModelInfo` of the served model (what vectors are checked against)."""
-        from vectors.catalog import model_info_from_config
+        from server.compat import model_info_from_config
 
         return model_info_from_config(self.model.config)
 
@@ -349,6 +349,7 @@ class Engine:
             [s.as_config() for s in specs],
             self.coders,
             self.hidden_size,
+            apply_override=[s.apply for s in specs],
             device=self.device,
             dtype=self.dtype,
         )

@@ -62,6 +62,8 @@ class ServerState:
         try:
             if engine is None:
                 engine = await asyncio.to_thread(Engine.load, engine_config(s))
+            if s.model_name:
+                engine.name = s.model_name
             self.engine = engine
             self.detail = "loading catalog"
             self.catalog = await asyncio.to_thread(self._open_catalog, engine)
@@ -83,7 +85,7 @@ class ServerState:
         self._tasks.append(asyncio.get_running_loop().create_task(self._poll_catalog()))
 
     def _open_catalog(self, engine: Engine) -> Any:
-        from vectors.catalog import Catalog
+        from server.compat import Catalog
 
         root = Path(self.settings.vectors)
         if not root.is_dir():

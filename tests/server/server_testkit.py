@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import torch
@@ -25,17 +26,21 @@ _CORPUS = [
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    """Sentencepiece-style BPE over printable ASCII: every token decodes to valid text."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    alphabet = sorted(set(string.printable) - set(string.whitespace)) + ["\u2581"]
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=alphabet,
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -67,4 +72,17 @@ def save_tiny_model(out: Path, seed: int = 0) -> Path:
     model = build_model(len(tok), seed)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    return out
+
+
+def parse_sse(lines: list[str]) -> list[tuple[str | None, str]]:
+    """(event, data) pairs of a server-sent event stream given as text lines."""
+    out: list[tuple[str | None, str]] = []
+    event: str | None = None
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[len("event: ") :]
+        elif line.startswith("data: "):
+            out.append((event, line[len("data: ") :]))
+            event = None
     return out
