@@ -132,3 +132,52 @@ def test_invalid_configs(coders64: dict[str, SparseCoder]) -> None:
     assert cancel[1].row_of.tolist() == [0] and cancel[1].rows_used == 1
     dense_only = build_tables([{v["dense"]: 1.0}], None, D_MODEL)
     assert dense_only[1].coder is None and dense_only[1].rows_used == 2
+
+
+def test_bfloat16_tables_keep_unsteered_rows_exact(coders64: dict[str, SparseCoder]) -> None:
+    coder = coders64["jumprelu"]
+    v = _vectors(coder)
+    h64 = torch.randn(3, 4, D_MODEL, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    h = h64.to(torch.bfloat16)
+    t = build_tables([{}, {v["a"]: 1.0}, {v["a"]: 0.0}], {1: coder}, D_MODEL, dtype=torch.bfloat16)[1]
+    out = t.steer(h, "prompt")
+    assert out.dtype == torch.bfloat16 and torch.equal(out[0], h[0]) and torch.equal(out[2], h[2])
+    expected = _expected(h[1].double(), coder, {v["a"]: 1.0})
+    torch.testing.assert_close(out[1].double(), expected, atol=0.1, rtol=0.05)
+
+
+def test_public_api_matches_the_contract() -> None:
+    import vectors
+
+    for name in [
+        "SteeringVector",
+        "VectorMetadata",
+        "ModelRef",
+        "SaeRef",
+        "load_vector",
+        "save_vector",
+        "read_metadata",
+        "update_metadata",
+        "SparseCoder",
+        "load_sae",
+        "coder_from_sae_lens",
+        "layer_from_hook_name",
+        "reference_steer",
+        "fast_steer",
+        "plan_for",
+        "SparsePlan",
+        "code_space_sum",
+        "LayerTable",
+        "build_tables",
+        "decoder_layers",
+        "steering_hooks",
+        "Catalog",
+        "ModelInfo",
+        "check_compatible",
+        "model_info_from_config",
+        "validate_name",
+        "vector_path",
+        "name_from_path",
+        "NAME_PATTERN",
+    ]:
+        assert hasattr(vectors, name), name
