@@ -154,7 +154,7 @@ class Engine:
 
     def model_info(self) -> Any:
         """`vectors.catalog.ModelInfo` of the served model (what vectors are checked against)."""
-        from server.compat import model_info_from_config
+        from vectors.catalog import model_info_from_config
 
         return model_info_from_config(self.model.config)
 

@@ -85,7 +85,7 @@ class ServerState:
         self._tasks.append(asyncio.get_running_loop().create_task(self._poll_catalog()))
 
     def _open_catalog(self, engine: Engine) -> Any:
-        from server.compat import Catalog
+        from vectors.catalog import Catalog
 
         root = Path(self.settings.vectors)
         if not root.is_dir():
