@@ -174,7 +174,10 @@ class Scheduler:
         for index, s in enumerate(seqs):
             s.on_update = self._listener(handle, index)
         with self._cond:
-            if len(self._waiting) >= self.limits.max_queue:
+            # A request that free batch rows will take at once does not count against the queue.
+            waiting_rows = sum(h.rows for h in self._waiting)
+            fits_now = waiting_rows + len(seqs) <= self.limits.max_batch - self.running_rows
+            if not fits_now and len(self._waiting) >= self.limits.max_queue:
                 raise QueueFull(f"queue is full ({self.limits.max_queue} waiting)")
             self._waiting.append(handle)
             self.metrics.queue_depth.set(len(self._waiting))

@@ -64,6 +64,7 @@ class ServerState:
                 engine = await asyncio.to_thread(Engine.load, engine_config(s))
             if s.model_name:
                 engine.name = s.model_name
+            engine.step_delay_s = s.debug_step_delay_s
             self.engine = engine
             self.detail = "loading catalog"
             self.catalog = await asyncio.to_thread(self._open_catalog, engine)

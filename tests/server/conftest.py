@@ -178,6 +178,8 @@ def run_server(
         server.should_exit = True
         thread.join(15)
         sock.close()
+        if engine is not None:
+            engine.step_delay_s = 0.0
 
 
 def wait_until_ready(url: str, api_key: str | None = None, timeout: float = 60) -> None:

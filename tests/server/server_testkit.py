@@ -30,7 +30,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    alphabet = sorted(set(string.printable) - set(string.whitespace)) + ["\u2581"]
+    alphabet = [*sorted(set(string.printable) - set(string.whitespace)), "\u2581"]
     trainer = trainers.BpeTrainer(
         vocab_size=400,
         special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
