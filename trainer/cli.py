@@ -211,4 +211,34 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register_eval", "register_train"]
+def register_demo_report(demo_subparsers: Any) -> None:
+    """`steer demo report`: add to the `demo` sub-command group (next to `demo build`)."""
+    p = demo_subparsers.add_parser(
+        "report",
+        help="train CAA/SAS/BiPO/YaPO vectors on the built world, evaluate them, write report.{json,md}",
+    )
+    p.add_argument("--out", default="var/demo", help="the demo folder `steer demo build` wrote")
+    p.add_argument("--countries", help="comma-separated (default: morocco, egypt and two more)")
+    p.add_argument("--steps", type=int, default=200, help="YaPO / BiPO optimiser steps per vector")
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_demo_report)
+
+
+def _demo_report(args: argparse.Namespace) -> int:
+    from trainer.report import DemoConfig, build_report
+
+    cfg = DemoConfig(
+        root=args.out,
+        countries=[c.strip() for c in args.countries.split(",")] if args.countries else None,
+        steps=args.steps,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    report = build_report(cfg)
+    print(json.dumps({"targets": report["targets"], "seconds": report["seconds"]}, indent=1))
+    print(f"report: {args.out}/report.md")
+    return 0
+
+
+__all__ = ["register_demo_report", "register_eval", "register_train"]

@@ -40,26 +40,45 @@ class YapoSteer(nn.Module):
         self.mode = mode
         self.v = nn.Parameter(torch.zeros(coder.d_sae, dtype=dtype, device=coder.W_dec.device))
         self.direction = 1.0
+        self.codes: Tensor | None = None  # precomputed Enc(h) for the next forward (LowerLayerCache)
 
     def forward(self, h: Tensor) -> Tensor:
         coder = self.coder
         x = h.to(coder.dtype)
         u = (self.direction * self.v).to(coder.dtype)
-        with torch.no_grad():
-            z = coder.encode(x)
+        if self.codes is not None and self.mode == "fast":
+            z = self.codes.to(coder.dtype)
+        else:
+            with torch.no_grad():
+                z = coder.encode(x)
         if self.mode == "reference":
             with torch.no_grad():
                 error = x - coder.decode(z, ref=x) if coder.normalizes else x - coder.decode(z)
             steered = F.relu(z + u)
             out = (coder.decode(steered, ref=x) if coder.normalizes else coder.decode(steered)) + error
         else:
-            change = (F.relu(z + u) - z) @ coder.W_dec
+            change = _code_change(z, u, coder.W_dec)
             scale = coder.input_scale(x)
             out = x + (change if scale is None else change * scale)
         return out.to(h.dtype)
 
     def vector(self) -> Tensor:
         return self.v.detach().float().cpu()
+
+
+def _code_change(z: Tensor, u: Tensor, w_dec: Tensor) -> Tensor:
+    """`(ReLU(z + u) − z) @ W_dec`, exact in value and in gradient w.r.t. u, touching per token only the
+    features that can contribute: P = {u > 0} adds the constant `u_P @ W_dec[P]` to every token, and a
+    feature with u_i ≤ 0 contributes (and gets gradient) only where z_i > 0, so only the features active
+    somewhere in the batch are decoded per token."""
+    const = F.relu(u) @ w_dec  # gradient 1 where u > 0, 0 at u = 0 (those are handled below), like ReLU(z+u)
+    flat = z.reshape(-1, z.shape[-1])
+    active = torch.nonzero(flat.gt(0).any(0) & u.le(0)).reshape(-1)
+    if active.numel() == 0:
+        return const.expand(*z.shape[:-1], w_dec.shape[-1])
+    z_a, u_a = flat[:, active], u[active]
+    delta = torch.where(z_a + u_a > 0, u_a.expand_as(z_a), -z_a)  # ReLU(z+u) − z for u ≤ 0, grad 1[z+u>0]
+    return (delta @ w_dec[active] + const).reshape(*z.shape[:-1], w_dec.shape[-1])
 
 
 class BipoSteer(nn.Module):

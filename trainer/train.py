@@ -12,6 +12,7 @@ token of prompt+chosen vs prompt+rejected.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from trainer.data import Columns, DataError, PreferencePair, load_pairs, pairs_hash
+from trainer.layer_cache import LowerLayerCache
 from trainer.logprobs import make_batch, pair_rows, response_logprobs
 from trainer.objectives import (
     BipoSteer,
@@ -91,6 +93,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     reference_mode: bool = False
+    cache_activations: bool = True  # cache block-L outputs (+ SAE codes) per row; skip blocks 0..L per step
     progress: bool = True
     target: str | None = None  # what the vector is for (e.g. a country), recorded in metadata
     apply: Literal["prompt", "generation", "both"] = "both"
@@ -320,17 +323,26 @@ def _train_preference(
             reference_logprobs(res, encoded) if not cfg.reference_mode else (torch.zeros(n), torch.zeros(n))
         )
     rows = _row_cache(encoded)
+    cache = None
+    if cfg.cache_activations and not cfg.reference_mode:
+        coder = res.coder if cfg.method == "yapo" else None
+        cache = LowerLayerCache(res.model, layer, rows, coder=coder)
     end = total if cfg.stop_after is None else min(total, cfg.stop_after)
     window: list[tuple[float, float]] = []
     bar = tqdm(
         total=total, initial=start, desc=f"{cfg.method} {cfg.name}", disable=not cfg.progress, leave=False
     )
-    with layer_output_hook(res.model, layer, steer):
+    skip_lower = cache.active() if cache is not None else contextlib.nullcontext()
+    with skip_lower, layer_output_hook(res.model, layer, steer):
         for step in range(start, end):
             idx = batch_indices(cfg.seed, step, n, cfg.batch_size)
             d = direction_for(cfg.seed, step)
             batch = _batch_for(rows, idx, n, device)
             b = len(idx)
+            if cache is not None:
+                cache.assemble([*idx, *(n + i for i in idx)], batch.input_ids.shape[1])
+                if isinstance(steer, YapoSteer):
+                    steer.codes = cache.current_codes
             if cfg.reference_mode:
                 steer.direction = 0.0  # "multiplier 0": the reference code's π_0, recomputed every step
                 with torch.no_grad():

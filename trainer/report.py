@@ -1,0 +1,337 @@
+"""The demo report: train CAA / SAS / BiPO / YaPO per country on train topics, evaluate on test topics,
+write `report.json` + `report.md` + plots (the paper's Table 7, retention, convergence, strength sweep).
+
+YaPO vectors land in `<demo>/vectors/culture/<country>.safetensors` (what the server serves), the
+other methods in `<demo>/vectors/baselines/<method>-<country>.safetensors`. Everything is loaded once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.data import load_pairs
+from trainer.evaluate import EvalConfig, evaluate_vectors, load_mcq, load_neutral
+from trainer.plots import plot_loss_curves, plot_strength_panels
+from trainer.resources import Resources, load_resources
+from trainer.train import TrainConfig, TrainResult, steps_to_loss, train_vector
+from vectors.io import write_atomic
+
+METHODS = ("caa", "sas", "bipo", "yapo")
+LABELS = {"base": "Unsteered", "caa": "CAA", "sas": "SAS", "bipo": "BiPO", "yapo": "YaPO"}
+
+
+@dataclass
+class DemoConfig:
+    """What the demo report trains and how; defaults fit the ≤ 15 min demo budget on 2 cores."""
+
+    root: str = "var/demo"
+    countries: list[str] | None = None  # default: morocco, egypt + the next two of the world
+    n_countries: int = 4
+    methods: tuple[str, ...] = METHODS
+    steps: int = 200  # yapo / bipo optimiser steps
+    batch_size: int = 8
+    lr: float = 5e-3
+    beta: float = 0.1
+    warmup_steps: int = 20
+    seed: int = 11
+    sas_tau: float = 0.0
+    strengths: list[float] = field(default_factory=lambda: [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0])
+    eval_splits: list[str] = field(default_factory=lambda: ["test"])
+    progress: bool = True
+
+
+def vector_name(method: str, country: str) -> str:
+    return f"culture/{country}" if method == "yapo" else f"baselines/{method}-{country}"
+
+
+def pick_countries(root: Path, cfg: DemoConfig) -> list[str]:
+    if cfg.countries:
+        return list(cfg.countries)
+    world = json.loads((root / "world.json").read_text()) if (root / "world.json").is_file() else {}
+    known = [c if isinstance(c, str) else c.get("key") for c in world.get("countries", [])]
+    if not known:
+        known = sorted(p.stem for p in (root / "data" / "pairs").glob("*.jsonl"))
+    ordered = [c for c in ("morocco", "egypt") if c in known] + [
+        c for c in known if c not in ("morocco", "egypt")
+    ]
+    return ordered[: cfg.n_countries]
+
+
+def build_report(cfg: DemoConfig, *, resources: Resources | None = None) -> dict[str, Any]:
+    """Train every (method, country) vector, evaluate them, write report.{json,md} and plots under root."""
+    t0 = time.perf_counter()
+    root = Path(cfg.root)
+    res = resources or load_resources(str(root / "model"), str(root / "sae"))
+    countries = pick_countries(root, cfg)
+    catalog = root / "vectors"
+    logs = root / "train-logs"
+    runs: dict[str, dict[str, TrainResult]] = {m: {} for m in cfg.methods}
+    for country in countries:
+        pairs = load_pairs(root / "data" / "pairs" / f"{country}.jsonl", where={"split": "train"})
+        for method in cfg.methods:
+            tc = TrainConfig(
+                method=method,
+                model=str(root / "model"),
+                sae=str(root / "sae"),
+                name=vector_name(method, country),
+                out=str(catalog),
+                log_dir=str(logs),
+                target=country,
+                max_steps=cfg.steps,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                beta=cfg.beta,
+                warmup_steps=cfg.warmup_steps,
+                seed=cfg.seed,
+                tau=cfg.sas_tau,
+                checkpoint_every=10**9,
+                progress=cfg.progress,
+            )
+            runs[method][country] = train_vector(tc, resources=res, pairs=pairs)
+    train_seconds = time.perf_counter() - t0
+
+    mcq = load_mcq(root / "data" / "mcq.jsonl")
+    neutral = load_neutral(root / "data" / "neutral.jsonl")
+    names = [vector_name(m, c) for m in cfg.methods for c in countries]
+    ev = evaluate_vectors(
+        EvalConfig(
+            model=str(root / "model"),
+            sae=str(root / "sae"),
+            catalog=str(catalog),
+            vectors=names,
+            data=str(root / "data" / "mcq.jsonl"),
+            strengths=cfg.strengths,
+            splits=cfg.eval_splits,
+            out=str(root / "eval.json"),
+            progress=cfg.progress,
+        ),
+        resources=res,
+        mcq=mcq,
+        neutral=neutral,
+    )
+    eval_seconds = time.perf_counter() - t0 - train_seconds
+
+    report = summarise(ev, runs, countries, cfg)
+    report["seconds"] = {"train": round(train_seconds, 1), "eval": round(eval_seconds, 1)}
+    report["config"] = asdict(cfg)
+    _plots(root, report, runs, ev)
+    report["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    write_atomic(root / "report.json", json.dumps(report, indent=1).encode())
+    write_atomic(root / "report.md", render_markdown(report).encode())
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------
+# numbers
+
+
+def _acc(entry: Mapping[str, Any], strength: float, kind: str, split: str = "test") -> float:
+    return entry["by_strength"][f"{strength:g}"]["accuracy"][split][kind]
+
+
+def summarise(
+    ev: Mapping[str, Any],
+    runs: Mapping[str, Mapping[str, TrainResult]],
+    countries: Sequence[str],
+    cfg: DemoConfig,
+) -> dict[str, Any]:
+    """Table-7-like numbers at strength 1 and at each vector's best strength in [0.5, 2] (by non-localized
+    test accuracy), retention, RCA/PNLG, convergence and the pass/fail of the issue's targets."""
+    kinds = ("localized", "nonlocalized", "both")
+    split = "test" if "test" in (cfg.eval_splits or ["test"]) else "all"
+    sweep = [s for s in ev["strengths"] if 0.5 <= s <= 2.0]
+    base = {c: ev["unsteered"]["countries"][c]["accuracy"][split] for c in countries}
+    base_ret = ev["unsteered"]["retention"]
+    tables: dict[str, Any] = {"strength_1": {}, "best_0.5_to_2": {}}
+    table_rows = {view: {"base": {c: {k: base[c][k] for k in kinds} for c in countries}} for view in tables}
+    retention: dict[str, Any] = {"unsteered": base_ret}
+    paper: dict[str, Any] = {}
+    best_strength: dict[str, dict[str, float]] = {}
+    for m in runs:
+        table_rows["strength_1"][m], table_rows["best_0.5_to_2"][m] = {}, {}
+        best_strength[m], retention[m] = {}, {}
+        paper[m] = {}
+        for c in countries:
+            entry = ev["vectors"][vector_name(m, c)]
+            s_best = max(sweep, key=lambda s, e=entry: (_acc(e, s, "nonlocalized", split), -abs(s - 1)))
+            best_strength[m][c] = s_best
+            table_rows["strength_1"][m][c] = {k: _acc(entry, 1.0, k, split) for k in kinds}
+            table_rows["best_0.5_to_2"][m][c] = {k: _acc(entry, s_best, k, split) for k in kinds}
+            retention[m][c] = {f"{s:g}": entry["by_strength"][f"{s:g}"]["retention"] for s in ev["strengths"]}
+            paper[m][c] = entry["by_strength"]["1"]["paper"].get(split)
+    for view in tables:
+        rows = table_rows[view]
+        tables[view] = {
+            m: {**rows[m], "mean": {k: _mean(rows[m][c][k] for c in countries) for k in kinds}} for m in rows
+        }
+    paper["base"] = {c: ev["unsteered"]["countries"][c]["paper"].get(split) for c in countries}
+    convergence = {
+        m: {c: steps_to_loss(runs[m][c].losses, 0.1) for c in countries}
+        for m in ("yapo", "bipo")
+        if m in runs
+    }
+    targets = _targets(tables, retention, convergence, countries, base_ret)
+    return {
+        "countries": countries,
+        "split": split,
+        "strengths": ev["strengths"],
+        "table7": tables,
+        "best_strength": best_strength,
+        "retention": retention,
+        "paper_metrics_at_1": paper,
+        "steps_to_loss_0.1": convergence,
+        "final_loss": {
+            m: {c: runs[m][c].final_loss for c in countries} for m in ("yapo", "bipo") if m in runs
+        },
+        "nnz": {m: {c: runs[m][c].vector.nnz for c in countries} for m in runs},
+        "pairs_per_second": {m: {c: runs[m][c].pairs_per_second for c in countries} for m in runs},
+        "targets": targets,
+    }
+
+
+def _mean(values: Any) -> float:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _targets(
+    tables: Mapping[str, Any],
+    retention: Mapping[str, Any],
+    convergence: Mapping[str, Any],
+    countries: Sequence[str],
+    base_ret: float,
+) -> dict[str, Any]:
+    best = tables["best_0.5_to_2"]
+    non = {m: best[m]["mean"]["nonlocalized"] for m in best}
+    out: dict[str, Any] = {
+        "yapo_nonlocalized_gain_points": round(100 * (non["yapo"] - non["base"]), 1)
+        if "yapo" in non
+        else None,
+        "nonlocalized_best_mean": {m: round(v, 4) for m, v in non.items()},
+    }
+    if "yapo" in non:
+        out["yapo_gain_ge_30"] = out["yapo_nonlocalized_gain_points"] >= 30
+        out["yapo_ge_bipo"] = non["yapo"] >= non.get("bipo", -1)
+        out["yapo_ge_caa"] = non["yapo"] >= non.get("caa", -1)
+        drop = [base_ret - retention["yapo"][c]["1"] for c in countries]
+        out["yapo_retention_drop_points_at_1"] = round(100 * max(drop), 2)
+        out["yapo_retention_ok"] = max(drop) <= 0.01 + 1e-9
+    if "yapo" in convergence and "bipo" in convergence:
+        y, b = convergence["yapo"], convergence["bipo"]
+        out["yapo_faster_than_bipo"] = all(
+            y[c] is not None and (b[c] is None or y[c] < b[c]) for c in countries
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# rendering
+
+
+def _plots(
+    root: Path, report: dict[str, Any], runs: Mapping[str, Mapping[str, TrainResult]], ev: Mapping
+) -> None:
+    plots = root / "plots"
+    paths = {}
+    curves = {
+        f"{LABELS[m]} {c}": runs[m][c].losses
+        for m in ("yapo", "bipo")
+        if m in runs
+        for c in report["countries"]
+    }
+    if curves:
+        paths["loss_curves"] = plot_loss_curves(
+            curves, plots / "loss-yapo-vs-bipo.png", title="YaPO vs BiPO loss"
+        )
+    split = report["split"]
+    panels: dict[str, dict[str, dict[float, float]]] = {
+        "non-localized test accuracy (mean)": {},
+        "retention (mean)": {},
+    }
+    for m in runs:
+        entries = [ev["vectors"][vector_name(m, c)] for c in report["countries"]]
+        panels["non-localized test accuracy (mean)"][LABELS[m]] = {
+            s: _mean(e["by_strength"][f"{s:g}"]["accuracy"][split]["nonlocalized"] for e in entries)
+            for s in ev["strengths"]
+        }
+        panels["retention (mean)"][LABELS[m]] = {
+            s: _mean(e["by_strength"][f"{s:g}"]["retention"] for e in entries) for s in ev["strengths"]
+        }
+    paths["strength_sweep"] = plot_strength_panels(panels, plots / "strength-sweep.png")
+    report["plots"] = {k: str(p.relative_to(root)) for k, p in paths.items()}
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    countries = report["countries"]
+    kinds = (("localized", "Loc"), ("nonlocalized", "Non-loc"), ("both", "Both"))
+    lines = ["# Culture-world steering report", ""]
+    lines += [
+        f"Countries: {', '.join(countries)}. Vectors trained on train topics, scored on **{report['split']}** "
+        "topics by option log-likelihood (the paper's MCQ analog). Accuracy in %.",
+        "",
+    ]
+    for view, title in (
+        ("best_0.5_to_2", "best strength in [0.5, 2] per vector (by non-localized accuracy)"),
+        ("strength_1", "strength 1 for every method"),
+    ):
+        table = report["table7"][view]
+        methods = list(table)
+        lines += [f"## Table 7 analog — {title}", ""]
+        head = "| country | " + " | ".join(f"{k} {LABELS[m]}" for _, k in kinds for m in methods) + " |"
+        lines += [head, "|" + "---|" * (1 + len(kinds) * len(methods))]
+        for c in [*countries, "mean"]:
+            cells = [_pct(table[m][c][k]) for k, _ in kinds for m in methods]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "## Retention (neutral facts, %)",
+        "",
+        f"Unsteered: {_pct(report['retention']['unsteered'])}",
+        "",
+        "| method | " + " | ".join(f"s={s:g}" for s in report["strengths"]) + " |",
+        "|" + "---|" * (1 + len(report["strengths"])),
+    ]
+    for m, per_country in report["retention"].items():
+        if m == "unsteered":
+            continue
+        cells = [_pct(_mean(per_country[c][f"{s:g}"] for c in countries)) for s in report["strengths"]]
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Convergence: steps to loss 0.1 (trailing mean over 10 steps)",
+        "",
+        "| country | YaPO | BiPO |",
+        "|---|---|---|",
+    ]
+    conv = report["steps_to_loss_0.1"]
+    for c in countries:
+        y = conv.get("yapo", {}).get(c)
+        b = conv.get("bipo", {}).get(c)
+        lines.append(
+            f"| {c} | {y if y is not None else 'not reached'} | {b if b is not None else 'not reached'} |"
+        )
+    lines += ["", "## Targets", "", "```json", json.dumps(report["targets"], indent=1), "```", ""]
+    if "plots" in report:
+        lines += ["## Plots", ""] + [f"![{k}]({p})" for k, p in report["plots"].items()] + [""]
+    lines += [f"Time: {json.dumps(report.get('seconds', {}))} seconds.", ""]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "METHODS",
+    "DemoConfig",
+    "build_report",
+    "pick_countries",
+    "render_markdown",
+    "summarise",
+    "vector_name",
+]
