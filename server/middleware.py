@@ -134,10 +134,15 @@ class BodyLimit:
         )
 
 
-def route_paths(app: Any) -> list[tuple[str, set[str]]]:
-    """(path, methods) of every route of an app: what the auth test walks."""
-    out = []
+def route_table(app: Any, prefix: str = "") -> list[tuple[str, set[str]]]:
+    """(path, methods) of every route of an app, included routers flattened: what the auth test walks."""
+    out: list[tuple[str, set[str]]] = []
     for route in app.routes:
-        methods = getattr(route, "methods", None) or {"GET"}
-        out.append((route.path, set(methods)))
+        path = getattr(route, "path", None)
+        if path is not None:
+            out.append((prefix + path, set(getattr(route, "methods", None) or {"GET"})))
+            continue
+        ctx = getattr(route, "include_context", None)  # FastAPI >= 0.13x keeps included routers nested
+        if ctx is not None:
+            out.extend(route_table(ctx.included_router, prefix + (ctx.prefix or "")))
     return out
