@@ -64,7 +64,7 @@ def test_full_queue_answers_429_with_retry_after(slow: Any) -> None:
 
     def call() -> None:
         with httpx.Client(base_url=slow.url, timeout=60) as c:
-            results.append(c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 20}).status_code)
+            results.append(c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 64}).status_code)
 
     # 2 rows run, 1 waits; the rest must be refused at once.
     threads = [threading.Thread(target=call) for _ in range(3)]
@@ -77,7 +77,7 @@ def test_full_queue_answers_429_with_retry_after(slow: Any) -> None:
         elapsed = time.monotonic() - t0
         assert r.status_code == 429 and r.headers["retry-after"] == "3"
         assert r.json()["error"]["type"] == "overloaded"
-        assert elapsed < 0.5
+        assert elapsed < 1.0  # generous: the test machine is shared
     for t in threads:
         t.join()
     assert results == [200, 200, 200]
