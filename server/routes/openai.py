@@ -38,8 +38,6 @@ from server.sse import frame, sse_response
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-ChunkMaker = Callable[[str | None, str | None, bool], object]
-
 
 @router.get("/models", response_model=ModelList)
 async def models(request: Request) -> ModelList:

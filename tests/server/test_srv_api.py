@@ -6,7 +6,6 @@ import json
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -329,6 +328,3 @@ def test_docs_stay_available(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     assert {"/generate", "/vectors", "/v1/completions", "/v1/chat/completions"} <= set(spec["paths"])
-
-
-_ = Path  # keep typing import used in annotations of fixtures
