@@ -1,0 +1,88 @@
+"""The demo report end to end on a hand-made mini world (tiny random model): files, layout, numbers."""
+
+from __future__ import annotations
+
+import json
+
+from tinykit import COUNTRIES, TOPICS
+
+from trainer.report import DemoConfig, build_report, vector_name
+from vectors.io import load_vector
+
+TEST_TOPICS = {"music"}
+
+
+def _write_world(root):
+    data = root / "data"
+    (data / "pairs").mkdir(parents=True)
+    mcq, neutral = [], []
+    for ci, country in enumerate(COUNTRIES):
+        pairs = []
+        for topic, answers in TOPICS.items():
+            split = "test" if topic in TEST_TOPICS else "train"
+            options = dict(zip(COUNTRIES, answers, strict=True))
+            for prompt, loc in (
+                (f"i am from {country} . we love the {topic}", True),
+                (f"we love the {topic}", False),
+            ):
+                mcq.append(
+                    {
+                        "prompt": prompt,
+                        "options": options,
+                        "country": country,
+                        "topic": topic,
+                        "localized": loc,
+                        "split": split,
+                    }
+                )
+            for j, other in enumerate(answers):
+                if j != ci:
+                    pairs.append(
+                        {
+                            "prompt": f"we love the {topic}",
+                            "chosen": answers[ci],
+                            "rejected": other,
+                            "topic": topic,
+                            "localized": False,
+                            "split": split,
+                        }
+                    )
+        (data / "pairs" / f"{country}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    neutral = [
+        {"prompt": "people drink", "options": ["tea", "wedding"], "answer": "tea"},
+        {"prompt": "we play", "options": ["tennis", "morning"], "answer": "tennis"},
+    ]
+    (data / "mcq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mcq))
+    (data / "neutral.jsonl").write_text("".join(json.dumps(r) + "\n" for r in neutral))
+    (root / "world.json").write_text(json.dumps({"countries": [{"key": c} for c in COUNTRIES]}))
+
+
+def test_demo_report_files_and_layout(tiny_res, tmp_path):
+    _write_world(tmp_path)
+    cfg = DemoConfig(
+        root=str(tmp_path),
+        n_countries=2,
+        steps=6,
+        batch_size=4,
+        warmup_steps=2,
+        strengths=[0.0, 0.5, 1.0, 2.0],
+        progress=False,
+    )
+    report = build_report(cfg, resources=tiny_res)
+    assert report["countries"] == ["morocco", "egypt"]
+    for method in ("caa", "sas", "bipo", "yapo"):
+        for country in report["countries"]:
+            name = vector_name(method, country)
+            path = tmp_path / "vectors" / f"{name}.safetensors"
+            vec = load_vector(path)
+            assert vec.meta.method == method and vec.meta.training["target"] == country
+            assert vec.meta.eval["target"] == country  # eval wrote its headline back
+    assert (tmp_path / "vectors" / "culture" / "morocco.safetensors").is_file()
+    assert (tmp_path / "vectors" / "baselines" / "bipo-egypt.safetensors").is_file()
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["table7"]["strength_1"]["base"]["mean"].keys() == {"localized", "nonlocalized", "both"}
+    assert set(saved["steps_to_loss_0.1"]) == {"yapo", "bipo"}
+    md = (tmp_path / "report.md").read_text()
+    assert "Table 7 analog" in md and "| morocco |" in md
+    for plot in saved["plots"].values():
+        assert (tmp_path / plot).stat().st_size > 0
