@@ -119,7 +119,7 @@ def _train(args: argparse.Namespace) -> int:
             target=args.target,
         )
         result = train_vector(cfg)
-    except (DataError, SteerError, ValueError) as exc:
+    except (DataError, SteerError, ValueError, OSError) as exc:
         print(f"steer train: error: {exc}", file=sys.stderr)
         return 2
     summary = {
@@ -198,7 +198,7 @@ def _eval(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         report = evaluate_vectors(cfg)
-    except (DataError, SteerError, ValueError) as exc:
+    except (DataError, SteerError, ValueError, OSError) as exc:
         print(f"steer eval: error: {exc}", file=sys.stderr)
         return 2
     for name, entry in report["vectors"].items():

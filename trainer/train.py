@@ -177,14 +177,14 @@ def train_vector(
     corresponding loading steps; the demo and tests pass them to train many vectors cheaply.
     """
     cfg.validate(loaded=resources is not None)
+    if pairs is None:  # data first: its errors are cheap to find, the model is slow to load
+        if not cfg.data:
+            raise DataError("no training data given (--data)")
+        pairs = load_pairs(cfg.data, columns=cfg.columns, where=cfg.where)
     if resources is None:
         resources = load_resources(cfg.model, cfg.sae, device=cfg.device, dtype=cfg.dtype)
     if cfg.method in SAE_METHODS and resources.coder is None:
         raise ValueError(f"method {cfg.method} needs an SAE")
-    if pairs is None:
-        if not cfg.data:
-            raise DataError("no training data given (--data)")
-        pairs = load_pairs(cfg.data, columns=cfg.columns, where=cfg.where)
     layer = _layer(cfg, resources)
     encoded, stats = encode_pairs(
         resources.tokenizer,

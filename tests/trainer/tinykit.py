@@ -130,3 +130,24 @@ def tiny_pairs(country: str = "morocco", *, localized: bool = False) -> list[Pre
                     PreferencePair(prompt, answers[c], other, {"topic": topic, "localized": localized})
                 )
     return out
+
+
+def save_tiny_world_files(root, res: Resources) -> tuple[str, str]:
+    """Write the tiny model (+ tokenizer) and its SAE (sae-lens format) under root; returns (model, sae) dirs."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    model_dir, sae_dir = root / "model", root / "sae"
+    res.model.save_pretrained(model_dir)
+    res.tokenizer.save_pretrained(model_dir)
+    c = res.coder
+    sae = StandardSAE(
+        StandardSAEConfig(
+            d_in=c.d_model, d_sae=c.d_sae, metadata=SAEMetadata(hook_name=c.hook_name, model_name="tiny")
+        )
+    )
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(sae, name).copy_(getattr(c, name))
+    sae.save_model(str(sae_dir))
+    return str(model_dir), str(sae_dir)

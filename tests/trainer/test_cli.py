@@ -1,0 +1,118 @@
+"""`steer train` and `steer eval` through the real command line on files (tiny model + SAE on disk)."""
+
+from __future__ import annotations
+
+import json
+
+from tinykit import COUNTRIES, TOPICS, save_tiny_world_files, tiny_pairs
+
+from steer_cli import main
+from vectors.io import read_metadata
+
+
+def test_train_then_eval_cli(tiny_res, tmp_path, capsys):
+    model, sae = save_tiny_world_files(tmp_path, tiny_res)
+    data = tmp_path / "pairs.jsonl"
+    rows = [
+        {"q": p.prompt, "good": p.chosen, "bad": p.rejected, "split": "train"} for p in tiny_pairs("egypt")
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    catalog = tmp_path / "vectors"
+    rc = main(
+        [
+            "train",
+            "--method",
+            "yapo",
+            "--model",
+            model,
+            "--sae",
+            sae,
+            "--data",
+            str(data),
+            "--prompt-col",
+            "q",
+            "--chosen-col",
+            "good",
+            "--rejected-col",
+            "bad",
+            "--where",
+            "split=train",
+            "--name",
+            "culture/egypt",
+            "--out",
+            str(catalog),
+            "--max-steps",
+            "4",
+            "--lr",
+            "0.05",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 4 and summary["data"]["kept"] == len(rows)
+    meta = read_metadata(catalog / "culture" / "egypt.safetensors")
+    assert meta.method == "yapo" and meta.sae.source == sae and meta.training["where"] == {"split": "train"}
+
+    mcq = tmp_path / "mcq.jsonl"
+    items = [
+        {
+            "prompt": f"we love the {t}",
+            "options": dict(zip(COUNTRIES, a, strict=True)),
+            "country": "egypt",
+            "topic": t,
+            "localized": False,
+            "split": "test",
+        }
+        for t, a in TOPICS.items()
+    ]
+    mcq.write_text("".join(json.dumps(r) + "\n" for r in items))
+    out = tmp_path / "eval.json"
+    rc = main(
+        [
+            "eval",
+            "--model",
+            model,
+            "--sae",
+            sae,
+            "--catalog",
+            str(catalog),
+            "--vectors",
+            "culture/egypt",
+            "--data",
+            str(mcq),
+            "--strengths",
+            "0,1,2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert set(report["vectors"]["culture/egypt"]["by_strength"]) == {"0", "1", "2"}
+    assert read_metadata(catalog / "culture" / "egypt.safetensors").eval["target"] == "egypt"
+
+
+def test_train_cli_reports_data_errors(tmp_path, capsys):
+    data = tmp_path / "pairs.csv"
+    data.write_text("prompt,answer\nhello,world\n")
+    rc = main(
+        [
+            "train",
+            "--method",
+            "bipo",
+            "--model",
+            "unused",
+            "--layer",
+            "0",
+            "--data",
+            str(data),
+            "--name",
+            "x/y",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 2
+    assert "missing column(s) ['chosen', 'rejected']" in capsys.readouterr().err
