@@ -1,0 +1,235 @@
+"""Machine description, the headline ratios, the printed summary table and the JSON file."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCHEMA = "sparse-steer-bench/1"
+# Keys the summary line always carries (None when the suite did not run); see docs/BENCHMARKS.md.
+SUMMARY_KEYS = ("overhead_b1", "overhead_b32_mixed", "reference_overhead_b1", "batched_vs_serial")
+_PACKAGES = ("torch", "transformers", "tokenizers", "sae-lens", "fastapi", "uvicorn", "httpx", "pydantic")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Where the numbers come from (no paths, no host names)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 0
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": cpu_name(),
+        "cpu_cores_usable": cores,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": loadavg(),
+        "device": str(device),
+        "device_name": cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    out["sparse-steer"] = _git_commit()
+    return out
+
+
+def _git_commit() -> str | None:
+    """The source commit (with `+dirty` when the working tree differs), or None outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --- the headline ---------------------------------------------------------------------------------------
+
+
+def _worst(rows: list[dict[str, Any]], batch: int, variant: str) -> float | None:
+    vals = [r["overhead"] for r in rows if r["batch"] == batch and r["variant"] == variant]
+    return max(vals) if vals else None
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """The one-line summary: ratios only (steered / unsteered time, batched / serial throughput, …).
+
+    Fast and reference overheads are the worst case over the vectors measured (k and SAE width), per decode token.
+    """
+    out: dict[str, Any] = dict.fromkeys(SUMMARY_KEYS)
+    out["mode"] = result.get("mode")
+    out["device"] = result.get("machine", {}).get("device_name")
+    decode = result.get("decode")
+    if isinstance(decode, dict) and "cases" in decode:
+        rows = decode["cases"]
+        for b in sorted({r["batch"] for r in rows}):
+            out[f"overhead_b{b}"] = _worst(rows, b, "fast")
+            out[f"reference_overhead_b{b}"] = _worst(rows, b, "reference")
+            out[f"dense_overhead_b{b}"] = _worst(rows, b, "dense")
+            out[f"hooks_overhead_b{b}"] = _worst(rows, b, "hooks-only")
+        mixed = {r["variant"]: r for r in decode["mixed"]}
+        out["mixed_batch"] = mixed["none"]["batch"]
+        out["overhead_b32_mixed"] = mixed["fast"]["overhead"]
+        out["reference_overhead_b32_mixed"] = mixed["reference"]["overhead"]
+        none_b1 = [r for r in rows if r["batch"] == 1 and r["variant"] == "none"]
+        if none_b1:
+            out["decode_tok_s_b1"] = none_b1[0]["decode_tok_s"]["median"]
+    server = result.get("server")
+    if isinstance(server, dict) and "batched_vs_serial" in server:
+        out["batched_vs_serial"] = server["batched_vs_serial"]
+        out["server_steered_vs_unsteered"] = server["steered_vs_unsteered"]
+    train = result.get("train")
+    if isinstance(train, dict):
+        out["train_fast_vs_reference"] = train.get("fast_vs_reference", train.get("status"))
+    return out
+
+
+# --- printing -------------------------------------------------------------------------------------------
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return "nan" if math.isnan(x) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [header] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return [lines[0], "  ".join("-" * w for w in widths), *lines[1:]]
+
+
+def _decode_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            r["batch"],
+            r["case"],
+            r.get("nnz"),
+            r.get("negative"),
+            r["decode_tok_s"]["median"],
+            r["ms_per_step"]["median"],
+            r["ttft_ms"]["median"],
+            r["overhead"],
+            r["ttft_overhead"],
+        ]
+        for r in rows
+    ]
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """The human table (every number is a median; ratios are paired per round)."""
+    m = result["machine"]
+    lines = [
+        f"steer bench ({result['mode']}) on {m['device_name']} [{m['device']}], torch threads {m['torch_threads']}, "
+        f"load {m.get('load_average_start')} → {m.get('load_average_end')}, {result['seconds']:.0f} s",
+        f"world: {result['world']['source']}; model {result['world']['model']['architecture']} "
+        f"d_model={result['world']['model']['hidden_size']} layers={result['world']['model']['num_layers']}; "
+        f"SAE(s) {', '.join(str(s['d_sae']) for s in result['world']['saes'])} at layer {result['world']['layer']}",
+    ]
+    decode = result.get("decode")
+    head = ["batch", "case", "nnz", "neg", "tok/s", "ms/step", "ttft ms", "overhead", "ttft×"]
+    if isinstance(decode, dict) and "cases" in decode:
+        lines += [
+            "",
+            f"decode: prompt {decode['prompt_len']}, {decode['new_tokens']} new tokens, median of "
+            f"{decode['repeats']} interleaved rounds; overhead = steered / unsteered time per decode token",
+            *_table(head, _decode_rows(decode["cases"])),
+            "",
+            "mixed batch: every row a different steering config",
+            *_table(head, _decode_rows(decode["mixed"])),
+        ]
+    elif decode is not None:
+        lines += ["", f"decode: {decode}"]
+    server = result.get("server")
+    if isinstance(server, dict) and "modes" in server:
+        rows = [
+            [
+                name,
+                mode["max_batch"],
+                mode["requests_per_s"]["median"],
+                mode["tokens_per_s"]["median"],
+                mode["latency_ms"]["p50"],
+                mode["latency_ms"]["p99"],
+            ]
+            for name, mode in server["modes"].items()
+        ]
+        lines += [
+            "",
+            f"server: {server['clients']} concurrent clients, {server['distinct_vectors']} distinct vectors, "
+            f"{server['new_tokens']} tokens each",
+            *_table(["mode", "max_batch", "req/s", "tok/s", "p50 ms", "p99 ms"], rows),
+        ]
+    elif server is not None:
+        lines += ["", f"server: {server}"]
+    train = result.get("train")
+    if isinstance(train, dict) and train.get("status") == "ok":
+        rows = [[name, mode["what"], mode["pairs_per_s"]["median"]] for name, mode in train["modes"].items()]
+        lines += [
+            "",
+            f"trainer: yapo, {train['pairs']} pairs, batch {train['batch_size']}, {train['steps']} steps",
+            *_table(["mode", "what", "pairs/s"], rows),
+        ]
+    elif train is not None:
+        lines += ["", f"trainer: {train}"]
+    lines += ["", json.dumps(result["summary"], sort_keys=False)]
+    return lines
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
