@@ -142,3 +142,25 @@ def test_activation_cache_matches_full_forward(tiny_res, morocco_pairs, tmp_path
         atol=1e-5,
         rtol=1e-4,
     )
+
+
+def test_bf16_model_keeps_float32_vector_and_optimizer(morocco_pairs, tmp_path):
+    from tinykit import build_coder, build_model, build_tokenizer
+
+    from trainer.checkpoint import load_checkpoint
+    from trainer.resources import Resources
+
+    tok = build_tokenizer()
+    res = Resources(
+        model=build_model(len(tok), dtype=torch.bfloat16),
+        tokenizer=tok,
+        model_name="tiny-bf16",
+        coder=build_coder(32, layer=1),
+        sae_source="tiny-sae",
+    )
+    result = train_vector(
+        _cfg(tmp_path, max_steps=4, log_dir=str(tmp_path / "logs")), resources=res, pairs=morocco_pairs
+    )
+    assert result.vector.values.dtype == torch.float32 and math.isfinite(result.final_loss)
+    ckpt = load_checkpoint(tmp_path / "logs" / "culture" / "morocco")
+    assert {t.dtype for t in ckpt.tensors.values()} == {torch.float32} and ckpt.state["adam_step"] == 4
