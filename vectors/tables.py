@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
@@ -45,6 +45,8 @@ class LayerTable:
     enc_thr: torch.Tensor | None = None  # [R, K] JumpReLU thresholds
     dec_w: torch.Tensor | None = None  # [R, K, d_model] W_dec rows of neg_idx (padding 0)
     rows_used: int = 1
+    # Per-batch gathers (row_of applied once, not at every forward); rebuilt after `load_`.
+    _per_batch: _BatchView | None = field(default=None, repr=False, compare=False)
 
     @property
     def capacity_rows(self) -> int:
@@ -73,41 +75,43 @@ class LayerTable:
                 f"layer {self.layer}: steering table is for a batch of {self.batch_size} rows, got {B} "
                 "(beam search / num_return_sequences > 1 need one table row per expanded row)"
             )
-        active = self.active_rows(phase)
-        if not _capturing() and not bool(active.any()):
+        view = self._batch_view()
+        capturing = _capturing()
+        if not capturing and not view.any_active[phase]:
             return h
         x = h.reshape(B, -1, h.shape[-1])
-        rows = self.row_of
-        out = x + self.delta[rows].unsqueeze(1)
+        out = x + view.delta
         coder = self.coder
-        if coder is not None and (self.capacity_k or self.code_delta is not None):
-            code = self._negative_term(x, rows) if self.capacity_k else None
-            if self.code_delta is not None:
-                cd = self.code_delta[rows].unsqueeze(1)
-                code = cd if code is None else code + cd
+        if coder is not None and (self.capacity_k or view.code_delta is not None):
+            code = self._negative_term(x, view) if self.capacity_k else None
+            if view.code_delta is not None:
+                code = view.code_delta if code is None else code + view.code_delta
             scale = coder.input_scale(x)
             if scale is not None:
                 code = code * scale  # type: ignore[operator]
             out = out + code  # type: ignore[operator]
-        out = torch.where(active.view(B, 1, 1), out, x)
+        if capturing or not view.all_active[phase]:
+            out = torch.where(view.active[phase], out, x)
         return out.reshape(h.shape)
 
-    def _negative_term(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _negative_term(self, x: torch.Tensor, view: _BatchView) -> torch.Tensor:
         """Σ_k W_dec[idx_k] · max(−z_idx_k(h), u_idx_k) for each batch row's negative support."""
         coder = self.coder
-        assert coder is not None and self.dec_w is not None
+        assert coder is not None and view.dec_w is not None
         if coder.elementwise:
-            assert self.enc_w is not None and self.enc_b is not None
-            xin = coder.preprocess(x)
-            pre = torch.einsum("btd,bkd->btk", xin, self.enc_w[rows]) + self.enc_b[rows].unsqueeze(1)
-            thr = self.enc_thr[rows].unsqueeze(1) if self.enc_thr is not None else None
-            z = coder.activate(pre, thr)
+            assert view.enc_wT is not None and view.enc_b is not None
+            pre = torch.baddbmm(view.enc_b, coder.preprocess(x), view.enc_wT)  # [B, T, K]
+            z = coder.activate(pre, view.enc_thr)
         else:
             full = coder.encode(x)
-            idx = self.neg_idx[rows].unsqueeze(1).expand(x.shape[0], x.shape[1], self.capacity_k)
-            z = full.gather(-1, idx)
-        m = torch.maximum(-z, self.neg_val[rows].unsqueeze(1))
-        return torch.einsum("btk,bkd->btd", m, self.dec_w[rows])
+            z = full.gather(-1, view.neg_idx.expand(x.shape[0], x.shape[1], self.capacity_k))
+        m = torch.maximum(-z, view.neg_val)
+        return torch.bmm(m, view.dec_w)  # [B, T, d_model]
+
+    def _batch_view(self) -> _BatchView:
+        if self._per_batch is None:
+            self._per_batch = _BatchView.gather(self)
+        return self._per_batch
 
     def load_(self, other: LayerTable) -> LayerTable:
         """Copy `other`'s contents into this table's tensors in place (same shapes); returns self."""
@@ -121,9 +125,74 @@ class LayerTable:
                         f"load_: field {f.name} differs in layout; rebuild with the same capacities"
                     )
                 mine.copy_(theirs)
+            elif f.name != "_per_batch":
+                setattr(self, f.name, theirs)
+        if self._per_batch is not None:
+            self._per_batch.refresh_(self)
+        return self
+
+
+@dataclass
+class _BatchView:
+    """A table's tensors indexed by batch row (`row_of` applied), shaped for batched matmuls.
+
+    Gathered once per table instead of at every forward: decoding calls `steer` once per layer per token.
+    `refresh_` rewrites the contents in place (same shapes), so tensors captured in a CUDA graph stay valid.
+    """
+
+    delta: torch.Tensor  # [B, 1, d_model]
+    code_delta: torch.Tensor | None  # [B, 1, d_model]
+    neg_idx: torch.Tensor  # [B, 1, K]
+    neg_val: torch.Tensor  # [B, 1, K]
+    enc_wT: torch.Tensor | None  # [B, d_model, K]
+    enc_b: torch.Tensor | None  # [B, 1, K]
+    enc_thr: torch.Tensor | None  # [B, 1, K]
+    dec_w: torch.Tensor | None  # [B, K, d_model]
+    active: dict[str, torch.Tensor]  # phase -> [B, 1, 1] bool
+    any_active: dict[str, bool]
+    all_active: dict[str, bool]
+
+    @staticmethod
+    def gather(table: LayerTable) -> _BatchView:
+        rows = table.row_of
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[rows].contiguous()
+
+        def take_row_vector(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[rows].unsqueeze(1).contiguous()
+
+        enc_w = take(table.enc_w)
+        active = {
+            "prompt": table.apply_prompt[rows].view(-1, 1, 1),
+            "generation": table.apply_generation[rows].view(-1, 1, 1),
+        }
+        flags = {phase: a.reshape(-1).tolist() for phase, a in active.items()}
+        return _BatchView(
+            delta=take_row_vector(table.delta),  # type: ignore[arg-type]
+            code_delta=take_row_vector(table.code_delta),
+            neg_idx=take_row_vector(table.neg_idx),  # type: ignore[arg-type]
+            neg_val=take_row_vector(table.neg_val),  # type: ignore[arg-type]
+            enc_wT=None if enc_w is None else enc_w.transpose(1, 2).contiguous(),
+            enc_b=take_row_vector(table.enc_b),
+            enc_thr=take_row_vector(table.enc_thr),
+            dec_w=take(table.dec_w),
+            active=active,
+            any_active={phase: any(f) for phase, f in flags.items()},
+            all_active={phase: all(f) for phase, f in flags.items()},
+        )
+
+    def refresh_(self, table: LayerTable) -> None:
+        fresh = _BatchView.gather(table)
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(fresh, f.name)
+            if isinstance(mine, torch.Tensor):
+                mine.copy_(theirs)
+            elif isinstance(mine, dict) and f.name == "active":
+                for phase, t in mine.items():
+                    t.copy_(theirs[phase])
             else:
                 setattr(self, f.name, theirs)
-        return self
 
 
 def _capturing() -> bool:
