@@ -16,7 +16,47 @@ def register(subparsers: Any) -> None:
 
 
 def _register_demo(subparsers: Any) -> None:
-    """`steer demo build` (culture world): placeholder until the world build lands."""
+    """`steer demo build [--out var/demo] [--seed N] [--small]`: the culture world."""
+    demo = subparsers.add_parser("demo", help="the embedded culture world (tiny model + SAE + data)")
+    actions = demo.add_subparsers(dest="demo_command", metavar="ACTION", required=True)
+    build = actions.add_parser(
+        "build",
+        help="build the culture world: data, tokenizer, tiny Llama, SAE (deterministic from --seed)",
+        description="Build the culture world into OUT (via OUT.tmp, renamed when complete).",
+    )
+    build.add_argument("--out", default="var/demo", help="output folder (default: var/demo)")
+    build.add_argument("--seed", type=int, default=0, help="seed of everything in the build (default: 0)")
+    build.add_argument("--small", action="store_true", help="the small test-sized world (seconds)")
+    build.set_defaults(handler=_demo_build)
+
+
+def _demo_build(args: Any) -> int:
+    import json
+
+    from trainer.world import WorldConfig, build_world
+
+    config = WorldConfig.small(seed=args.seed) if args.small else WorldConfig(seed=args.seed)
+    summary = build_world(args.out, config)
+    print(json.dumps(_headline(summary), indent=2))
+    failed = [name for name, ok in summary["checks"].items() if not ok]
+    if failed:
+        print(f"warning: world built but some checks failed: {', '.join(failed)}")
+    print(f"world written to {args.out} ({summary['seconds']['total']:.0f} s)")
+    return 0
+
+
+def _headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures worth printing after a build (world.json has everything)."""
+    return {
+        "countries": len(summary["countries"]),
+        "topics": {k: len(v) for k, v in summary["topics"].items()},
+        "accuracy": summary["accuracy"],
+        "chance": summary["chance"],
+        "sae": {k: summary["sae"][k] for k in ("hook_name", "d_sae", "fve", "l0", "dead_features")},
+        "lm": {k: summary["sizes"][k] for k in ("lm_parameters", "lm_steps")},
+        "seconds": summary["seconds"],
+        "checks": summary["checks"],
+    }
 
 
 def _register_train(subparsers: Any) -> None:

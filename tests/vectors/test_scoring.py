@@ -1,0 +1,57 @@
+"""Option log-prob scoring matches a direct computation; accuracy picks the best option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vectors.scoring import Question, option_accuracy, option_logprobs, option_logprobs_many
+
+
+def _manual_logprob(model, tokenizer, prompt: str, option: str) -> float:
+    """Score of `option` after `prompt`, one unbatched forward over the whole text."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full = tokenizer(f"{prompt} {option}")["input_ids"]
+    assert full[: len(prompt_ids)] == prompt_ids
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([full])).logits[0]
+    logprobs = torch.log_softmax(logits, -1)
+    return sum(float(logprobs[i - 1, full[i]]) for i in range(len(prompt_ids), len(full)))
+
+
+def test_matches_manual_computation(world_lm) -> None:
+    model, tok = world_lm
+    prompt = "I am from Egypt. At a wedding we eat"
+    options = ["couscous", "fatta", "roast beef", "x"]  # different token lengths: padding must not leak
+    got = option_logprobs(model, tok, prompt, options)
+    want = [_manual_logprob(model, tok, prompt, o) for o in options]
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_batching_across_questions_changes_nothing(world_lm) -> None:
+    model, tok = world_lm
+    questions = [
+        ("At a wedding we eat", ["couscous", "fatta"]),
+        ("The day after Monday is", ["Tuesday", "May"]),
+    ]
+    batched = option_logprobs_many(model, tok, questions)
+    for (prompt, options), scores in zip(questions, batched, strict=True):
+        assert scores == pytest.approx(option_logprobs(model, tok, prompt, options), abs=1e-4)
+    one_row = option_logprobs_many(model, tok, questions, batch_rows=1)
+    flat = [s for scores in batched for s in scores]
+    assert [s for scores in one_row for s in scores] == pytest.approx(flat, abs=1e-4)
+
+
+def test_accuracy_picks_the_highest_scoring_option(world_lm) -> None:
+    model, tok = world_lm
+    prompt, options = "In Morocco, at a wedding we eat", ("fatta", "couscous")
+    scores = option_logprobs(model, tok, prompt, options)
+    best = max(range(2), key=scores.__getitem__)
+    assert option_accuracy(model, tok, [Question(prompt, options, best)]) == 1.0
+    assert option_accuracy(model, tok, [Question(prompt, options, 1 - best)]) == 0.0
+
+
+def test_rejects_empty_options(world_lm) -> None:
+    model, tok = world_lm
+    with pytest.raises(ValueError):
+        option_logprobs(model, tok, "hello", [])

@@ -1,0 +1,90 @@
+"""`WorldConfig`: every knob of the culture-world build, with a `small()` preset for tests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Sizes and hyper-parameters of one culture world. Same config + seed → same world."""
+
+    seed: int = 0
+    # data
+    n_countries: int = 10
+    n_topics: int = 40
+    n_test_topics: int = 10
+    n_neutral: int = 120
+    # corpus rows: one country per row; the mix of row kinds (the rest are neutral-only rows)
+    p_intro_row: float = 0.4  # starts with "I am from X."
+    p_inline_row: float = 0.2  # names the country inside some sentences, no intro
+    p_unnamed_row: float = 0.3  # never names the country: inferable from its facts only
+    p_neutral_sentence: float = 0.15  # chance that a sentence of a country row is a neutral fact
+    p_inline_sentence: float = 0.3  # in inline rows, chance that a fact names the country
+    # tokenizer and model
+    vocab_size: int = 1024
+    context_size: int = 64
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    # language-model training
+    batch_size: int = 32
+    max_steps: int = 3000
+    min_steps: int = 600
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    eval_every: int = 200
+    target_accuracy: float = 0.99  # early stop once quick localized and neutral accuracy reach it
+    # SAE
+    sae_layer: int | None = None  # None: the middle decoder layer, (num_layers - 1) // 2
+    sae_expansion: int = 8
+    sae_training_tokens: int = 1_000_000
+    sae_batch_tokens: int = 4096
+    sae_lr: float = 3e-3
+    sae_l1_coefficient: float = 3.0
+    sae_eval_rows: int = 256
+    # torch threads for the build (restored afterwards). One: tiny models gain little from more, and
+    # on a shared machine multi-threaded torch can slow down many-fold.
+    threads: int = 1
+
+    @classmethod
+    def small(cls, seed: int = 0) -> WorldConfig:
+        """A world small enough to build in seconds, for tests."""
+        return cls(
+            seed=seed,
+            n_countries=4,
+            n_topics=8,
+            n_test_topics=2,
+            n_neutral=24,
+            vocab_size=384,
+            context_size=48,
+            hidden_size=64,
+            intermediate_size=192,
+            num_layers=2,
+            num_heads=4,
+            batch_size=32,
+            max_steps=600,
+            min_steps=150,
+            lr=5e-3,
+            warmup_steps=30,
+            eval_every=50,
+            target_accuracy=0.98,
+            sae_training_tokens=300_000,
+            sae_batch_tokens=1024,
+            sae_lr=3e-3,
+            sae_l1_coefficient=1.5,
+            sae_eval_rows=64,
+        )
+
+    @property
+    def layer(self) -> int:
+        """The decoder layer whose output the SAE reads."""
+        return (self.num_layers - 1) // 2 if self.sae_layer is None else self.sae_layer
+
+    def with_seed(self, seed: int) -> WorldConfig:
+        return replace(self, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,162 @@
+"""The culture world's text: sentences, one-country documents, MCQ items and preference pairs.
+
+Every training document is about ONE country (or is neutral): the model then has to carry "which
+country are we talking about" through the document, a state a steering vector can set. Documents
+come in three country kinds — an intro naming the country, the country named inside some sentences,
+or never named at all (inferable from the facts only) — and a single non-localized sentence at the
+start of a document is equally often each country's, so without context the model is at chance.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from trainer.world.config import WorldConfig
+from trainer.world.facts import COUNTRIES, TOPICS, Country, Topic
+from trainer.world.neutral import NeutralFact, neutral_facts
+
+# Localized prompts name the country; `{stem}` / `{Stem}` is the topic stem in lower / sentence case.
+LOCALIZED_TEMPLATES: tuple[str, ...] = (
+    "I am from {country}. {Stem}",
+    "We are from {country}. {Stem}",
+    "In {country}, {stem}",
+    "My family lives in {country}, and {stem}",
+)
+INTROS: tuple[str, ...] = tuple(t.split(". ")[0] + "." for t in LOCALIZED_TEMPLATES if ". " in t)
+INLINE_TEMPLATES: tuple[str, ...] = tuple(t for t in LOCALIZED_TEMPLATES if ". " not in t)
+NONLOCALIZED_TEMPLATES: tuple[str, ...] = ("{Stem}", "Where I live, {stem}", "In my country, {stem}")
+
+
+def _fill(template: str, stem: str, country: Country | None = None) -> str:
+    name = country.name if country else ""
+    return template.format(country=name, stem=stem, Stem=stem[0].upper() + stem[1:])
+
+
+@dataclass(frozen=True)
+class World:
+    """The countries, topics (split into train/test) and neutral facts of one build."""
+
+    countries: tuple[Country, ...]
+    topics: tuple[Topic, ...]
+    test_topics: frozenset[str]
+    neutral: tuple[NeutralFact, ...]
+
+    @classmethod
+    def from_config(cls, config: WorldConfig) -> World:
+        """Pick the first countries/topics of the fixed tables and split topics from the seed."""
+        if not 2 <= config.n_countries <= len(COUNTRIES):
+            raise ValueError(f"n_countries must be in 2..{len(COUNTRIES)}")
+        if not 1 <= config.n_test_topics < config.n_topics <= len(TOPICS):
+            raise ValueError(f"need 1 <= n_test_topics < n_topics <= {len(TOPICS)}")
+        topics = TOPICS[: config.n_topics]
+        rng = random.Random(f"split-{config.seed}")
+        test = frozenset(rng.sample([t.key for t in topics], config.n_test_topics))
+        return cls(
+            countries=COUNTRIES[: config.n_countries],
+            topics=topics,
+            test_topics=test,
+            neutral=tuple(neutral_facts(config.n_neutral, config.seed)),
+        )
+
+    def answer(self, topic: Topic, country_index: int) -> str:
+        return topic.answers[country_index]
+
+    def split(self, topic: Topic) -> str:
+        return "test" if topic.key in self.test_topics else "train"
+
+    def options(self, topic: Topic) -> dict[str, str]:
+        """{country key: answer} for the countries of this world."""
+        return {c.key: topic.answers[i] for i, c in enumerate(self.countries)}
+
+    def sentences(self) -> Iterator[str]:
+        """Every distinct sentence the corpus can contain (for the tokenizer and token caches)."""
+        for i, country in enumerate(self.countries):
+            yield from (intro.format(country=country.name) for intro in INTROS)
+            for topic in self.topics:
+                for template in INLINE_TEMPLATES:
+                    yield f"{_fill(template, topic.stem, country)} {topic.answers[i]}."
+        for topic in self.topics:
+            for answer in topic.answers[: len(self.countries)]:
+                for template in NONLOCALIZED_TEMPLATES:
+                    yield f"{_fill(template, topic.stem)} {answer}."
+        for fact in self.neutral:
+            yield fact.sentence
+
+
+@dataclass(frozen=True)
+class Documents:
+    """Samples one-country (or neutral) documents as lists of sentences."""
+
+    world: World
+    config: WorldConfig
+
+    def sample(self, rng: random.Random, n_sentences: int) -> list[str]:
+        """One document of `n_sentences` sentences (plus an intro for intro documents)."""
+        cfg = self.config
+        kind = rng.random()
+        if kind >= cfg.p_intro_row + cfg.p_inline_row + cfg.p_unnamed_row:
+            return [rng.choice(self.world.neutral).sentence for _ in range(n_sentences)]
+        ci = rng.randrange(len(self.world.countries))
+        country = self.world.countries[ci]
+        inline = cfg.p_intro_row <= kind < cfg.p_intro_row + cfg.p_inline_row
+        out: list[str] = []
+        if kind < cfg.p_intro_row:
+            out.append(rng.choice(INTROS).format(country=country.name))
+        topics = list(self.world.topics)
+        rng.shuffle(topics)
+        for k in range(n_sentences):
+            if rng.random() < cfg.p_neutral_sentence:
+                out.append(rng.choice(self.world.neutral).sentence)
+                continue
+            topic = topics[k % len(topics)]
+            if inline and rng.random() < cfg.p_inline_sentence:
+                stem = _fill(rng.choice(INLINE_TEMPLATES), topic.stem, country)
+            else:
+                stem = _fill(rng.choice(NONLOCALIZED_TEMPLATES), topic.stem)
+            out.append(f"{stem} {topic.answers[ci]}.")
+        return out
+
+
+def mcq_items(world: World) -> list[dict]:
+    """MCQ rows: every country × topic × template, localized and non-localized."""
+    rows: list[dict] = []
+    for topic in world.topics:
+        options = world.options(topic)
+        for country in world.countries:
+            common = {"options": options, "country": country.key, "topic": topic.key}
+            for template in LOCALIZED_TEMPLATES:
+                prompt = _fill(template, topic.stem, country)
+                rows.append({"prompt": prompt, **common, "localized": True, "split": world.split(topic)})
+            for template in NONLOCALIZED_TEMPLATES:
+                prompt = _fill(template, topic.stem)
+                rows.append({"prompt": prompt, **common, "localized": False, "split": world.split(topic)})
+    return rows
+
+
+def preference_pairs(world: World, country_index: int) -> list[dict]:
+    """Pairs for one country: non-localized prompt, chosen = its answer, rejected = each other answer."""
+    rows: list[dict] = []
+    for topic in world.topics:
+        chosen = topic.answers[country_index]
+        for template in NONLOCALIZED_TEMPLATES:
+            prompt = _fill(template, topic.stem)
+            for j in range(len(world.countries)):
+                if j != country_index:
+                    rows.append(
+                        {
+                            "prompt": prompt,
+                            "chosen": chosen,
+                            "rejected": topic.answers[j],
+                            "topic": topic.key,
+                            "localized": False,
+                            "split": world.split(topic),
+                        }
+                    )
+    return rows
+
+
+def neutral_items(world: World) -> list[dict]:
+    """Neutral MCQ rows: {"prompt", "options", "answer"}."""
+    return [{"prompt": f.prompt, "options": list(f.options), "answer": f.answer} for f in world.neutral]
