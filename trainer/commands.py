@@ -28,6 +28,9 @@ def _register_demo(subparsers: Any) -> None:
     build.add_argument("--seed", type=int, default=0, help="seed of everything in the build (default: 0)")
     build.add_argument("--small", action="store_true", help="the small test-sized world (seconds)")
     build.set_defaults(handler=_demo_build)
+    from trainer.cli import register_demo_report  # `steer demo report` (issue 3): vectors + report.{json,md}
+
+    register_demo_report(actions)
 
 
 def _demo_build(args: Any) -> int:
