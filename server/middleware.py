@@ -1,7 +1,7 @@
 """Pure ASGI middlewares (no BaseHTTPMiddleware, so disconnect detection keeps working).
 
 - `RequestMetrics`: counts requests by route template and status.
-- `ApiKeyAuth`: `Authorization: Bearer <key>` on every route except the open ones, constant-time compare.
+- `ApiKeyAuth`: `Authorization: Bearer <key>` except on the open routes (`is_open`), constant-time compare.
 - `BodyLimit`: 413 for bodies over the limit, by Content-Length or by counting what arrives.
 """
 
@@ -16,7 +16,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.errors import error_payload
 from server.metrics import Metrics
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/", "/playground"})
+# The playground page and its static files carry no data; the key is typed into the page and sent by its calls.
+OPEN_PREFIXES = ("/playground/",)
+
+
+def is_open(path: str) -> bool:
+    """Routes that need no API key: liveness and the playground's static files."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 async def _send_error(
@@ -68,7 +75,7 @@ class ApiKeyAuth:
         self.expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+        if scope["type"] != "http" or is_open(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         given = b""

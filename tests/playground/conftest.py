@@ -1,0 +1,155 @@
+"""Fixtures for the playground tests: the real server (tests/server helpers) on 127.0.0.1 with a tiny world
+whose vectors visibly change the text, and Debian's headless Chromium driven by Playwright.
+
+CI needs: the Debian package `chromium` (at /usr/bin/chromium, or set STEER_CHROMIUM) and the pip package
+`playwright` (only its Python driver; no `playwright install`, no browser download).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
+KEY = "playground-key"
+CHROMIUM = os.environ.get("STEER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# Name -> (kind, seed, metadata). Strong enough that the steered greedy text differs from the unsteered one.
+SWEEP_EVAL = {
+    "target": "yapo-land",
+    "data_split": "test",
+    "strengths": [0, 10, 20, 30],
+    "heldout_accuracy": {"0": 0.31, "10": 0.52, "20": 0.64, "30": 0.58},
+    "retention": {"0": 0.9, "10": 0.89, "20": 0.86, "30": 0.8},
+}
+VECTORS: dict[str, tuple[str, int, dict[str, Any]]] = {
+    "culture/yapo-land": (
+        "sparse",
+        2,
+        {
+            "strength_range": (-30.0, 30.0),
+            "default_strength": 20.0,
+            "eval": SWEEP_EVAL,
+            "training": {"steps": 200, "final_loss": 0.08},
+        },
+    ),
+    "culture/bipo-land": ("positive", 6, {"method": "bipo", "strength_range": (-20.0, 20.0)}),
+    "demo/dense": (
+        "dense",
+        3,
+        {"method": "caa", "strength_range": (-10.0, 10.0), "training": {"losses": [0.7, 0.4, 0.3, 0.2]}},
+    ),
+}
+
+
+def _server_helpers() -> Any:
+    """tests/server/conftest.py as a module of its own name (pytest imports it as `conftest`)."""
+    if "server_conftest" in sys.modules:
+        return sys.modules["server_conftest"]
+    sys.path.insert(0, str(SERVER_TESTS))  # for its `from server_testkit import ...`
+    spec = importlib.util.spec_from_file_location("server_conftest", SERVER_TESTS / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["server_conftest"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+srv = _server_helpers()
+
+
+@pytest.fixture(scope="session")
+def playground_world(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from server_testkit import save_tiny_model
+
+    from vectors.io import save_vector
+    from vectors.names import vector_path
+
+    root = tmp_path_factory.mktemp("playground-world")
+    world = srv.TinyWorld(
+        model=save_tiny_model(root / "model"), sae=srv.save_tiny_sae(root / "sae"), catalog=root / "vectors"
+    )
+    world.catalog.mkdir()
+    for name, (kind, seed, meta) in VECTORS.items():
+        vector = srv.make_vector(None, name, kind=kind, seed=seed, **meta)  # SAE source: "tiny-sae"
+        save_vector(vector, vector_path(world.catalog, name))
+    return world
+
+
+@pytest.fixture(scope="session")
+def server(playground_world: Any) -> Iterator[Any]:
+    """The real app under uvicorn, with an API key and a small per-step delay so streaming is observable."""
+    settings = srv.settings_for(playground_world, api_key=KEY, debug_step_delay_s=0.02, max_new_tokens=64)
+    with srv.run_server(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: install Debian's `chromium` package (apt-get install -y chromium)"
+            " or set STEER_CHROMIUM to its path"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(
+            "the Python package `playwright` is missing: pip install playwright (no `playwright install`)"
+        )
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: Any) -> Iterator[Any]:
+    """A fresh page (own storage) at the playground, key not yet typed."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(f"{server.url}/")
+    try:
+        yield pg
+        assert not errors, f"JavaScript errors on the page: {errors}"
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def ready_page(page: Any) -> Any:
+    """The playground with the API key typed in and the catalog loaded."""
+    key = page.get_by_label("API key")
+    key.fill(KEY)
+    key.blur()
+    page.locator("#catalog .entry").first.wait_for()
+    return page
+
+
+@pytest.fixture
+def api(server: Any) -> Iterator[Any]:
+    """An httpx client for the same server, with the key."""
+    with server.client(headers={"Authorization": f"Bearer {KEY}"}) as client:
+        yield client
