@@ -61,8 +61,21 @@ def _chat_ids(tokenizer: Any, chat: list[dict[str, str]]) -> list[int]:
     return _one_bos(tokenizer, ids, want_bos=want_bos)
 
 
+_INJECTS_CACHE: dict[tuple[str, tuple[str, ...]], bool] = {}
+
+
 def _template_injects_system(tokenizer: Any) -> bool:
-    """Whether the template writes text of its own before a lone user message (a default system prompt)."""
+    """Whether the template writes text of its own before a lone user message (a default system prompt).
+
+    Cached per (template, special tokens): the answer depends on nothing else.
+    """
+    key = (str(tokenizer.chat_template), tuple(tokenizer.all_special_tokens))
+    if key not in _INJECTS_CACHE:
+        _INJECTS_CACHE[key] = _probe_injects_system(tokenizer)
+    return _INJECTS_CACHE[key]
+
+
+def _probe_injects_system(tokenizer: Any) -> bool:
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": _PROBE}], tokenize=False, add_generation_prompt=False
     )

@@ -25,15 +25,15 @@ class WorldConfig:
     # tokenizer and model
     vocab_size: int = 1024
     context_size: int = 64
-    hidden_size: int = 128
-    intermediate_size: int = 384
+    hidden_size: int = 96
+    intermediate_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     # language-model training
     batch_size: int = 32
     max_steps: int = 3000
     min_steps: int = 600
-    lr: float = 3e-3
+    lr: float = 5e-3
     warmup_steps: int = 100
     eval_every: int = 200
     target_accuracy: float = 0.99  # early stop once quick localized and neutral accuracy reach it
