@@ -43,6 +43,9 @@ class DemoConfig:
     strengths: list[float] = field(default_factory=lambda: [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0])
     eval_splits: list[str] = field(default_factory=lambda: ["test"])
     progress: bool = True
+    # torch threads while the report runs (restored afterwards): tiny models gain little from more, and on a
+    # shared machine multi-threaded torch slows down many-fold
+    threads: int = 1
 
 
 def vector_name(method: str, country: str) -> str:
@@ -64,6 +67,17 @@ def pick_countries(root: Path, cfg: DemoConfig) -> list[str]:
 
 def build_report(cfg: DemoConfig, *, resources: Resources | None = None) -> dict[str, Any]:
     """Train every (method, country) vector, evaluate them, write report.{json,md} and plots under root."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, cfg.threads))
+    try:
+        return _build_report(cfg, resources)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     root = Path(cfg.root)
     res = resources or load_resources(str(root / "model"), str(root / "sae"))
