@@ -55,8 +55,15 @@ def error_response(error: ApiError) -> JSONResponse:
     )
 
 
+# pydantic names the member of a union that failed (`str`, `list[str]`, `function-after[_utf8(), str]`):
+# not part of the field's name.
+_UNION_TAG = re.compile(r"^(?:str|int|float|bool|none|[a-z][a-z-]*\[.*\])$")
+
+
 def _loc_to_param(loc: Sequence[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    parts = [str(p) for p in loc[1:] if not (isinstance(p, str) and _UNION_TAG.match(p))]
+    if loc and loc[0] not in ("body", "query", "path"):
+        parts.insert(0, str(loc[0]))
     return ".".join(parts) or "body"
 
 
@@ -92,6 +99,9 @@ async def handle_validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def handle_http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI could not decode the body (nesting too deep, huge number, bad UTF-8)
+        message = f"body could not be parsed as JSON ({exc.detail}): too deeply nested, a number too long, or not UTF-8"
+        return error_response(ApiError(422, message, param="body"))
     kind = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed"}.get(
         exc.status_code, "http_error"
     )

@@ -52,19 +52,26 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run_server(settings: ServerSettings, log_level: str = "info") -> int:
-    """Serve until a signal; returns the process exit code."""
-    state = ServerState(settings)
-    app = create_app(settings, state=state)
-    config = uvicorn.Config(
+def uvicorn_config(app: Any, settings: ServerSettings, log_level: str = "info") -> uvicorn.Config:
+    """How `steer serve` runs uvicorn. The h11 parser, because it bounds the request head
+    (`max_header_bytes`, else 431/400); httptools accepts headers of any size (50 MB were tried)."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=5,
         lifespan="on",
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
-    server = DrainingServer(config, state)
+
+
+def run_server(settings: ServerSettings, log_level: str = "info") -> int:
+    """Serve until a signal; returns the process exit code."""
+    state = ServerState(settings)
+    app = create_app(settings, state=state)
+    server = DrainingServer(uvicorn_config(app, settings, log_level), state)
     state.on_fatal = server.fatal
     asyncio.run(server.serve())
     return server.exit_code

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+FAILURE_REASONS = ("error", "oom", "overloaded", "timeout", "cancelled")
 _PER_TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -13,12 +21,15 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes etc. (Linux): what load/soak tests watch
         self.requests = Counter(
             "steer_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )
         self.failures = Counter(
             "steer_request_failures", "Failed generations by reason", ["reason"], registry=r
         )
+        for reason in FAILURE_REASONS:  # export zeros, so rates work before the first failure
+            self.failures.labels(reason=reason)
         self.disconnects = Counter("steer_client_disconnects", "Clients gone before the end", registry=r)
         self.prompt_tokens = Counter("steer_prompt_tokens", "Prompt tokens admitted", registry=r)
         self.generation_tokens = Counter("steer_generation_tokens", "Tokens generated", registry=r)

@@ -9,12 +9,24 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 ApplyPhase = Literal["prompt", "generation", "both"]
 FinishReason = Literal["stop", "length", "cancelled"]
 Strength = Annotated[float, Field(allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+def _utf8(value: str) -> str:
+    """JSON can carry lone surrogates (`"\\ud800"`) that no tokenizer accepts: refuse them here (422)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid Unicode (lone surrogate at index {exc.start})") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
 
 
 class StrictModel(BaseModel):
@@ -50,13 +62,13 @@ class ErrorResponse(ResponseModel):
 
 class ChatMessage(StrictModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class GenerateRequest(StrictModel):
     """`POST /generate`: one prompt (or chat), steered by any number of named vectors."""
 
-    prompt: str | None = Field(default=None, description="Plain text prompt (give this or `messages`).")
+    prompt: Text | None = Field(default=None, description="Plain text prompt (give this or `messages`).")
     messages: list[ChatMessage] | None = Field(
         default=None, min_length=1, description="Chat; the model's chat template is applied server-side."
     )
@@ -70,7 +82,7 @@ class GenerateRequest(StrictModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int = Field(default=0, ge=0, description="0 = no top-k filter.")
     seed: Seed | None = None
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     stream: bool = False
     compare: bool = Field(default=False, description="Also generate the unsteered text, side by side.")
 
@@ -197,7 +209,7 @@ class OpenAIBase(StrictModel):
     top_k: int = Field(default=0, ge=0)
     n: int = Field(default=1, ge=1, le=1, description="Only 1 is supported.")
     seed: Seed | None = None
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -206,7 +218,7 @@ class OpenAIBase(StrictModel):
 
 
 class CompletionRequest(OpenAIBase):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
 
 
 class ChatCompletionRequest(OpenAIBase):

@@ -46,8 +46,11 @@ def sample_rows(
 
 
 def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
-    # Sampling happens on CPU in float32 so that a seed gives the same draw on every device.
-    scores = logits.detach().to("cpu", torch.float32) / p.temperature
+    # Sampling happens on CPU in float64 so that a seed gives the same draw on every device.
+    # Shift so the best score is 0 first: a tiny temperature (say 1e-300) then sends the others to -inf
+    # instead of overflowing every score to inf (softmax NaN, multinomial error).
+    scores = logits.detach().to("cpu", torch.float64)
+    scores = (scores - scores.max()) / p.temperature
     if p.top_k > 0 and p.top_k < scores.shape[0]:
         kth = torch.topk(scores, p.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -160,29 +160,48 @@ class Scheduler:
         return len(batch) if batch is not None else 0
 
     @property
+    def busy_rows(self) -> int:
+        """Rows of admitted requests, including those still in prefill (not yet in the batch)."""
+        return sum(h.rows for h in list(self._running.values()))
+
+    @property
     def in_flight(self) -> int:
         return len(self._waiting) + len(self._running)
 
     # --- event-loop side ------------------------------------------------------------------------------------
     def submit(self, seqs: list[Sequence]) -> Handle:
         """Queue a request (call from the event loop). Raises `NotAccepting` or `QueueFull`."""
-        if not self._accepting:
-            raise NotAccepting("server is shutting down")
         if len(seqs) > self.limits.max_batch:
             raise ValueError(f"request needs {len(seqs)} rows, max_batch is {self.limits.max_batch}")
         handle = Handle(seqs=seqs, loop=asyncio.get_running_loop())
         for index, s in enumerate(seqs):
             s.on_update = self._listener(handle, index)
         with self._cond:
-            # A request that free batch rows will take at once does not count against the queue.
-            waiting_rows = sum(h.rows for h in self._waiting)
-            fits_now = waiting_rows + len(seqs) <= self.limits.max_batch - self.running_rows
-            if not fits_now and len(self._waiting) >= self.limits.max_queue:
-                raise QueueFull(f"queue is full ({self.limits.max_queue} waiting)")
+            self.check_room(len(seqs))
             self._waiting.append(handle)
             self.metrics.queue_depth.set(len(self._waiting))
             self._cond.notify_all()
         return handle
+
+    def check_room(self, rows: int) -> None:
+        """Raise `NotAccepting` / `QueueFull` if a request of `rows` rows would be refused now.
+
+        Cheap and lock-free when called alone (the routes call it before tokenizing, so that an overloaded
+        server answers 429 without a trip through the thread pool); `submit` repeats it under the lock.
+        """
+        if not self._accepting:
+            raise NotAccepting("server is shutting down")
+        # Requests that free batch rows will take at the next step do not count against the queue
+        # (admission is first come, first served: after the first that does not fit, all are queued).
+        free = self.limits.max_batch - self.busy_rows
+        queued = 0
+        for h in list(self._waiting):
+            if queued == 0 and h.rows <= free:
+                free -= h.rows
+            else:
+                queued += 1
+        if (queued or rows > free) and queued >= self.limits.max_queue:
+            raise QueueFull(f"queue is full ({self.limits.max_queue} waiting)")
 
     def _listener(self, handle: Handle, index: int) -> Any:
         counted = 0

@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +180,11 @@ class Service:
             seed=req.seed,
             stop=stop,
         )
+        if req.compare and self.settings.max_batch < 2:
+            raise invalid(
+                "compare",
+                f"`compare` needs 2 batch rows; this server's max_batch is {self.settings.max_batch}",
+            )
         fault = self._fault(text)
         seqs = [Sequence(ids, sampling, spec, fault=fault)]
         if req.compare:
@@ -221,41 +227,87 @@ class Service:
             return None
         return next((kind for marker, kind in _FAULTS.items() if marker in text), None)
 
+    def check_room(self, rows: int) -> None:
+        """Fail fast (429 / 503) before any work when a request of `rows` rows would be refused anyway."""
+        with self._admission_errors():
+            self.scheduler.check_room(rows)
+
     def submit(self, prepared: Prepared) -> Handle:
         """Queue the rows; 429 when the queue is full, 503 while draining."""
+        with self._admission_errors():
+            return self.scheduler.submit(prepared.seqs)
+
+    @contextlib.contextmanager
+    def _admission_errors(self) -> Iterator[None]:
         retry = {"Retry-After": str(self.settings.retry_after_s)}
         try:
-            handle = self.scheduler.submit(prepared.seqs)
+            yield
         except QueueFull as exc:
             self.metrics.failures.labels(reason="overloaded").inc()
             raise ApiError(429, f"{exc}; retry later", type="overloaded", headers=retry) from None
         except NotAccepting as exc:
             raise ApiError(503, str(exc), type="unavailable", headers=retry) from None
-        return handle
 
     async def run(self, prepared: Prepared, is_disconnected: Callable[[], Any]) -> Outcome:
-        """Queue, wait for the end (cancelling the rows if the client goes away), and summarise."""
+        """Queue, wait for the end (cancelling the rows if the client goes away or time runs out), summarise."""
         handle = self.submit(prepared)
         waiter = asyncio.ensure_future(handle.wait())
+        deadline = self.deadline(handle)
         try:
             while not waiter.done():
-                done, _ = await asyncio.wait({waiter}, timeout=0.25)
-                if not done and not handle.cancelled and await is_disconnected():
+                done, _ = await asyncio.wait({waiter}, timeout=_poll(deadline))
+                if done:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self.time_out(handle)
+                if not handle.cancelled and await is_disconnected():
                     self.cancel(handle)
             await waiter
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ApiError):
             self.cancel(handle)
             waiter.cancel()
             raise
         return self.outcome(prepared, handle)
 
-    async def stream(self, prepared: Prepared) -> tuple[Handle, AsyncIterator[Event]]:
-        """Queue and return the handle and its event stream (deltas of row 0; every row's end)."""
-        handle = self.submit(prepared)
-        return handle, handle.stream()
+    async def events(self, handle: Handle) -> AsyncIterator[Event]:
+        """The events of a queued request (deltas of row 0; every row's end); 504 `ApiError` past the deadline."""
+        deadline = self.deadline(handle)
+        stream = handle.stream()
+        while True:
+            try:
+                if deadline is None:
+                    event = await stream.__anext__()
+                else:
+                    left = max(0.0, deadline - time.monotonic())
+                    event = await asyncio.wait_for(stream.__anext__(), left)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise self.time_out(handle) from None
+            yield event
+
+    def deadline(self, handle: Handle) -> float | None:
+        """`time.monotonic()` by which the request must be done (None: no limit)."""
+        limit = self.settings.request_timeout_s
+        return handle.submitted + limit if limit > 0 else None
+
+    def time_out(self, handle: Handle) -> ApiError:
+        """Stop the rows of a request that ran past the deadline; the 504 to answer with."""
+        if not handle.cancelled:
+            self.metrics.failures.labels(reason="timeout").inc()
+            handle.cancel()
+        limit = self.settings.request_timeout_s
+        return ApiError(
+            504,
+            f"request did not finish within {limit:g} s (server limit STEER_REQUEST_TIMEOUT_S); "
+            "ask for fewer tokens or retry later",
+            type="timeout",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+        )
 
     def cancel(self, handle: Handle) -> None:
-        if not all(s.finished for s in handle.seqs):
+        """Stop the rows of a request whose client went away."""
+        if not handle.cancelled and not all(s.finished for s in handle.seqs):
             self.metrics.disconnects.inc()
         handle.cancel()
 
@@ -280,6 +332,13 @@ class Service:
             unsteered_text=twin.text if twin is not None else None,
             unsteered_finish_reason=twin.finish_reason if twin is not None else None,
         )
+
+
+def _poll(deadline: float | None, every: float = 0.25) -> float:
+    """Seconds to wait before the next disconnect / deadline check."""
+    if deadline is None:
+        return every
+    return max(0.0, min(every, deadline - time.monotonic()))
 
 
 def failure(error: BaseException | None) -> ApiError:

@@ -51,10 +51,16 @@ class ServerSettings(BaseSettings):
     max_vectors_per_request: int = Field(default=8, ge=1)
     max_stop_sequences: int = Field(default=4, ge=0)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="Request line + headers cap.")
     strength_policy: StrengthPolicy = Field(
         default="reject", description="A strength outside a vector's strength_range: 422 or clamp."
     )
     adhoc_strength_limit: float = Field(default=100.0, gt=0, description="|strength| cap for sae:<feature>.")
+    request_timeout_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Submission to last token; past it the request is stopped and answered 504 (0 = no limit).",
+    )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 429 and 503.")
 
     # Lifecycle.
@@ -90,4 +96,5 @@ class ServerSettings(BaseSettings):
             "max_stop_sequences": self.max_stop_sequences,
             "max_body_bytes": self.max_body_bytes,
             "strength_policy": self.strength_policy,
+            "request_timeout_s": self.request_timeout_s,
         }

@@ -17,7 +17,7 @@ from server.sse import frame, sse_response
 
 router = APIRouter(tags=["generate"])
 
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 422, 429, 500, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 422, 429, 500, 503, 504)}
 
 
 def to_input(body: GenerateRequest) -> GenerationInput:
@@ -44,6 +44,7 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse 
     event with finish_reason, usage and the applied steering (or an `error` event).
     """
     service = get_service(request)
+    service.check_room(2 if body.compare else 1)
     prepared = await asyncio.to_thread(service.prepare, to_input(body))
     if body.stream:
         handle = service.submit(prepared)
@@ -62,10 +63,10 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse 
 
 async def _events(service: Service, prepared: Prepared, handle: Handle) -> AsyncIterator[str]:
     async with cancel_on_exit(service, handle):
-        async for event in handle.stream():
-            if event.index == 0 and event.delta:
-                yield frame(StreamToken(text=event.delta), "token")
         try:
+            async for event in service.events(handle):
+                if event.index == 0 and event.delta:
+                    yield frame(StreamToken(text=event.delta), "token")
             out = service.outcome(prepared, handle)
         except ApiError as exc:
             yield frame(error_payload(exc.status, exc.message, exc.type, exc.param), "error")

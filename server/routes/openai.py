@@ -81,6 +81,7 @@ def _finish(reason: str) -> str:
 async def completions(body: CompletionRequest, request: Request) -> CompletionResponse | StreamingResponse:
     service = get_service(request)
     _check_model(service, body)
+    service.check_room(1)
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     prepared = await asyncio.to_thread(service.prepare, _input(body, prompt, None, body.max_tokens))
     if body.stream:
@@ -114,6 +115,7 @@ async def chat_completions(
 ) -> ChatCompletionResponse | StreamingResponse:
     service = get_service(request)
     _check_model(service, body)
+    service.check_room(1)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     prepared = await asyncio.to_thread(service.prepare, _input(body, None, body.messages, max_tokens))
     if body.stream:
@@ -160,10 +162,10 @@ async def _stream(
     async with cancel_on_exit(service, handle):
         if first is not None:
             yield frame(first)  # type: ignore[arg-type]
-        async for event in handle.stream():
-            if event.delta:
-                yield frame(chunk(event.delta, None))  # type: ignore[arg-type]
         try:
+            async for event in service.events(handle):
+                if event.delta:
+                    yield frame(chunk(event.delta, None))  # type: ignore[arg-type]
             out = service.outcome(prepared, handle)
         except ApiError as exc:
             yield frame(error_payload(exc.status, exc.message, exc.type, exc.param))

@@ -1,0 +1,1 @@
+"""Reliability and security tests of the server (a package, so that its conftest never shadows tests/server's)."""
