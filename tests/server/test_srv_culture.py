@@ -16,35 +16,14 @@ from conftest import run_server, settings_for
 pytestmark = pytest.mark.slow
 
 COUNTRY = "morocco"
-WORLD_FIXTURES = ("culture_world", "small_world", "world_small", "demo_world")
-
-
-def _world_root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's small culture world (tests/conftest.py), $STEER_TEST_WORLD, or a fresh build."""
-    for name in WORLD_FIXTURES:
-        try:
-            value = request.getfixturevalue(name)
-        except pytest.FixtureLookupError:
-            continue
-        for attr in ("root", "path", "out"):
-            value = getattr(value, attr, value)
-        return Path(value)
-    if os.environ.get("STEER_TEST_WORLD"):
-        return Path(os.environ["STEER_TEST_WORLD"])
-    from trainer.world.build import build_world
-    from trainer.world.config import WorldConfig
-
-    out = tmp_path_factory.mktemp("culture") / "world"
-    build_world(out, WorldConfig.small(), verbose=False)
-    return out
 
 
 @pytest.fixture(scope="module")
-def culture(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The world, plus a YaPO vector for COUNTRY trained on the train topics into a private catalog."""
+def culture(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The session's small world, plus a YaPO vector for COUNTRY trained on the train topics into a private catalog."""
     from trainer.train import TrainConfig, train_vector
 
-    root = _world_root(request, tmp_path_factory)
+    root = world_dir
     catalog = tmp_path_factory.mktemp("culture-catalog")
     cfg = TrainConfig(
         method="yapo",
