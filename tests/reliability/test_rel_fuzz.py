@@ -26,7 +26,7 @@ from .relkit import CATALOG, assert_error_body, content_type, idle, run_server, 
 MODEL = "tiny"
 POST_ROUTES = ("/generate", "/v1/completions", "/v1/chat/completions")
 # Per operation and generation mode. Negative cases cost schemathesis ~5x more to generate than positive ones.
-SCHEMA_QUOTA = {"body": 900, "body-negative": 400, "path": 900}
+SCHEMA_QUOTA = {"body": 700, "body-negative": 400, "path": 500}
 RAW_QUOTA = 800  # per POST route and strategy
 HIDDEN_QUOTA = 100
 SENT: dict[str, int] = {}  # test id -> requests sent, for the closing check
@@ -328,7 +328,7 @@ def test_server_is_fine_afterwards(client: httpx.Client) -> None:
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
     by_status: dict[str, float] = {}
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith("steer_requests_total{"):
+        if line.startswith("steer_requests_total{") and 'route="/ready"' not in line:  # 503 while loading
             status = line.split('status="')[1].split('"')[0]
             by_status[status] = by_status.get(status, 0) + float(line.split()[-1])
     print(f"fuzz requests by test: {SENT}; total {sum(SENT.values())}; server saw by status: {by_status}")
