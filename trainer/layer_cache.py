@@ -4,7 +4,9 @@ Blocks 0..L are frozen and the steering acts on the output of block L, so h_L of
 is a constant. `LowerLayerCache` computes it once, then during training replaces blocks 0..L-1 by
 the identity and block L by a lookup of the cached rows (left-padded like the batch), so a step only
 runs blocks L+1.. (forward and backward). The steering hook on block L still fires as usual.
-With `codes=True` the SAE codes z = Enc(h_L) are cached too (YaPO then skips the encoder).
+With a `coder` the SAE codes z = Enc(h_L) are cached too (YaPO then skips the encoder). The same
+unsteered forward yields the π_0 response log-probs (`logprobs`, in row order), so the cache costs no
+pass over the data beyond the one computing π_0.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trainer.logprobs import make_batch
+from trainer.logprobs import make_batch, response_logprobs
 from trainer.objectives import decoder_layers_of
 
 
@@ -40,6 +42,7 @@ class LowerLayerCache:
         self._tuple_output = False
         self.current: Tensor | None = None
         self.current_codes: Tensor | None = None
+        logprobs: list[Tensor] = []
         device = next(model.parameters()).device
         block = decoder_layers_of(model)[layer]
         for start in range(0, len(rows), batch_rows):
@@ -49,7 +52,7 @@ class LowerLayerCache:
             handle = block.register_forward_hook(lambda _m, _a, out, store=store: store.append(out))
             try:
                 with torch.no_grad():
-                    _forward_to_layer(model, batch, layer)
+                    logprobs.append(response_logprobs(model, batch).cpu())
             finally:
                 handle.remove()
             out = store[0]
@@ -62,6 +65,8 @@ class LowerLayerCache:
                 if self.codes is not None:
                     with torch.no_grad():
                         self.codes.append(coder.encode(row).detach().clone())
+        # the same unsteered forward gives the π_0 response log-probs: one pass over the data for both
+        self.logprobs = torch.cat(logprobs)
 
     def assemble(self, row_ids: Sequence[int], width: int) -> None:
         """Set the left-padded cached activations (and codes) for the next forward's batch rows."""
@@ -106,28 +111,6 @@ class LowerLayerCache:
                     del block.forward
                 else:
                     block.forward = original
-
-
-def _forward_to_layer(model: Any, batch: Any, layer: int) -> None:
-    """Run the model far enough to fire block `layer`'s hook (the whole model; logits of one position)."""
-    kwargs: dict[str, Any] = {}
-    if getattr(model, "_steer_logits_to_keep", True):
-        kwargs["logits_to_keep"] = 1
-    try:
-        model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-            **kwargs,
-        )
-    except TypeError:
-        model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        )
 
 
 __all__ = ["LowerLayerCache"]

@@ -318,15 +318,17 @@ def _train_preference(
         ref_w, ref_l = ckpt.tensors["ref_w"], ckpt.tensors["ref_l"]
 
     t0 = time.perf_counter()
-    if ref_w is None:
-        ref_w, ref_l = (
-            reference_logprobs(res, encoded) if not cfg.reference_mode else (torch.zeros(n), torch.zeros(n))
-        )
     rows = _row_cache(encoded)
     cache = None
     if cfg.cache_activations and not cfg.reference_mode:
         coder = res.coder if cfg.method == "yapo" else None
-        cache = LowerLayerCache(res.model, layer, rows, coder=coder)
+        cache = LowerLayerCache(res.model, layer, rows, coder=coder)  # its forward also gives π_0
+        if ref_w is None:
+            ref_w, ref_l = cache.logprobs[:n], cache.logprobs[n:]
+    if ref_w is None:
+        ref_w, ref_l = (
+            reference_logprobs(res, encoded) if not cfg.reference_mode else (torch.zeros(n), torch.zeros(n))
+        )
     end = total if cfg.stop_after is None else min(total, cfg.stop_after)
     window: list[tuple[float, float]] = []
     bar = tqdm(
