@@ -101,8 +101,10 @@ def server(playground_world: Any) -> Iterator[Any]:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module: Playwright's sync driver keeps an event loop marked running in this
+    thread while it is open, which would break later tests that call `asyncio.run`."""
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         pytest.fail(
             f"Chromium not found at {CHROMIUM}: install Debian's `chromium` package (apt-get install -y chromium)"
