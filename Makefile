@@ -30,16 +30,21 @@ format: setup
 test: lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
 
+# The world (model, SAE, data) and the demo catalog (vectors + report) are built once; each stage
+# leaves its marker file only when complete, so an interrupted build resumes where it stopped.
 $(DEMO)/world.json: | setup
-	HF_HUB_OFFLINE=1 $(BIN)/steer demo build --out $(DEMO)
+	HF_HUB_OFFLINE=1 $(BIN)/steer demo build --out $(DEMO) --no-report
 
-demo: $(DEMO)/world.json
+$(DEMO)/report.json: $(DEMO)/world.json
+	HF_HUB_OFFLINE=1 $(BIN)/steer demo report --out $(DEMO)
 
-serve: setup $(DEMO)/world.json
+demo: $(DEMO)/report.json
+
+serve: setup $(DEMO)/report.json
 	HF_HUB_OFFLINE=1 $(BIN)/steer serve --model $(DEMO)/model --sae $(DEMO)/sae \
 		--vectors $(DEMO)/vectors --host $(HOST) --port $(PORT)
 
-bench: setup $(DEMO)/world.json
+bench: setup $(DEMO)/report.json
 	HF_HUB_OFFLINE=1 $(BIN)/steer bench --quick
 
 clean:

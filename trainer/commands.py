@@ -27,6 +27,11 @@ def _register_demo(subparsers: Any) -> None:
     build.add_argument("--out", default="var/demo", help="output folder (default: var/demo)")
     build.add_argument("--seed", type=int, default=0, help="seed of everything in the build (default: 0)")
     build.add_argument("--small", action="store_true", help="the small test-sized world (seconds)")
+    build.add_argument(
+        "--no-report",
+        action="store_true",
+        help="stop after the world: skip training and evaluating the demo vectors (`steer demo report`)",
+    )
     build.set_defaults(handler=_demo_build)
     from trainer.cli import register_demo_report  # `steer demo report` (issue 3): vectors + report.{json,md}
 
@@ -45,6 +50,14 @@ def _demo_build(args: Any) -> int:
     if failed:
         print(f"warning: world built but some checks failed: {', '.join(failed)}")
     print(f"world written to {args.out} ({summary['seconds']['total']:.0f} s)")
+    if args.no_report or args.small:
+        return 0
+    # The demo catalog: one vector per method for four countries, evaluated on held-out topics.
+    from trainer.report import DemoConfig, build_report
+
+    report = build_report(DemoConfig(root=args.out))
+    print(json.dumps({"targets": report["targets"], "seconds": report["seconds"]}, indent=1))
+    print(f"vectors in {args.out}/vectors, report in {args.out}/report.md")
     return 0
 
 
