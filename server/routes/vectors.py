@@ -33,15 +33,42 @@ def summarize(vector: Any) -> VectorSummary:
         default_strength=meta.default_strength,
         strength_range=tuple(meta.strength_range),
         apply=meta.apply,
-        eval=headline(meta.eval),
+        eval=headline(meta.eval, meta.default_strength),
         created=meta.created,
         nnz=vector.nnz,
     )
 
 
-def headline(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """The scalar entries of a vector's eval record (nested details stay in GET /vectors/{name})."""
-    return {k: v for k, v in evaluation.items() if isinstance(v, int | float | str | bool) or v is None}
+def headline(evaluation: dict[str, Any], strength: float | None = None) -> dict[str, Any]:
+    """The catalog's one-line view of an eval record: its scalar entries, the unsteered baselines, and each
+    per-strength table read at `strength` (the vector's default), e.g. ``retention@1.0``.
+    The full record stays in GET /vectors/{name}."""
+    out: dict[str, Any] = {}
+    for key, value in evaluation.items():
+        if _scalar(value):
+            out[key] = value
+        elif key == "unsteered" and isinstance(value, dict):
+            out.update({f"unsteered_{k}": v for k, v in value.items() if _scalar(v)})
+        elif strength is not None and isinstance(value, dict):
+            at = _at_strength(value, strength)
+            if at is not None:
+                out[f"{key}@{strength:g}"] = at
+    return out
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, int | float | str | bool)
+
+
+def _at_strength(table: dict[str, Any], strength: float) -> float | None:
+    """The entry of a {strength: number} table at `strength`, or None if the table is not one."""
+    for key, value in table.items():
+        try:
+            if float(key) == strength and isinstance(value, int | float):
+                return value
+        except ValueError:
+            return None
+    return None
 
 
 def top_features(vector: Any, k: int = TOP_FEATURES) -> list[FeatureValue]:
