@@ -18,6 +18,7 @@ from server.scheduler import Scheduler, SchedulerLimits
 from server.sequence import Sequence, SteerSpec
 from server.serving import Service
 from server.settings import ServerSettings
+from vectors.errors import SteerError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,11 @@ class ServerState:
             self.scheduler.start()
             self.service = Service(engine, self.scheduler, self.catalog, s, self.metrics)
         except Exception as exc:
-            log.exception("startup failed")
+            if isinstance(exc, OSError | SteerError):
+                # expected failures (a hub model offline, a missing folder, a bad SAE): one clear line
+                log.error("startup failed: %s", exc)
+            else:
+                log.exception("startup failed")
             self.status, self.detail = "failed", f"startup failed: {type(exc).__name__}: {exc}"
             if self.on_fatal is not None:
                 self.on_fatal(self.detail)
