@@ -123,7 +123,7 @@ class GenerateResponse(ResponseModel):
 
 
 class StreamToken(ResponseModel):
-    """One SSE `token` event: the next chunk of text."""
+    """One SSE `token` event: the next chunk of text (`unsteered_token`: of the unsteered twin, with `compare`)."""
 
     text: str
 

@@ -65,8 +65,11 @@ async def _events(service: Service, prepared: Prepared, handle: Handle) -> Async
     async with cancel_on_exit(service, handle):
         try:
             async for event in service.events(handle):
-                if event.index == 0 and event.delta:
-                    yield frame(StreamToken(text=event.delta), "token")
+                if event.delta:
+                    # row 0 is the request; row 1 the unsteered twin of a `compare` request
+                    yield frame(
+                        StreamToken(text=event.delta), "token" if event.index == 0 else "unsteered_token"
+                    )
             out = service.outcome(prepared, handle)
         except ApiError as exc:
             yield frame(error_payload(exc.status, exc.message, exc.type, exc.param), "error")

@@ -41,8 +41,9 @@ async function getJson(path) {
   return res.json();
 }
 
-// POST /generate with "stream": true; calls onToken(text) per chunk, resolves with the `done` event.
-async function streamGenerate(body, onToken, signal) {
+// POST /generate with "stream": true; calls onToken(text) per chunk (and onUnsteered(text) per chunk of the
+// unsteered twin when `compare` is set), resolves with the `done` event.
+async function streamGenerate(body, onToken, signal, onUnsteered = () => {}) {
   const res = await fetch("../generate", {
     method: "POST",
     headers: headers(true),
@@ -62,6 +63,7 @@ async function streamGenerate(body, onToken, signal) {
       const event = parseEvent(buffer.slice(0, cut));
       buffer = buffer.slice(cut + 2);
       if (event.name === "token") onToken(event.data.text);
+      else if (event.name === "unsteered_token") onUnsteered(event.data.text);
       else if (event.name === "done") return event.data;
       else if (event.name === "error") throw new ApiError(event.data.error.code, event.data.error);
     }
@@ -289,6 +291,7 @@ async function runCompare(signal) {
     { ...baseBody(), steer: steerMap(), compare: true },
     (text) => (steered.textContent += text),
     signal,
+    (text) => (unsteered.textContent += text),
   );
   unsteered.textContent = done.unsteered_text ?? "";
   $("steer-summary").textContent = done.steer.length

@@ -50,10 +50,11 @@ def test_generate_streams_steered_beside_unsteered(ready_page: Any, api: Any) ->
     assert (slider.get_attribute("min"), slider.get_attribute("max")) == ("-30", "30")
     row.get_by_label(f"Strength of {VECTOR}, exact value").fill("25")
     page.get_by_role("button", name="Generate").click()
-    # Streaming: steered tokens show up before the answer is complete (the unsteered text comes with `done`).
+    # Streaming: both columns fill in token by token, before the server says it is done.
     page.wait_for_function(
         "() => document.getElementById('steered-text').textContent.length > 0"
-        " && document.getElementById('unsteered-text').textContent === ''"
+        " && document.getElementById('unsteered-text').textContent.length > 0"
+        " && document.getElementById('run-status').textContent.startsWith('Generating')"
     )
     wait_done(page)
     steered = page.locator("#steered-text").inner_text()
