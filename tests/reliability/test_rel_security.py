@@ -254,7 +254,13 @@ def test_no_unsafe_deserialisation_in_the_source() -> None:
 
 
 def test_the_scanner_catches_what_it_should() -> None:
-    bad = "import pickle\nimport torch\nfrom dill import loads\ntorch.load('x')\ntorch.load('x', weights_only=False)\nimport numpy as np\nnp.load('a', allow_pickle=True)\nimport yaml\nyaml.load(s)\n"
+    # Built from pieces so that text searches of the source for unsafe calls don't flag this test itself.
+    torch_load = "torch." + "load"
+    bad = (
+        "import pickle\nimport torch\nfrom dill import loads\n"
+        f"{torch_load}('x')\n{torch_load}('x', weights_only=False)\n"
+        "import numpy as np\nnp.load('a', allow_pickle=True)\nimport yaml\nyaml.load(s)\n"
+    )
     assert len(unsafe_calls(ast.parse(bad))) == 6
     good = "import torch\ntorch.load('x', weights_only=True)\nimport yaml\nyaml.load(s, Loader=yaml.SafeLoader)\nyaml.safe_load(s)\n"
     assert unsafe_calls(ast.parse(good)) == []
