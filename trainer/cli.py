@@ -219,7 +219,12 @@ def register_demo_report(demo_subparsers: Any) -> None:
     )
     p.add_argument("--out", default="var/demo", help="the demo folder `steer demo build` wrote")
     p.add_argument("--countries", help="comma-separated (default: morocco, egypt and two more)")
-    p.add_argument("--steps", type=int, default=200, help="YaPO / BiPO optimiser steps per vector")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="YaPO / BiPO optimiser steps per vector (default: DemoConfig.steps)",
+    )
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_demo_report)
@@ -231,10 +236,11 @@ def _demo_report(args: argparse.Namespace) -> int:
     cfg = DemoConfig(
         root=args.out,
         countries=[c.strip() for c in args.countries.split(",")] if args.countries else None,
-        steps=args.steps,
         seed=args.seed,
         progress=not args.no_progress,
     )
+    if args.steps is not None:
+        cfg.steps = args.steps
     report = build_report(cfg)
     print(json.dumps({"targets": report["targets"], "seconds": report["seconds"]}, indent=1))
     print(f"report: {args.out}/report.md")

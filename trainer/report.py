@@ -33,10 +33,13 @@ class DemoConfig:
     countries: list[str] | None = None  # default: morocco, egypt + the next two of the world
     n_countries: int = 4
     methods: tuple[str, ...] = METHODS
-    steps: int = 200  # yapo / bipo optimiser steps
-    batch_size: int = 8
-    lr: float = 5e-3
-    beta: float = 0.1
+    # yapo / bipo: batch 64 averages over many topics (batch 8 let topic-specific answer tokens dominate) and
+    # β 1 stops the vector growing once pairs are ranked (β 0.1 chased a margin that broke the neutral facts);
+    # see docs/culture-results.md
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-2
+    beta: float = 1.0
     warmup_steps: int = 20
     seed: int = 11
     sas_tau: float = 0.0

@@ -38,7 +38,9 @@ class WorldConfig:
     eval_every: int = 200
     target_accuracy: float = 0.99  # early stop once quick localized and neutral accuracy reach it
     # SAE
-    sae_layer: int | None = None  # None: the middle decoder layer, (num_layers - 1) // 2
+    # Layer 2 of 4: the model reads "which country" by attention in blocks 2-3, so a vector at layer 1 has no
+    # country direction to find (docs/culture-results.md). None: the middle decoder layer, (num_layers - 1) // 2.
+    sae_layer: int | None = 2
     sae_expansion: int = 8
     sae_training_tokens: int = 1_000_000
     sae_batch_tokens: int = 4096
@@ -76,6 +78,7 @@ class WorldConfig:
             sae_lr=3e-3,
             sae_l1_coefficient=1.5,
             sae_eval_rows=64,
+            sae_layer=0,
         )
 
     @property
