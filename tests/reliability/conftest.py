@@ -8,22 +8,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
-from server.engine import Engine, EngineConfig
+from server.engine import Engine
 
-from .relkit import TinyWorld, save_tiny_model, save_tiny_sae, write_catalog
+from .relkit import TinyWorld, build_tiny_world, load_engine
 
 
 @pytest.fixture(scope="session")
 def rel_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    root = tmp_path_factory.mktemp("rel-world")
-    world = TinyWorld(
-        model=save_tiny_model(root / "model"), sae=save_tiny_sae(root / "sae"), catalog=root / "vectors"
-    )
-    world.catalog.mkdir()
-    write_catalog(world)
-    return world
+    return build_tiny_world(tmp_path_factory.mktemp("rel-world"))
 
 
 @pytest.fixture(scope="session")
 def rel_engine(rel_world: TinyWorld) -> Engine:
-    return Engine.load(EngineConfig(model=str(rel_world.model), sae=(str(rel_world.sae),), device="cpu"))
+    return load_engine(rel_world)

@@ -44,6 +44,8 @@ make_vector = _srv.make_vector
 write_catalog = _srv.write_catalog
 save_tiny_sae = _srv.save_tiny_sae
 save_tiny_model = _srv.save_tiny_model
+build_tiny_world = _srv.build_tiny_world
+load_engine = _srv.load_engine
 CATALOG: dict[str, tuple[str, int]] = _srv.CATALOG
 parse_sse = sys.modules["server_testkit"].parse_sse
 

@@ -107,9 +107,8 @@ def write_catalog(world: TinyWorld, names: dict[str, tuple[str, int]] = CATALOG)
         save_vector(make_vector(world, name, kind=kind, seed=seed), vector_path(world.catalog, name))
 
 
-@pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    root = tmp_path_factory.mktemp("tiny-world")
+def build_tiny_world(root: Path) -> TinyWorld:
+    """Tiny model, SAE and the standard catalog under `root` (shared with the reliability tests)."""
     world = TinyWorld(
         model=save_tiny_model(root / "model"), sae=save_tiny_sae(root / "sae"), catalog=root / "vectors"
     )
@@ -118,10 +117,19 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     return world
 
 
+def load_engine(world: TinyWorld) -> Engine:
+    return Engine.load(EngineConfig(model=str(world.model), sae=(str(world.sae),), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
+    return build_tiny_world(tmp_path_factory.mktemp("tiny-world"))
+
+
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_world: TinyWorld) -> Engine:
     """One engine for the whole session (tests run one at a time; each server gets its own scheduler)."""
-    return Engine.load(EngineConfig(model=str(tiny_world.model), sae=(str(tiny_world.sae),), device="cpu"))
+    return load_engine(tiny_world)
 
 
 def settings_for(world: TinyWorld, **overrides: Any) -> ServerSettings:
