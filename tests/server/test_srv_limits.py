@@ -71,7 +71,9 @@ def test_full_queue_answers_429_with_retry_after(slow: Any) -> None:
     for t in threads:
         t.start()
     with slow.client() as c:
-        wait_for(lambda: c.get("/ready").json()["queue_depth"] == 1)
+        # Both rows running and one waiting: a lone queue_depth == 1 could be the second request
+        # before its admission, with the third not yet sent.
+        wait_for(lambda: (lambda b: (b["running"], b["queue_depth"]) == (2, 1))(c.get("/ready").json()))
         t0 = time.monotonic()
         r = c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 5})
         elapsed = time.monotonic() - t0
