@@ -9,13 +9,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from server.errors import ApiError, error_payload
+from server.jsonbody import StrictJsonRoute
 from server.protocol import ErrorResponse, GenerateRequest, GenerateResponse, StreamDone, StreamToken
 from server.routes import get_service
 from server.scheduler import Handle
 from server.serving import GenerationInput, Prepared, Service, cancel_on_exit
 from server.sse import frame, sse_response
 
-router = APIRouter(tags=["generate"])
+router = APIRouter(tags=["generate"], route_class=StrictJsonRoute)
 
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 422, 429, 500, 503, 504)}
 

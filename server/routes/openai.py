@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from server.errors import ApiError, error_payload
+from server.jsonbody import StrictJsonRoute
 from server.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -36,7 +37,7 @@ from server.scheduler import Handle
 from server.serving import GenerationInput, Outcome, Prepared, Service, cancel_on_exit
 from server.sse import frame, sse_response
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJsonRoute)
 
 
 @router.get("/models", response_model=ModelList)

@@ -114,7 +114,13 @@ CASES: list[tuple[str, bytes, str | None, int, str | None]] = [
     ),
     ("1000-stops", body(stop=["x"] * 1000), J, 422, "stop"),
     ("empty-stop", body(stop=[""]), J, 422, "stop"),
-    ("duplicate-keys-last-wins", b'{"prompt": "x", "max_new_tokens": 99, "max_new_tokens": 2}', J, 200, None),
+    (
+        "duplicate-keys",
+        b'{"prompt": "x", "max_new_tokens": 99, "max_new_tokens": 2}',
+        J,
+        422,
+        "max_new_tokens",
+    ),
     (
         "duplicate-steer-keys",
         b'{"prompt": "x", "steer": {"demo/alpha": 1, "demo/alpha": 99}}',

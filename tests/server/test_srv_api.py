@@ -15,6 +15,7 @@ from conftest import CATALOG, TinyWorld, make_vector, run_server, settings_for
 from server_testkit import parse_sse
 
 from server.engine import Engine
+from server.middleware import route_table
 
 PROMPT = "At a wedding we eat"
 
@@ -176,6 +177,40 @@ def test_raw_body_errors(client: httpx.Client) -> None:
     assert broken.status_code == 422 and "JSON" in broken.json()["error"]["message"]
     big = client.post("/generate", json={"prompt": "x" * 70_000})
     assert big.status_code == 413 and big.json()["error"]["type"] == "request_too_large"
+
+
+REPEATED_KEYS = [
+    (b'{"prompt": "a", "prompt": "b"}', "prompt"),
+    (b'{"prompt": "x", "steer": {"demo/alpha": 1, "demo/alpha": 2}}', "steer.demo/alpha"),
+    (b'{"messages": [{"role": "user", "content": "x", "content": "y"}]}', "messages.0.content"),
+]
+
+
+def post_json(client: httpx.Client, path: str, raw: bytes) -> httpx.Response:
+    return client.post(path, content=raw, headers={"content-type": "application/json"})
+
+
+def test_duplicate_json_keys_are_rejected(client: httpx.Client, server: Any) -> None:
+    for raw, param in REPEATED_KEYS:
+        r = post_json(client, "/generate", raw)
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["param"] == param and err["type"] == "invalid_request_error", err
+        assert "duplicate key" in err["message"], err
+    # every route that takes a body, walked from the app's route table (a new route cannot forget the check)
+    body_routes = sorted(p for p, methods in route_table(server.app) if methods & {"POST", "PUT", "PATCH"})
+    assert {"/generate", "/v1/completions", "/v1/chat/completions"} <= set(body_routes)
+    # the repeated value is a valid one: last-wins would serve it (or name another field)
+    for path in body_routes:
+        r = post_json(client, path, b'{"model": "tiny", "model": "tiny", "prompt": "x", "max_tokens": 1}')
+        assert r.status_code == 422 and r.json()["error"]["param"] == "model", (path, r.text)
+        assert "duplicate key" in r.json()["error"]["message"]
+    ok = post_json(client, "/v1/completions", b'{"model": "tiny", "prompt": "x", "max_tokens": 1}')
+    assert ok.status_code == 200, ok.text
+    plain = client.post(
+        "/generate", content=b'{"prompt": "a", "prompt": "b"}', headers={"content-type": "text/plain"}
+    )
+    assert plain.status_code == 422 and plain.json()["error"]["param"] == "body"  # not JSON: unchanged
 
 
 def test_not_found_routes_are_json(client: httpx.Client) -> None:
