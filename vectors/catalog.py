@@ -1,9 +1,10 @@
 """The catalog: a directory of vector files, validated against the model and SAEs in use.
 
 `refresh()` rescans the tree and reloads only files whose (mtime, size, inode) changed; every file that cannot
-be served is listed in `skipped` (relative path -> reason) instead of failing the whole catalog. Readers see
-immutable snapshots: a refresh builds new dicts and swaps one attribute, so `get`/`vectors` are safe to call
-from other threads while a refresh runs.
+be served is listed in `skipped` (relative path -> reason) instead of failing the whole catalog, and so is a
+symlink whose target lies outside the root (file links that stay inside are followed; linked directories are
+never walked). Readers see immutable snapshots: a refresh builds new dicts and swaps one attribute, so
+`get`/`vectors` are safe to call from other threads while a refresh runs.
 """
 
 from __future__ import annotations
@@ -79,6 +80,24 @@ def check_compatible(
 
 Stamp = tuple[int, int, int]
 
+LINK_OUTSIDE = "symlink whose target lies outside the catalog root: not followed"
+LINK_LOOP = "symlink loop: not followed"
+
+
+def _link_target(path: Path, real_root: Path) -> Path | str:
+    """`path` if it is no symlink, else its final target if that lies inside `real_root`; else why not.
+
+    Whoever may write the catalog is trusted, but a link must not turn the catalog into a reader of arbitrary
+    files (a mounted volume, `/etc`): the target is checked once, and that resolved path is the one read.
+    """
+    if not path.is_symlink():
+        return path
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a loop (RuntimeError up to Python 3.12)
+        return LINK_LOOP
+    return target if target.is_relative_to(real_root) else LINK_OUTSIDE
+
 
 @dataclass(frozen=True)
 class _Entry:
@@ -130,30 +149,43 @@ class Catalog:
         return len(self._snap.by_name)
 
     # --- scanning ------------------------------------------------------------------------------------------
-    def _scan(self) -> dict[str, tuple[Path, Stamp]]:
-        found: dict[str, tuple[Path, Stamp]] = {}
+    def _scan(self) -> tuple[dict[str, tuple[Path, Path, Stamp]], dict[str, str]]:
+        """(relative path -> (path, file to read, stamp), relative path -> reason refused) of the tree."""
+        found: dict[str, tuple[Path, Path, Stamp]] = {}
+        refused: dict[str, str] = {}
         if not self.root.is_dir():
-            return found
+            return found, refused
+        real_root = self.root.resolve()
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            here = Path(dirpath)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            # a linked directory is never walked (followlinks=False); one that leaves the root is reported
+            for d in dirnames:
+                if isinstance(problem := _link_target(here / d, real_root), str):
+                    refused[self._rel(here / d)] = problem
             for fn in filenames:
                 if fn.startswith(".") or not fn.endswith(SUFFIX):
                     continue  # hidden files and in-progress atomic writes (".<name>.<rand>.tmp")
-                path = Path(dirpath) / fn
+                path = here / fn
+                source = _link_target(path, real_root)
+                if isinstance(source, str):
+                    refused[self._rel(path)] = source
+                    continue
                 try:
-                    st = path.stat()
+                    st = source.stat()
                 except OSError:
                     continue  # vanished between listing and stat
-                found[path.relative_to(self.root).as_posix()] = (
-                    path,
-                    (st.st_mtime_ns, st.st_size, st.st_ino),
-                )
-        return found
+                found[self._rel(path)] = (path, source, (st.st_mtime_ns, st.st_size, st.st_ino))
+        return found, refused
 
-    def _load(self, path: Path, stamp: Stamp) -> _Entry:
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _load(self, path: Path, source: Path, stamp: Stamp) -> _Entry:
+        """The entry of the file at `path` (its name), read from `source` (the same file, links resolved)."""
         try:
             name = name_from_path(self.root, path)
-            vector = load_vector(path)
+            vector = load_vector(source)
             if vector.name != name:
                 raise VectorCompatibilityError(
                     path, f"name mismatch: metadata says {vector.name!r}, the path means {name!r}"
@@ -170,11 +202,14 @@ class Catalog:
         with self._lock:
             old = self._snap
             entries: dict[str, _Entry] = {}
-            for rel, (path, stamp) in self._scan().items():
+            found, refused = self._scan()
+            for rel, (path, source, stamp) in found.items():
                 prev = old.entries.get(rel)
-                entries[rel] = prev if prev is not None and prev.stamp == stamp else self._load(path, stamp)
+                if prev is None or prev.stamp != stamp:
+                    prev = self._load(path, source, stamp)
+                entries[rel] = prev
             by_name: dict[str, SteeringVector] = {}
-            skipped: dict[str, str] = {}
+            skipped: dict[str, str] = dict(refused)
             for rel in sorted(entries):
                 entry = entries[rel]
                 if entry.vector is not None:

@@ -22,7 +22,8 @@ PROMPT = "At a wedding we eat"
 
 @pytest.fixture(scope="module")
 def world(tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    """A private copy of the catalog, plus one vector with apply=generation and one corrupt file."""
+    """A private copy of the catalog, plus one vector with apply=generation, one corrupt file and one symlink to a
+    valid vector outside the catalog."""
     from vectors.io import save_vector
     from vectors.names import vector_path
 
@@ -32,6 +33,9 @@ def world(tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Ti
     save_vector(make_vector(w, "demo/late", seed=9, apply="generation"), vector_path(root, "demo/late"))
     (root / "bad").mkdir()
     (root / "bad" / "corrupt.safetensors").write_bytes(b"\x00\x01 not a safetensors file")
+    outside = tmp_path_factory.mktemp("api-outside")
+    save_vector(make_vector(w, "demo/leak", seed=10), vector_path(outside, "demo/leak"))
+    vector_path(root, "demo/leak").symlink_to(vector_path(outside, "demo/leak"))
     return w
 
 
@@ -229,8 +233,14 @@ def test_catalog_listing(client: httpx.Client) -> None:
     assert names == sorted([*CATALOG, "demo/late"])
     alpha = next(v for v in body["vectors"] if v["name"] == "demo/alpha")
     assert alpha["space"] == "sae" and alpha["nnz"] == 6 and alpha["strength_range"] == [-50.0, 50.0]
-    assert [s["path"] for s in body["skipped"]] == ["bad/corrupt.safetensors"]
-    assert body["skipped"][0]["reason"]
+    skipped = {s["path"]: s["reason"] for s in body["skipped"]}
+    assert set(skipped) == {"bad/corrupt.safetensors", "demo/leak.safetensors"} and all(skipped.values())
+    assert (
+        "outside the catalog root" in skipped["demo/leak.safetensors"]
+    )  # a link out of the root: not served
+    assert client.get("/vectors/demo/leak").status_code == 404
+    r = client.post("/generate", json={"prompt": PROMPT, "steer": {"demo/leak": 1.0}})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "unknown_vector"
     assert "sae:<feature>" in body["adhoc"]
 
 

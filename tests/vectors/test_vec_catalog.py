@@ -175,3 +175,48 @@ def test_check_compatible_and_model_info(coders: dict[int, SparseCoder]) -> None
 def test_missing_root_is_an_empty_catalog(tmp_path: Path) -> None:
     cat = Catalog(tmp_path / "absent", INFO)
     assert cat.refresh() is False and cat.vectors() == [] and cat.skipped == {}
+
+
+def test_symlinks_leaving_the_root_are_skipped(
+    tmp_path: Path, coders: dict[int, SparseCoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_root, outside = tmp_path / "catalog", tmp_path / "outside"
+    for name in ("ns/out", "ns/relative", "ns/hop", "ext/leak"):  # valid vectors, were the links followed
+        save_vector(_sae_vec(name), vector_path(outside, name))
+    save_vector(_sae_vec("ns/inside", seed=1), real_root / ".store" / "inside-v1.safetensors")
+    save_vector(_sae_vec("ns/inside", seed=2), real_root / ".store" / "inside-v2.safetensors")
+    ns = real_root / "ns"
+    ns.mkdir()
+    (ns / "out.safetensors").symlink_to(vector_path(outside, "ns/out"))
+    (ns / "relative.safetensors").symlink_to(Path("../../outside/ns/relative.safetensors"))
+    (real_root / ".store" / "hop.safetensors").symlink_to(vector_path(outside, "ns/hop"))
+    (ns / "hop.safetensors").symlink_to(real_root / ".store" / "hop.safetensors")  # inside, then out
+    (ns / "loop.safetensors").symlink_to(ns / "loop.safetensors")
+    (ns / "inside.safetensors").symlink_to(Path("../.store/inside-v1.safetensors"))  # stays inside: served
+    (real_root / "ext").symlink_to(outside / "ext", target_is_directory=True)
+    root = tmp_path / "served"  # the root itself may be a link: targets are compared with its real path
+    root.symlink_to(real_root, target_is_directory=True)
+    reads: list[Path] = []
+    real_load = catalog_mod.load_vector
+    monkeypatch.setattr(catalog_mod, "load_vector", lambda p: reads.append(Path(p)) or real_load(p))
+
+    cat = Catalog(root, INFO, coders)
+    assert cat.refresh() is True
+    assert [v.name for v in cat.vectors()] == ["ns/inside"]
+    assert cat.skipped == {
+        "ext": catalog_mod.LINK_OUTSIDE,
+        "ns/hop.safetensors": catalog_mod.LINK_OUTSIDE,
+        "ns/loop.safetensors": catalog_mod.LINK_LOOP,
+        "ns/out.safetensors": catalog_mod.LINK_OUTSIDE,
+        "ns/relative.safetensors": catalog_mod.LINK_OUTSIDE,
+    }
+    assert reads and all(p.is_relative_to(real_root) and not p.is_symlink() for p in reads)
+    first = cat.get("ns/inside")
+    # an in-root link flipped to a new version is reloaded; flipped to a file outside, it is dropped
+    (ns / "next.safetensors").symlink_to(real_root / ".store" / "inside-v2.safetensors")
+    (ns / "next.safetensors").replace(ns / "inside.safetensors")
+    assert cat.refresh() is True and not cat.get("ns/inside").values.equal(first.values)
+    (ns / "next.safetensors").symlink_to(vector_path(outside, "ns/out"))
+    (ns / "next.safetensors").replace(ns / "inside.safetensors")
+    assert cat.refresh() is True and "ns/inside" not in cat
+    assert cat.skipped["ns/inside.safetensors"] == catalog_mod.LINK_OUTSIDE
