@@ -58,6 +58,19 @@ def register_train(subparsers: Any) -> None:
         action="store_true",
         help="reference implementation's cost: SAE round trip per token, pi_0 recomputed every step",
     )
+    g = p.add_argument_group("retention (yapo, bipo)")
+    g.add_argument(
+        "--retain",
+        help="facts (prompt, options, answer) whose answers the vector must not break, e.g. the neutral set",
+    )
+    g.add_argument("--retain-weight", type=float, default=1.0, help="weight of the retention penalty")
+    g.add_argument("--retain-batch-size", type=int, default=16, help="retention pairs scored per step")
+    g.add_argument(
+        "--retain-margin",
+        type=float,
+        default=float("inf"),
+        help="nats each answer must stay ahead of a wrong option (default: the unsteered model's whole lead)",
+    )
     g = p.add_argument_group("data length")
     g.add_argument("--max-length", type=int, default=512)
     g.add_argument("--overlong", choices=["error", "skip", "truncate"], default="error")
@@ -108,6 +121,10 @@ def _train(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             l1=args.l1,
             tau=args.tau,
+            retain=args.retain,
+            retain_weight=args.retain_weight,
+            retain_batch_size=args.retain_batch_size,
+            retain_margin=args.retain_margin,
             log_every=args.log_every,
             log_dir=args.log_dir,
             checkpoint_every=args.checkpoint_every,
@@ -225,6 +242,13 @@ def register_demo_report(demo_subparsers: Any) -> None:
         default=None,
         help="YaPO / BiPO optimiser steps per vector (default: DemoConfig.steps)",
     )
+    p.add_argument(
+        "--retain-weight",
+        type=float,
+        default=None,
+        help="YaPO / BiPO retention penalty on half the neutral facts; 0 = the paper's objective "
+        "(default: DemoConfig.retain_weight)",
+    )
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_demo_report)
@@ -241,6 +265,8 @@ def _demo_report(args: argparse.Namespace) -> int:
     )
     if args.steps is not None:
         cfg.steps = args.steps
+    if args.retain_weight is not None:
+        cfg.retain_weight = args.retain_weight
     report = build_report(cfg)
     print(json.dumps({"targets": report["targets"], "seconds": report["seconds"]}, indent=1))
     print(f"report: {args.out}/report.md")

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data import load_pairs
-from trainer.evaluate import EvalConfig, evaluate_vectors, load_mcq, load_neutral
+from trainer.evaluate import EvalConfig, NeutralItem, evaluate_vectors, load_mcq, load_neutral
 from trainer.plots import plot_loss_curves, plot_strength_panels
 from trainer.resources import Resources, load_resources
-from trainer.train import TrainConfig, TrainResult, steps_to_loss, train_vector
+from trainer.retention import retention_pairs
+from trainer.train import PREFERENCE_METHODS, TrainConfig, TrainResult, steps_to_loss, train_vector
 from vectors.io import write_atomic
 
 METHODS = ("caa", "sas", "bipo", "yapo")
@@ -43,12 +44,26 @@ class DemoConfig:
     warmup_steps: int = 20
     seed: int = 11
     sas_tau: float = 0.0
+    # yapo / bipo: retention penalty on half of the neutral facts (`trainer.retention`); the other half is
+    # held out and is the only half retention is measured on. 0 trains without it (the paper's objective).
+    retain_weight: float = 1.0
+    retain_batch_size: int = 16
+    retain_margin: float = 1.0
     strengths: list[float] = field(default_factory=lambda: [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0])
     eval_splits: list[str] = field(default_factory=lambda: ["test"])
     progress: bool = True
     # torch threads while the report runs (restored afterwards): tiny models gain little from more, and on a
     # shared machine multi-threaded torch slows down many-fold
     threads: int = 1
+
+
+def split_neutral(items: Sequence[NeutralItem]) -> tuple[list[dict[str, Any]], list[NeutralItem]]:
+    """Even-numbered neutral facts train the retention penalty (as rows); odd-numbered ones are held out."""
+    train = [
+        {"prompt": it.prompt, "options": list(it.options), "answer": it.options[it.answer]}
+        for it in items[0::2]
+    ]
+    return train, list(items[1::2])
 
 
 def vector_name(method: str, country: str) -> str:
@@ -87,6 +102,8 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
     countries = pick_countries(root, cfg)
     catalog = root / "vectors"
     logs = root / "train-logs"
+    retain_facts, heldout_neutral = split_neutral(load_neutral(root / "data" / "neutral.jsonl"))
+    retain = retention_pairs(retain_facts, source="neutral facts (retention half)")
     runs: dict[str, dict[str, TrainResult]] = {m: {} for m in cfg.methods}
     for country in countries:
         pairs = load_pairs(root / "data" / "pairs" / f"{country}.jsonl", where={"split": "train"})
@@ -106,14 +123,20 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
                 warmup_steps=cfg.warmup_steps,
                 seed=cfg.seed,
                 tau=cfg.sas_tau,
+                retain_weight=cfg.retain_weight,
+                retain_batch_size=cfg.retain_batch_size,
+                retain_margin=cfg.retain_margin,
                 checkpoint_every=10**9,
                 progress=cfg.progress,
             )
-            runs[method][country] = train_vector(tc, resources=res, pairs=pairs)
+            with_retain = method in PREFERENCE_METHODS and cfg.retain_weight > 0
+            runs[method][country] = train_vector(
+                tc, resources=res, pairs=pairs, retain=retain if with_retain else None
+            )
     train_seconds = time.perf_counter() - t0
 
     mcq = load_mcq(root / "data" / "mcq.jsonl")
-    neutral = load_neutral(root / "data" / "neutral.jsonl")
+    neutral = heldout_neutral
     names = [vector_name(m, c) for m in cfg.methods for c in countries]
     ev = evaluate_vectors(
         EvalConfig(

@@ -43,6 +43,7 @@ from trainer.objectives import (
 )
 from trainer.plots import moving_average, plot_loss_curves
 from trainer.resources import Resources, load_resources
+from trainer.retention import load_retention_pairs, retention_penalty
 from trainer.tokens import EncodedPair, EncodeStats, Overlong, encode_pairs
 from vectors.io import save_vector, write_atomic
 from vectors.metadata import SaeRef, VectorMetadata, dense_hook_name
@@ -84,6 +85,11 @@ class TrainConfig:
     top_k: int | None = None
     l1: float = 0.0  # proximal L1 (soft-threshold lr·l1 per step: exact zeros)
     tau: float = 0.0  # sas: drop entries below tau · max|v|
+    # retention (yapo / bipo): multiple-choice facts whose answers the vector must not break
+    retain: str | None = None  # file of {prompt, options, answer} rows (the `steer eval --neutral` format)
+    retain_weight: float = 1.0
+    retain_batch_size: int = 16  # retention pairs scored per step, next to the preference batch
+    retain_margin: float = math.inf  # nats each answer must keep over a wrong option (inf: π_0's whole lead)
     # bookkeeping
     log_every: int = 10
     log_dir: str | None = None  # default: <out>/../train-logs
@@ -109,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"--layer (or --sae, whose layer is used) is required for method {self.method}")
         if self.batch_size < 1 or self.beta <= 0 or self.lr <= 0:
             raise ValueError("batch_size, beta and lr must be positive")
+        if self.retain_weight < 0 or self.retain_batch_size < 1:
+            raise ValueError("retain_weight must be >= 0 and retain_batch_size positive")
 
 
 @dataclass
@@ -170,17 +178,23 @@ def train_vector(
     *,
     resources: Resources | None = None,
     pairs: Sequence[PreferencePair] | None = None,
+    retain: Sequence[PreferencePair] | None = None,
 ) -> TrainResult:
     """Train (or estimate) one vector per `cfg`; write it to the catalog when `cfg.out` is set.
 
-    `resources` (model/tokenizer/SAE already loaded) and `pairs` (already loaded data) skip the
-    corresponding loading steps; the demo and tests pass them to train many vectors cheaply.
+    `resources` (model/tokenizer/SAE already loaded), `pairs` (already loaded data) and `retain`
+    (retention pairs, `trainer.retention.retention_pairs`) skip the corresponding loading steps; the
+    demo and tests pass them to train many vectors cheaply.
     """
     cfg.validate(loaded=resources is not None)
     if pairs is None:  # data first: its errors are cheap to find, the model is slow to load
         if not cfg.data:
             raise DataError("no training data given (--data)")
         pairs = load_pairs(cfg.data, columns=cfg.columns, where=cfg.where)
+    if retain is None and cfg.retain:
+        retain = load_retention_pairs(cfg.retain)
+    if retain and cfg.method not in PREFERENCE_METHODS:
+        raise ValueError(f"retention data applies to yapo and bipo, not {cfg.method}")
     if resources is None:
         resources = load_resources(cfg.model, cfg.sae, device=cfg.device, dtype=cfg.dtype)
     if cfg.method in SAE_METHODS and resources.coder is None:
@@ -195,7 +209,16 @@ def train_vector(
     )
     torch.manual_seed(cfg.seed)
     if cfg.method in PREFERENCE_METHODS:
-        return _train_preference(cfg, resources, pairs, encoded, stats, layer)
+        retained: list[EncodedPair] = []
+        if retain:
+            retained, _ = encode_pairs(
+                resources.tokenizer,
+                retain,
+                max_length=cfg.max_length,
+                overlong=cfg.overlong,
+                source=cfg.retain or "retention facts",
+            )
+        return _train_preference(cfg, resources, pairs, encoded, stats, layer, retained, retain or ())
     return _estimate_mean_difference(cfg, resources, pairs, encoded, stats, layer)
 
 
@@ -226,7 +249,7 @@ def _log_base(cfg: TrainConfig) -> Path | None:
     return root / cfg.name
 
 
-def _fingerprint(cfg: TrainConfig, data_hash: str, total: int) -> str:
+def _fingerprint(cfg: TrainConfig, data_hash: str, retain_hash: str | None, total: int) -> str:
     keys = (
         "method",
         "model",
@@ -241,9 +264,13 @@ def _fingerprint(cfg: TrainConfig, data_hash: str, total: int) -> str:
         "reference_mode",
         "max_length",
         "overlong",
+        "retain_weight",
+        "retain_batch_size",
+        "retain_margin",
     )
     return json.dumps(
-        {**{k: getattr(cfg, k) for k in keys}, "data": data_hash, "total": total}, sort_keys=True
+        {**{k: getattr(cfg, k) for k in keys}, "data": data_hash, "retain": retain_hash, "total": total},
+        sort_keys=True,
     )
 
 
@@ -281,13 +308,17 @@ def _train_preference(
     encoded: list[EncodedPair],
     stats: EncodeStats,
     layer: int,
+    retained: Sequence[EncodedPair] = (),
+    retain_pairs: Sequence[PreferencePair] = (),
 ) -> TrainResult:
-    n = len(encoded)
+    n, m = len(encoded), len(retained)
+    rows_total = n + m  # row i < n: a training pair; n <= i: a retention pair
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, total // 10)
     data_hash = pairs_hash(pairs)
-    fingerprint = _fingerprint(cfg, data_hash, total)
+    retain_hash = pairs_hash(retain_pairs) if m else None
+    fingerprint = _fingerprint(cfg, data_hash, retain_hash, total)
     base = _log_base(cfg)
     device = res.device
 
@@ -318,19 +349,22 @@ def _train_preference(
         ref_w, ref_l = ckpt.tensors["ref_w"], ckpt.tensors["ref_l"]
 
     t0 = time.perf_counter()
-    rows = _row_cache(encoded)
+    all_encoded = [*encoded, *retained]
+    rows = _row_cache(all_encoded)
     cache = None
     if cfg.cache_activations and not cfg.reference_mode:
         coder = res.coder if cfg.method == "yapo" else None
         cache = LowerLayerCache(res.model, layer, rows, coder=coder)  # its forward also gives π_0
         if ref_w is None:
-            ref_w, ref_l = cache.logprobs[:n], cache.logprobs[n:]
+            ref_w, ref_l = cache.logprobs[:rows_total], cache.logprobs[rows_total:]
     if ref_w is None:
         ref_w, ref_l = (
-            reference_logprobs(res, encoded) if not cfg.reference_mode else (torch.zeros(n), torch.zeros(n))
+            reference_logprobs(res, all_encoded)
+            if not cfg.reference_mode
+            else (torch.zeros(rows_total), torch.zeros(rows_total))
         )
     end = total if cfg.stop_after is None else min(total, cfg.stop_after)
-    window: list[tuple[float, float]] = []
+    window: list[tuple[float, float, float]] = []
     bar = tqdm(
         total=total, initial=start, desc=f"{cfg.method} {cfg.name}", disable=not cfg.progress, leave=False
     )
@@ -338,26 +372,37 @@ def _train_preference(
     with skip_lower, layer_output_hook(res.model, layer, steer):
         for step in range(start, end):
             idx = batch_indices(cfg.seed, step, n, cfg.batch_size)
-            d = direction_for(cfg.seed, step)
-            batch = _batch_for(rows, idx, n, device)
             b = len(idx)
+            if m:
+                idx = idx + [n + i for i in batch_indices(cfg.seed + 1, step, m, cfg.retain_batch_size)]
+            d = direction_for(cfg.seed, step)
+            batch = _batch_for(rows, idx, rows_total, device)
+            rows_in_batch = len(idx)
             if cache is not None:
-                cache.assemble([*idx, *(n + i for i in idx)], batch.input_ids.shape[1])
+                cache.assemble([*idx, *(rows_total + i for i in idx)], batch.input_ids.shape[1])
                 if isinstance(steer, YapoSteer):
                     steer.codes = cache.current_codes
             if cfg.reference_mode:
                 steer.direction = 0.0  # "multiplier 0": the reference code's π_0, recomputed every step
                 with torch.no_grad():
                     ref = response_logprobs(res.model, batch).cpu()
-                rw, rl = ref[:b], ref[b:]
+                rw, rl = ref[:rows_in_batch], ref[rows_in_batch:]
             else:
                 rw, rl = ref_w[idx], ref_l[idx]
             steer.direction = d
             logp = response_logprobs(res.model, batch)
-            margin = preference_margin(logp[:b], logp[b:], rw.to(logp), rl.to(logp))
+            # rows: the b training pairs, then the retention pairs (chosen side, then rejected side)
+            lw, ll = logp[:rows_in_batch], logp[rows_in_batch:]
+            rw, rl = rw.to(logp), rl.to(logp)
+            margin = preference_margin(lw[:b], ll[:b], rw[:b], rl[:b])
             loss = preference_loss(margin, d, cfg.beta)
+            penalty = (
+                retention_penalty(lw[b:], ll[b:], rw[b:], rl[b:], cfg.retain_margin)
+                if m
+                else loss.new_zeros(())
+            )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + cfg.retain_weight * penalty).backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_([steer.v], cfg.grad_clip)
             lr = cfg.lr * lr_factor(step, total, warmup)
@@ -368,7 +413,13 @@ def _train_preference(
                 with torch.no_grad():
                     soft_threshold_(steer.v, lr * cfg.l1)
             losses.append(float(loss.detach()))
-            window.append((float(loss.detach()), float((d * margin.detach() > 0).float().mean())))
+            window.append(
+                (
+                    float(loss.detach()),
+                    float((d * margin.detach() > 0).float().mean()),
+                    float(penalty.detach()),
+                )
+            )
             bar.update(1)
             done = step + 1
             if done % cfg.log_every == 0 or done == end:
@@ -427,6 +478,16 @@ def _train_preference(
         "steps_to_loss_0.1": steps_to_loss(losses, 0.1),
         "seconds": round(seconds, 2),
     }
+    if m:
+        training["retain"] = {
+            "data": Path(cfg.retain).name if cfg.retain else None,
+            "data_hash": retain_hash,
+            "pairs": m,
+            "weight": cfg.retain_weight,
+            "batch_size": cfg.retain_batch_size,
+            "margin": cfg.retain_margin if math.isfinite(cfg.retain_margin) else None,
+            "final_penalty": history[-1].get("retain_penalty") if history else None,
+        }
     vector = _make_vector(cfg, res, layer, v, training)
     path = _save(cfg, vector)
     return TrainResult(vector, path, total, final, losses, history, seconds, pps, stats.as_dict(), log_path)
@@ -477,13 +538,14 @@ def _checkpoint(
 
 
 def _metrics(
-    step: int, window: list[tuple[float, float]], steer: Any, lr: float, seconds: float
+    step: int, window: list[tuple[float, float, float]], steer: Any, lr: float, seconds: float
 ) -> dict[str, Any]:
     v = steer.v.detach()
     return {
         "step": step,
         "loss": sum(w[0] for w in window) / len(window),
         "pref_acc": sum(w[1] for w in window) / len(window),
+        "retain_penalty": sum(w[2] for w in window) / len(window),
         "norm": float(v.norm()),
         "nnz": int(torch.count_nonzero(v)),
         "lr": lr,

@@ -17,12 +17,22 @@ def test_train_then_eval_cli(tiny_res, tmp_path, capsys):
         {"q": p.prompt, "good": p.chosen, "bad": p.rejected, "split": "train"} for p in tiny_pairs("egypt")
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(
+        json.dumps({"prompt": "people drink", "options": ["tea", "paella"], "answer": "tea"}) + "\n"
+    )
     catalog = tmp_path / "vectors"
     rc = main(
         [
             "train",
             "--method",
             "yapo",
+            "--retain",
+            str(facts),
+            "--retain-weight",
+            "0.5",
+            "--retain-margin",
+            "1",
             "--model",
             model,
             "--sae",
@@ -53,6 +63,13 @@ def test_train_then_eval_cli(tiny_res, tmp_path, capsys):
     assert summary["steps"] == 4 and summary["data"]["kept"] == len(rows)
     meta = read_metadata(catalog / "culture" / "egypt.safetensors")
     assert meta.method == "yapo" and meta.sae.source == sae and meta.training["where"] == {"split": "train"}
+    retain = meta.training["retain"]
+    assert (retain["data"], retain["pairs"], retain["weight"], retain["margin"]) == (
+        "facts.jsonl",
+        1,
+        0.5,
+        1.0,
+    )
 
     mcq = tmp_path / "mcq.jsonl"
     items = [
@@ -116,3 +133,23 @@ def test_train_cli_reports_data_errors(tmp_path, capsys):
     )
     assert rc == 2
     assert "missing column(s) ['chosen', 'rejected']" in capsys.readouterr().err
+
+
+def test_train_cli_reports_retention_data_errors(tiny_res, tmp_path, capsys):
+    model, sae = save_tiny_world_files(tmp_path, tiny_res)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+            for p in tiny_pairs("egypt")[:4]
+        )
+    )
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(
+        json.dumps({"prompt": "people drink", "options": ["tea", "paella"], "answer": "milk"}) + "\n"
+    )
+    args = ["train", "--method", "yapo", "--model", model, "--sae", sae, "--data", str(data)]
+    rc = main([*args, "--name", "x/y", "--out", str(tmp_path / "v"), "--retain", str(facts), "--no-progress"])
+    assert rc == 2
+    assert "facts.jsonl: row 0: the answer must be one of at least two options" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
