@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 FAULT_OOM = "oom"
 FAULT_ERROR = "error"
+FAULT_STEP = "step"
 
 
 class InjectedFault(RuntimeError):
@@ -246,9 +247,37 @@ class Engine:
         logits, batch.cache = self._forward(
             batch.seqs, "generation", ids, batch.mask, batch.positions[:, None], batch.cache
         )
+        _inject_step_faults(batch.seqs)  # after the in-place cache update: the worst state to recover from
         batch.positions = batch.positions + 1
         self._take(batch, logits)
         return self._drop_finished(batch)
+
+    def resume(self, seq: Sequence) -> Batch:
+        """Rebuild the cache of a row in mid-generation from its own tokens (after a failed step); no sampling.
+
+        The prompt runs in the prompt phase and the tokens already fed in the generation phase, as they did the
+        first time, and the last sampled token is again the next input: the row continues as it would have
+        (greedy rows exactly; seeded ones too, unless the failure struck after their random draw).
+        """
+        if not seq.output_ids:
+            raise ValueError("only a row that has sampled a token can be resumed")
+        n_prompt, fed = len(seq.prompt_ids), seq.output_ids[:-1]
+        ids = torch.tensor([seq.prompt_ids], dtype=torch.long)
+        mask = torch.ones((1, n_prompt + len(fed)), dtype=torch.long)
+        positions = torch.arange(n_prompt + len(fed), dtype=torch.long)[None]
+        _, cache = self._forward(
+            [seq], "prompt", ids, mask[:, :n_prompt], positions[:, :n_prompt], DynamicCache()
+        )
+        if fed:
+            ids = torch.tensor([fed], dtype=torch.long)
+            _, cache = self._forward([seq], "generation", ids, mask, positions[:, n_prompt:], cache)
+        return Batch(
+            seqs=[seq],
+            cache=cache,
+            mask=mask.to(self.device),
+            positions=torch.tensor([n_prompt + len(fed)], dtype=torch.long),
+            next_tokens=[seq.output_ids[-1]],
+        )
 
     def join(self, running: Batch | None, new: Batch | None) -> Batch | None:
         """One batch holding the rows of both (new rows go last)."""
@@ -374,3 +403,8 @@ def _inject_faults(seqs: list[Sequence]) -> None:
             raise torch.OutOfMemoryError("injected out-of-memory (fault injection)")
         if s.fault == FAULT_ERROR:
             raise InjectedFault("injected error (fault injection)")
+
+
+def _inject_step_faults(seqs: list[Sequence]) -> None:
+    if any(s.fault == FAULT_STEP for s in seqs):
+        raise InjectedFault("injected decode-step error (fault injection)")

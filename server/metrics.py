@@ -30,6 +30,14 @@ class Metrics:
         )
         for reason in FAILURE_REASONS:  # export zeros, so rates work before the first failure
             self.failures.labels(reason=reason)
+        self.step_failures = Counter(
+            "steer_decode_step_failures",
+            "Decode steps that raised (their rows are retried one by one)",
+            registry=r,
+        )
+        self.rescued = Counter(
+            "steer_rows_rescued", "Rows that went on after a failed decode step", registry=r
+        )
         self.disconnects = Counter("steer_client_disconnects", "Clients gone before the end", registry=r)
         self.prompt_tokens = Counter("steer_prompt_tokens", "Prompt tokens admitted", registry=r)
         self.generation_tokens = Counter("steer_generation_tokens", "Tokens generated", registry=r)

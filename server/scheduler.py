@@ -298,9 +298,7 @@ class Scheduler:
             try:
                 self._batch = engine.step(batch)
             except Exception as exc:
-                log.exception("decode step failed; failing the %d rows of the batch", len(batch))
-                self._batch = None
-                self._fail(batch.seqs, exc)
+                self._batch = self._rescue(batch.seqs, exc)
         self.metrics.running.set(self.running_rows)
 
     def _prefill(self, seqs: list[Sequence]) -> Batch | None:
@@ -316,6 +314,40 @@ class Scheduler:
         batch = None
         for s in seqs:
             batch = self.engine.join(batch, self._prefill([s]))
+        return batch
+
+    def _rescue(self, seqs: list[Sequence], exc: Exception) -> Batch | None:
+        """After a failed decode step, rebuild each row alone and retry its step: only rows that fail alone fail.
+
+        The failed step left the shared cache half-updated, so each row is re-prefilled from its own tokens
+        (`Engine.resume`). A row is rescued once; caught in a second failed step it fails with that error, which
+        bounds the cost of a failure that is no row's own (say, out of memory at this batch size).
+        """
+        log.error("decode step failed; retrying its %d rows one by one", len(seqs), exc_info=exc)
+        self.metrics.step_failures.inc()
+        self._recover(exc)
+        batch = None
+        for s in seqs:
+            if s.finished:
+                continue
+            if s.cancelled:
+                s.finish("cancelled")
+            elif s.rescued:
+                self._fail([s], exc)
+            else:
+                s.rescued = True
+                batch = self.engine.join(batch, self._retry_alone(s))
+        return batch
+
+    def _retry_alone(self, seq: Sequence) -> Batch | None:
+        """Resume one row from its tokens and run its step alone; on failure the row fails (it is the culprit)."""
+        try:
+            batch = self.engine.step(self.engine.resume(seq))
+        except Exception as exc:
+            log.warning("row failed again on its own: %s", exc)
+            self._fail([seq], exc)
+            return None
+        self.metrics.rescued.inc()
         return batch
 
     def _fail(self, seqs: list[Sequence], exc: BaseException) -> None:

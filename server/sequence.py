@@ -60,7 +60,9 @@ class Sequence:
         self.sampling = sampling
         self.steer = steer
         self.on_update = on_update
-        self.fault = fault  # test-only fault injection: "oom" or "error"
+        # test-only fault injection: "oom" or "error" (at prefill), "step" (at every decode step)
+        self.fault = fault
+        self.rescued = False  # rebuilt once after a failed decode step (the scheduler's `_rescue`)
         self.output_ids: list[int] = []
         self.text = ""
         self.emitted = ""

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from server.engine import FAULT_ERROR, FAULT_OOM, Engine
+from server.engine import FAULT_ERROR, FAULT_OOM, FAULT_STEP, Engine
 from server.errors import ApiError, invalid
 from server.metrics import Metrics
 from server.protocol import AppliedVector, ChatMessage, Usage
@@ -30,7 +30,7 @@ ADHOC = re.compile(r"sae:(?:(\d{1,6}):)?(\d{1,9})")
 ADHOC_HELP = (
     "steer on one SAE feature with `sae:<feature>` (or `sae:<layer>:<feature>` when several SAEs are loaded)"
 )
-_FAULTS = {"[[fault:oom]]": FAULT_OOM, "[[fault:error]]": FAULT_ERROR}
+_FAULTS = {"[[fault:oom]]": FAULT_OOM, "[[fault:error]]": FAULT_ERROR, "[[fault:step]]": FAULT_STEP}
 
 
 @dataclass(frozen=True)

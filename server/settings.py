@@ -74,7 +74,9 @@ class ServerSettings(BaseSettings):
     # Testing aids (never needed in production).
     debug_step_delay_s: float = Field(default=0.0, ge=0, description="Sleep per decode step (tests only).")
     fault_injection: bool = Field(
-        default=False, description="Prompts containing [[fault:oom]] / [[fault:error]] fail on purpose."
+        default=False,
+        description="Prompts containing [[fault:oom]] / [[fault:error]] (at prefill) or [[fault:step]] (at every "
+        "decode step) fail on purpose.",
     )
 
     @field_validator("sae", mode="before")

@@ -1,5 +1,6 @@
 """Faults while serving: bad vector files appearing mid-request, a vector replaced in use, disconnects while
-queued, a failing request next to healthy neighbours, repeated out-of-memory, and the request deadline.
+queued, a failing request next to healthy neighbours (at prefill and inside a decode step), repeated
+out-of-memory, and the request deadline.
 
 Covered in tests/server and not repeated here: a truncated file is skipped and a vector removed in use
 (test_srv_limits::test_catalog_hot_reload_keeps_requests_in_flight), disconnect mid-stream and mid-request
@@ -36,6 +37,7 @@ from .relkit import (
 )
 
 STEER = {"demo/alpha": 3.0}
+FAILED = 'steer_request_failures_total{reason="error"}'
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +202,66 @@ def test_failing_request_next_to_healthy_neighbours(server: Any, client: httpx.C
     bad = client.post("/generate", json={"prompt": "x [[fault:error]]", "max_new_tokens": 30})
     assert bad.status_code == 500 and bad.json()["error"]["type"] == "internal_error"
     assert [s.result() for s in neighbours] == expected
+    assert client.get("/ready").status_code == 200
+
+
+class StepGate:
+    """Holds the engine's decode steps until `open()`: requests pile up in a known batch, no sleeps involved."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.real = engine.step
+        self.opened = threading.Event()
+
+    def step(self, batch: Any) -> Any:
+        assert self.opened.wait(60), "gate never opened"
+        return self.real(batch)
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+def test_decode_step_failure_fails_only_the_culprits(
+    server: Any, client: httpx.Client, rel_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[[fault:step]]` raises in every decode step its row is in, after the shared cache was updated in place.
+    The two neighbours in that step are rebuilt from their tokens and return their solo texts; the culprits
+    (one JSON, one SSE) get their 500; the failure is counted and the server stays ready."""
+    bodies = [{"prompt": PROMPT, "max_new_tokens": 30, **b} for b in ({"steer": STEER}, {})]
+    expected = []
+    for b in bodies:  # each runs its 30 tokens, so none can end before the culprits join it
+        r = client.post("/generate", json=b)
+        assert r.json()["finish_reason"] == "length", r.text
+        expected.append(r.json()["text"])
+    growth = {"steer_decode_step_failures_total": 1, "steer_rows_rescued_total": 2, FAILED: 2}
+    before = {name: metric(client, name) for name in growth}
+
+    def rows_in() -> int:
+        ready = client.get("/ready").json()
+        return ready["running"] + ready["queue_depth"]
+
+    gate = StepGate(rel_engine)
+    monkeypatch.setattr(rel_engine, "step", gate.step)
+    culprit = {"prompt": "x [[fault:step]]", "max_new_tokens": 30}
+    try:
+        neighbours = [Stream(server.url, b) for b in bodies]
+        wait_for(lambda: rows_in() == 2, what="both neighbours in, no step done")
+        sse_culprit = Stream(server.url, culprit)
+        answers: list[httpx.Response] = []
+        json_culprit = threading.Thread(
+            target=lambda: answers.append(httpx.post(f"{server.url}/generate", json=culprit, timeout=60))
+        )
+        json_culprit.start()
+        wait_for(lambda: rows_in() == 4, what="the culprits queued behind the held step")
+    finally:
+        gate.open()
+    assert [s.result() for s in neighbours] == expected
+    json_culprit.join(60)
+    assert answers[0].status_code == 500, answers[0].text
+    assert answers[0].json()["error"]["message"] == "generation failed (InjectedFault)"
+    sse_culprit.thread.join(60)
+    kind, data = sse_culprit.events[-1]
+    assert kind == "error" and json.loads(data)["error"]["code"] == 500, sse_culprit.events[-3:]
+    assert {name: metric(client, name) - before[name] for name in growth} == growth
     assert client.get("/ready").status_code == 200
 
 

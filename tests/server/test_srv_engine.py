@@ -93,6 +93,33 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(tiny_engine: Engi
     assert rows[1].output_ids != a
 
 
+def test_resume_rebuilds_a_row_exactly(tiny_engine: Engine, tiny_world: object) -> None:
+    """A row re-prefilled from its own tokens mid-generation (what the scheduler does after a failed step)
+    continues exactly as the uninterrupted run: greedy, seeded, steered, and steered in the generation phase only.
+    """
+    late = make_vector(tiny_world, "demo/late", seed=9, apply="generation")
+    seeded = SamplingParams(max_new_tokens=16, temperature=1.0, seed=7)
+    cases = [
+        (SteerSpec(), greedy(16)),
+        (specs(tiny_world)[0], greedy(16)),
+        (SteerSpec(((late, 50.0),)), greedy(16)),  # strong enough that the phase shows
+        (specs(tiny_world)[4], seeded),
+    ]
+    ids = tiny_engine.encode(prompt=PROMPTS[0])
+    for spec, params in cases:
+        expected = run_alone(tiny_engine, ids, spec, params)
+        assert len(expected) == 16
+        seq = Sequence(ids, params, spec)
+        batch = tiny_engine.prefill([seq])
+        for _ in range(5):
+            assert batch is not None
+            batch = tiny_engine.step(batch)
+        batch = tiny_engine.resume(seq)  # the old batch and its cache are dropped
+        while batch is not None:
+            batch = tiny_engine.step(batch)
+        assert seq.output_ids == expected, spec
+
+
 def test_stop_string_truncates_and_finishes(tiny_engine: Engine) -> None:
     ids = tiny_engine.encode(prompt=PROMPTS[2])
     full = Sequence(ids, greedy(12))

@@ -1,0 +1,124 @@
+"""The scheduler without HTTP: a failed decode step fails only the rows that fail again on their own.
+
+Every request is queued before the worker starts, so all of them are admitted, prefilled and stepped together:
+the failing step always holds every row, without any timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from conftest import CATALOG, make_vector
+
+from server.engine import FAULT_STEP, Batch, Engine, InjectedFault
+from server.sampling import SamplingParams
+from server.scheduler import Scheduler, SchedulerLimits
+from server.sequence import Sequence, SteerSpec
+
+PROMPTS = ["At a wedding we eat", "Hello", "Children play"]
+
+
+def rows(engine: Engine, world: object, n_tokens: int = 12) -> list[Sequence]:
+    """Three differently steered greedy rows (one unsteered)."""
+    vecs = [make_vector(world, name, kind=kind, seed=seed) for name, (kind, seed) in CATALOG.items()]
+    steer = [SteerSpec(((vecs[0], 4.0),)), SteerSpec(), SteerSpec(((vecs[1], -3.0),))]
+    return [
+        Sequence(engine.encode(prompt=p), SamplingParams(max_new_tokens=n_tokens), s)
+        for p, s in zip(PROMPTS, steer, strict=True)
+    ]
+
+
+def solo(engine: Engine, seq: Sequence) -> list[int]:
+    twin = Sequence(seq.prompt_ids, seq.sampling, seq.steer)
+    engine.generate([twin])
+    return twin.output_ids
+
+
+def run(engine: Engine, requests: list[list[Sequence]], then: list[Sequence] | None = None) -> Scheduler:
+    """Queue `requests`, start the worker, wait for all; then run `then` as one more request."""
+
+    async def main() -> Scheduler:
+        sched = Scheduler(engine, SchedulerLimits(max_batch=8, max_configs_per_batch=8))
+        handles = [sched.submit(seqs) for seqs in requests]
+        sched.start()
+        try:
+            for h in handles:
+                await h.wait()
+            if then is not None:
+                await sched.submit(then).wait()
+        finally:
+            sched.shutdown()
+        return sched
+
+    return asyncio.run(main())
+
+
+def counter(sched: Scheduler, name: str, **labels: str) -> float:
+    value = sched.metrics.registry.get_sample_value(name, labels or None)
+    assert value is not None, name
+    return value
+
+
+def failing_step(engine: Engine, fails: Callable[[Batch, int], bool]) -> Callable[[Batch], Batch | None]:
+    """`engine.step`, raising when `fails(batch, call)` after the step ran (cache updated, tokens pushed)."""
+    real = engine.step
+    calls = 0
+
+    def step(batch: Batch) -> Batch | None:
+        nonlocal calls
+        calls += 1
+        out = real(batch)
+        if fails(batch, calls):
+            raise RuntimeError("step failed (test)")
+        return out
+
+    return step
+
+
+def test_step_fault_fails_only_the_culprit(tiny_engine: Engine, tiny_world: object) -> None:
+    innocent = rows(tiny_engine, tiny_world)
+    expected = [solo(tiny_engine, s) for s in innocent]
+    culprit = Sequence(
+        tiny_engine.encode(prompt="Hello"), SamplingParams(max_new_tokens=12), fault=FAULT_STEP
+    )
+    sched = run(tiny_engine, [[s] for s in innocent] + [[culprit]])
+    assert [s.output_ids for s in innocent] == expected
+    assert all(s.finish_reason == "length" for s in innocent)
+    assert culprit.finish_reason == "error" and isinstance(culprit.error, InjectedFault)
+    assert counter(sched, "steer_decode_step_failures_total") == 1
+    assert counter(sched, "steer_rows_rescued_total") == 3
+    assert counter(sched, "steer_request_failures_total", reason="error") == 1
+
+
+def test_transient_step_failure_loses_no_row(
+    tiny_engine: Engine, tiny_world: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that is no row's own (the 3rd step of the batch fails once): every row goes on, unchanged."""
+    seqs = rows(tiny_engine, tiny_world)
+    expected = [solo(tiny_engine, s) for s in seqs]
+    monkeypatch.setattr(tiny_engine, "step", failing_step(tiny_engine, lambda b, call: call == 3))
+    sched = run(tiny_engine, [[s] for s in seqs])
+    assert [s.output_ids for s in seqs] == expected
+    assert counter(sched, "steer_decode_step_failures_total") == 1
+    assert counter(sched, "steer_rows_rescued_total") == 3
+    assert counter(sched, "steer_request_failures_total", reason="error") == 0
+
+
+def test_persistent_batch_failure_fails_every_row_once_and_the_worker_goes_on(
+    tiny_engine: Engine, tiny_world: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step of more than one row fails: each row is rescued once, then fails; a later request is served."""
+    seqs = rows(tiny_engine, tiny_world)
+    later = rows(tiny_engine, tiny_world, n_tokens=4)[:1]
+    expected_later = solo(tiny_engine, later[0])
+    monkeypatch.setattr(tiny_engine, "step", failing_step(tiny_engine, lambda b, call: len(b) > 1))
+    sched = run(tiny_engine, [[s] for s in seqs], then=later)
+    assert all(s.finish_reason == "error" and "test" in str(s.error) for s in seqs)
+    # prefill, the failed step (its tokens already pushed), the rescued step alone, the second failed step
+    assert all(len(s.output_ids) == 4 for s in seqs)
+    assert counter(sched, "steer_decode_step_failures_total") == 2
+    assert counter(sched, "steer_rows_rescued_total") == 3
+    assert counter(sched, "steer_request_failures_total", reason="error") == 3
+    assert later[0].output_ids == expected_later and later[0].finish_reason == "length"
