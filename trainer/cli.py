@@ -68,7 +68,6 @@ def register_train(subparsers: Any) -> None:
     g.add_argument(
         "--retain-margin",
         type=float,
-        default=float("inf"),
         help="nats each answer must stay ahead of a wrong option (default: the unsteered model's whole lead)",
     )
     g = p.add_argument_group("data length")

@@ -10,7 +10,6 @@ zero, so it only acts once the vector starts breaking a fact; gains in margin ar
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,15 +46,15 @@ def load_retention_pairs(path: str | Path) -> list[PreferencePair]:
 
 
 def retention_penalty(
-    policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor, floor: float = math.inf
+    policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor, floor: float | None = None
 ) -> Tensor:
     """`mean(relu(min(m_0, floor) − m_v)²)` over retention pairs, m = log π(answer) − log π(wrong option).
 
     Each answer must stay ahead of each wrong option by `floor` nats, or by as much as the unsteered model
-    had it ahead if that is less; the vector may spend the rest of an unsteered lead. `floor = inf` keeps
+    had it ahead if that is less; the vector may spend the rest of an unsteered lead. `floor=None` keeps
     every lead whole (then the penalty is the squared margin *loss* relative to π_0)."""
     steered = policy_w - policy_l
-    keep = torch.clamp(ref_w - ref_l, max=floor)
+    keep = ref_w - ref_l if floor is None else torch.clamp(ref_w - ref_l, max=floor)
     return torch.relu(keep - steered).pow(2).mean()
 
 

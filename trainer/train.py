@@ -89,7 +89,9 @@ class TrainConfig:
     retain: str | None = None  # file of {prompt, options, answer} rows (the `steer eval --neutral` format)
     retain_weight: float = 1.0
     retain_batch_size: int = 16  # retention pairs scored per step, next to the preference batch
-    retain_margin: float = math.inf  # nats each answer must keep over a wrong option (inf: π_0's whole lead)
+    retain_margin: float | None = (
+        None  # nats each answer must keep over a wrong option (None: π_0's whole lead)
+    )
     # bookkeeping
     log_every: int = 10
     log_dir: str | None = None  # default: <out>/../train-logs
@@ -115,8 +117,8 @@ class TrainConfig:
             raise ValueError(f"--layer (or --sae, whose layer is used) is required for method {self.method}")
         if self.batch_size < 1 or self.beta <= 0 or self.lr <= 0:
             raise ValueError("batch_size, beta and lr must be positive")
-        if self.retain_weight < 0 or self.retain_batch_size < 1:
-            raise ValueError("retain_weight must be >= 0 and retain_batch_size positive")
+        if self.retain_weight < 0 or self.retain_batch_size < 1 or (self.retain_margin or 0) < 0:
+            raise ValueError("retain_weight and retain_margin must be >= 0 and retain_batch_size positive")
 
 
 @dataclass
@@ -485,7 +487,7 @@ def _train_preference(
             "pairs": m,
             "weight": cfg.retain_weight,
             "batch_size": cfg.retain_batch_size,
-            "margin": cfg.retain_margin if math.isfinite(cfg.retain_margin) else None,
+            "margin": cfg.retain_margin,
             "final_penalty": history[-1].get("retain_penalty") if history else None,
         }
     vector = _make_vector(cfg, res, layer, v, training)
