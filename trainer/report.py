@@ -23,6 +23,7 @@ from trainer.train import PREFERENCE_METHODS, TrainConfig, TrainResult, steps_to
 from vectors.io import write_atomic
 
 METHODS = ("caa", "sas", "bipo", "yapo")
+CONVERGENCE_THRESHOLDS = (0.1, 0.3, 0.5)
 LABELS = {"base": "Unsteered", "caa": "CAA", "sas": "SAS", "bipo": "BiPO", "yapo": "YaPO"}
 
 
@@ -48,7 +49,7 @@ class DemoConfig:
     # held out and is the only half retention is measured on. 0 trains without it (the paper's objective).
     retain_weight: float = 1.0
     retain_batch_size: int = 16
-    retain_margin: float | None = 1.0
+    retain_margin: float | None = 3.0
     strengths: list[float] = field(default_factory=lambda: [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0])
     eval_splits: list[str] = field(default_factory=lambda: ["test"])
     progress: bool = True
@@ -216,6 +217,15 @@ def summarise(
         if m in runs
     }
     targets = _targets(tables, retention, convergence, countries, base_ret)
+    # the paper's threshold (0.1) plus looser ones, so a run that reaches neither still shows which is faster
+    by_threshold = {
+        f"{t:g}": {
+            m: {c: steps_to_loss(runs[m][c].losses, t) for c in countries}
+            for m in ("yapo", "bipo")
+            if m in runs
+        }
+        for t in CONVERGENCE_THRESHOLDS
+    }
     return {
         "countries": countries,
         "split": split,
@@ -225,6 +235,7 @@ def summarise(
         "retention": retention,
         "paper_metrics_at_1": paper,
         "steps_to_loss_0.1": convergence,
+        "steps_to_loss": by_threshold,
         "final_loss": {
             m: {c: runs[m][c].final_loss for c in countries} for m in ("yapo", "bipo") if m in runs
         },
@@ -260,6 +271,7 @@ def _targets(
         out["yapo_ge_caa"] = non["yapo"] >= non.get("caa", -1)
         drop = [base_ret - retention["yapo"][c]["1"] for c in countries]
         out["yapo_retention_drop_points_at_1"] = round(100 * max(drop), 2)
+        out["yapo_retention_mean_drop_points_at_1"] = round(100 * _mean(drop), 2)
         out["yapo_retention_ok"] = max(drop) <= 0.01 + 1e-9
     if "yapo" in convergence and "bipo" in convergence:
         y, b = convergence["yapo"], convergence["bipo"]
@@ -310,6 +322,30 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
+def _convergence_lines(report: Mapping[str, Any], countries: Sequence[str]) -> list[str]:
+    """Steps to each loss threshold (trailing mean over 10 steps) and the final loss, YaPO vs BiPO."""
+    by_t = report.get("steps_to_loss") or {"0.1": report["steps_to_loss_0.1"]}
+    final = report.get("final_loss", {})
+    head = [f"{m} ≤ {t}" for t in by_t for m in ("YaPO", "BiPO")] + ["final YaPO", "final BiPO"]
+    lines = [
+        "## Convergence: steps until the trailing mean loss (10 steps) is below each threshold",
+        "",
+        "| country | " + " | ".join(head) + " |",
+        "|" + "---|" * (1 + len(head)),
+    ]
+    for c in countries:
+        cells = []
+        for per_method in by_t.values():
+            for m in ("yapo", "bipo"):
+                step = per_method.get(m, {}).get(c)
+                cells.append("not reached" if step is None else str(step))
+        for m in ("yapo", "bipo"):
+            loss = final.get(m, {}).get(c)
+            cells.append("—" if loss is None else f"{loss:.3f}")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     countries = report["countries"]
     kinds = (("localized", "Loc"), ("nonlocalized", "Non-loc"), ("both", "Both"))
@@ -357,20 +393,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             continue
         cells = [_pct(_mean(per_country[c][f"{s:g}"] for c in countries)) for s in report["strengths"]]
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Convergence: steps to loss 0.1 (trailing mean over 10 steps)",
-        "",
-        "| country | YaPO | BiPO |",
-        "|---|---|---|",
-    ]
-    conv = report["steps_to_loss_0.1"]
-    for c in countries:
-        y = conv.get("yapo", {}).get(c)
-        b = conv.get("bipo", {}).get(c)
-        lines.append(
-            f"| {c} | {y if y is not None else 'not reached'} | {b if b is not None else 'not reached'} |"
-        )
+    lines += ["", *_convergence_lines(report, countries)]
     lines += ["", "## Targets", "", "```json", json.dumps(report["targets"], indent=1), "```", ""]
     if "plots" in report:
         lines += ["## Plots", ""] + [f"![{k}]({p})" for k, p in report["plots"].items()] + [""]

@@ -77,12 +77,22 @@ def test_demo_report_files_and_layout(tiny_res, tmp_path):
             vec = load_vector(path)
             assert vec.meta.method == method and vec.meta.training["target"] == country
             assert vec.meta.eval["target"] == country  # eval wrote its headline back
+            retain = vec.meta.training.get("retain")
+            if method in (
+                "yapo",
+                "bipo",
+            ):  # trained against the even half of the neutral facts: 1 fact, 1 pair
+                assert retain["pairs"] == 1 and retain["weight"] == cfg.retain_weight
+            else:
+                assert retain is None
     assert (tmp_path / "vectors" / "culture" / "morocco.safetensors").is_file()
     assert (tmp_path / "vectors" / "baselines" / "bipo-egypt.safetensors").is_file()
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["table7"]["strength_1"]["base"]["mean"].keys() == {"localized", "nonlocalized", "both"}
     assert set(saved["steps_to_loss_0.1"]) == {"yapo", "bipo"}
+    assert set(saved["steps_to_loss"]) == {"0.1", "0.3", "0.5"}
     md = (tmp_path / "report.md").read_text()
     assert "Table 7 analog" in md and "| morocco |" in md
+    assert "held-out (odd-numbered) half of the neutral facts" in md and "final YaPO" in md
     for plot in saved["plots"].values():
         assert (tmp_path / plot).stat().st_size > 0
