@@ -203,16 +203,9 @@ class Engine:
         """Raise `ValueError` if `spec` cannot be steered with (so it fails its request, never a batch)."""
         if not spec.steered:
             return
-        from vectors.tables import build_tables
+        from vectors.tables import check_config
 
-        build_tables(
-            [spec.as_config()],
-            self.coders,
-            self.hidden_size,
-            apply_override=spec.apply,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        check_config(spec.as_config(), self.coders, self.hidden_size, apply_override=spec.apply)
 
     # --- generation -----------------------------------------------------------------------------------------
     def prefill(self, seqs: list[Sequence]) -> Batch | None:

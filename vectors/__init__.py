@@ -20,7 +20,7 @@ from vectors.metadata import ApplyPhase, Method, ModelRef, SaeRef, Space, Vector
 from vectors.names import NAME_PATTERN, name_from_path, validate_name, vector_path
 from vectors.sae import SparseCoder, coder_from_sae_lens, layer_from_hook_name, load_sae
 from vectors.steering import SparsePlan, code_space_sum, fast_steer, plan_for, reference_steer
-from vectors.tables import LayerTable, build_tables, coders_by_layer
+from vectors.tables import LayerTable, build_tables, check_config, coders_by_layer
 from vectors.vector import SteeringVector
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "VectorMetadata",
     "build_tables",
     "check_compatible",
+    "check_config",
     "code_space_sum",
     "coder_from_sae_lens",
     "coders_by_layer",

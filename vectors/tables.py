@@ -289,6 +289,23 @@ def _spec(
     return _RowSpec(dense=dense, code=code, phase=phase)
 
 
+def check_config(
+    config: Config,
+    coders: Mapping[int, SparseCoder] | Iterable[SparseCoder] | None,
+    d_model: int,
+    *,
+    apply_override: ApplyPhase | None = None,
+) -> None:
+    """Raise `ValueError` where `build_tables` would for this one config, without building any table.
+
+    For admission checks: the same rules (finite strengths, one phase per layer, d_model / d_sae match, an SAE at
+    every SAE-space vector's layer) at the cost of composing the config, not of gathering encoder/decoder rows.
+    """
+    by_layer = coders_by_layer(coders)
+    for layer, (items, phase) in _layer_items(config, apply_override).items():
+        _spec(items, phase, by_layer.get(layer), d_model, layer)
+
+
 def build_tables(
     configs: Sequence[Config],
     coders: Mapping[int, SparseCoder] | Iterable[SparseCoder] | None,

@@ -8,7 +8,7 @@ from vectors_testkit import SAE_VARIANTS, dense_meta, random_code, sae_meta
 
 from vectors.sae import SparseCoder
 from vectors.steering import reference_steer
-from vectors.tables import build_tables
+from vectors.tables import build_tables, check_config
 from vectors.vector import SteeringVector
 
 D_MODEL = 16
@@ -119,12 +119,17 @@ def test_phase_switches(coders64: dict[str, SparseCoder]) -> None:
 def test_invalid_configs(coders64: dict[str, SparseCoder]) -> None:
     coder = coders64["standard"]
     v = _vectors(coder)
-    with pytest.raises(ValueError, match="different apply phases"):
-        build_tables([{v["a"]: 1.0, v["gen"]: 1.0}], [coder], D_MODEL)
-    with pytest.raises(ValueError, match="no SAE"):
-        build_tables([{v["a"]: 1.0}], None, D_MODEL)
-    with pytest.raises(ValueError, match="finite"):
-        build_tables([{v["a"]: float("nan")}], [coder], D_MODEL)
+    bad = [
+        ({v["a"]: 1.0, v["gen"]: 1.0}, [coder], "different apply phases"),
+        ({v["a"]: 1.0}, None, "no SAE"),
+        ({v["a"]: float("nan")}, [coder], "finite"),
+    ]
+    for config, coders, message in bad:  # the admission check refuses exactly what the table builder refuses
+        with pytest.raises(ValueError, match=message):
+            build_tables([config], coders, D_MODEL)
+        with pytest.raises(ValueError, match=message):
+            check_config(config, coders, D_MODEL)
+    check_config({v["a"]: 1.0, v["gen"]: 1.0}, [coder], D_MODEL, apply_override="both")
     with pytest.raises(ValueError, match="2 rows"):
         build_tables([{v["a"]: 1.0}, {}], [coder], D_MODEL)[1].steer(torch.zeros(3, 1, D_MODEL), "prompt")
     # a config that cancels out is unsteered; dense vectors need no SAE
