@@ -17,7 +17,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -479,6 +479,7 @@ def _train_preference(
         "final_loss": final,
         "steps_to_loss_0.1": steps_to_loss(losses, 0.1),
         "seconds": round(seconds, 2),
+        "loss_curve": loss_curve(history),
     }
     if m:
         training["retain"] = {
@@ -493,6 +494,16 @@ def _train_preference(
     vector = _make_vector(cfg, res, layer, v, training)
     path = _save(cfg, vector)
     return TrainResult(vector, path, total, final, losses, history, seconds, pps, stats.as_dict(), log_path)
+
+
+def loss_curve(history: Sequence[Mapping[str, Any]], max_points: int = 200) -> dict[str, list]:
+    """The logged mean losses as `{"step": [...], "loss": [...]}` for the vector's metadata (the playground plots
+    it), thinned to at most `max_points` so a long run keeps its file header small; the last point is kept."""
+    points = [(int(h["step"]), round(float(h["loss"]), 5)) for h in history]
+    if len(points) > max_points:
+        stride = math.ceil(len(points) / max_points)
+        points = [*points[::stride][: max_points - 1], points[-1]]
+    return {"step": [s for s, _ in points], "loss": [v for _, v in points]}
 
 
 def _adam_state(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> dict[str, Any]:
@@ -703,6 +714,7 @@ __all__ = [
     "batch_indices",
     "direction_for",
     "last_token_activations",
+    "loss_curve",
     "lr_factor",
     "reference_logprobs",
     "steps_to_loss",

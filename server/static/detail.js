@@ -18,6 +18,14 @@ window.PlaygroundDetail = (() => {
     return node;
   }
 
+  // [step, loss] pairs of the trainer's `training.loss_curve` ({step: [...], loss: [...]}), numbers only.
+  function lossPoints(curve) {
+    if (!curve || !Array.isArray(curve.step) || !Array.isArray(curve.loss)) return [];
+    return curve.step
+      .map((s, i) => [s, curve.loss[i]])
+      .filter(([s, y]) => typeof s === "number" && typeof y === "number" && Number.isFinite(y));
+  }
+
   function section(title, ...children) {
     const box = el("section", { className: "detail-part" });
     box.append(el("h3", {}, title), ...children);
@@ -28,7 +36,7 @@ window.PlaygroundDetail = (() => {
   function facts(obj) {
     const dl = el("dl", { className: "facts" });
     for (const [k, v] of Object.entries(obj)) {
-      if (v === null || v === undefined || k === "losses") continue;
+      if (v === null || v === undefined || k === "loss_curve") continue;
       const shown = typeof v === "object" ? JSON.stringify(v) : fmt(v);
       dl.append(el("dt", {}, k), el("dd", {}, shown));
     }
@@ -149,10 +157,10 @@ window.PlaygroundDetail = (() => {
       ),
     );
     const training = meta.training || {};
-    const losses = Array.isArray(training.losses) ? training.losses.filter((x) => typeof x === "number") : [];
+    const losses = lossPoints(training.loss_curve);
     const lossPart = losses.length >= 2
-      ? lineChart({ loss: losses.map((y, i) => [i + 1, y]) }, "step", "loss", `Training loss of ${detail.name}`)
-      : el("p", {}, "The server does not expose this vector's loss curve; the trainer's summary is below.");
+      ? lineChart({ loss: losses }, "step", "loss", `Training loss of ${detail.name}`)
+      : el("p", {}, "No loss curve recorded for this vector (mean-difference methods have none); the trainer's summary is below.");
     parts.push(section("Training", lossPart, facts(training)));
     if (meta.eval && Object.keys(meta.eval).length) parts.push(section("Evaluation record", facts(meta.eval)));
     return parts;

@@ -54,7 +54,11 @@ VECTORS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "demo/dense": (
         "dense",
         3,
-        {"method": "caa", "strength_range": (-10.0, 10.0), "training": {"losses": [0.7, 0.4, 0.3, 0.2]}},
+        {
+            "method": "caa",
+            "strength_range": (-10.0, 10.0),
+            "training": {"loss_curve": {"step": [10, 20, 30, 40], "loss": [0.7, 0.4, 0.3, 0.2]}},
+        },
     ),
 }
 

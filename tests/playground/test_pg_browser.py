@@ -130,10 +130,11 @@ def test_vector_detail_view(ready_page: Any) -> None:
     assert detail.locator(".features tbody tr").count() == 6  # all non-zeros of the vector
     assert detail.get_by_role("img", name=f"Strength sweep of {VECTOR}").count() == 1
     assert "heldout_accuracy" in detail.locator(".legend").first.inner_text()
-    assert "does not expose this vector's loss curve" in detail.inner_text()
+    assert "No loss curve recorded for this vector" in detail.inner_text()
     assert "final_loss" in detail.inner_text()
     page.get_by_role("button", name="Details of demo/dense").click()
     page.get_by_role("img", name="Training loss of demo/dense").wait_for()
+    assert "10: 0.7, 20: 0.4, 30: 0.3, 40: 0.2" in detail.text_content()  # at the logged steps (numbers table)
     assert "Not an SAE-space vector" in detail.inner_text()
 
 
