@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ApplyPhase = Literal["prompt", "generation", "both"]
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -207,7 +207,12 @@ class OpenAIBase(StrictModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int = Field(default=0, ge=0)
-    n: int = Field(default=1, ge=1, le=1, description="Only 1 is supported.")
+    n: int = Field(
+        default=1,
+        ge=1,
+        description="Choices per prompt, each an independent generation; with `seed`, choice i samples with "
+        "seed + i. At most `max_choices_per_request` choices (prompts × n) per request.",
+    )
     seed: Seed | None = None
     stop: Text | list[Text] | None = None
     stream: bool = False
@@ -217,8 +222,31 @@ class OpenAIBase(StrictModel):
     apply: ApplyPhase | None = None
 
 
+def _is_token_ids(value: object) -> bool:
+    """`[1, 2]` or `[[1, 2], [3]]`: OpenAI's token-id prompts."""
+    if not isinstance(value, list):
+        return False
+    return any((isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, list) for v in value)
+
+
 class CompletionRequest(OpenAIBase):
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        description="One prompt or a list of prompts; each prompt gets `n` choices (prompt-major order)."
+    )
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_only(cls, value: object) -> object:
+        # Token ids would bypass the prompt formatting every vector was trained with (and must be range-checked
+        # against the vocabulary before they reach an embedding): refused, by name.
+        if _is_token_ids(value):
+            raise ValueError("token-id prompts are not supported; send text (a string or a list of strings)")
+        return value
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompts in order (a single string is a list of one)."""
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 class ChatCompletionRequest(OpenAIBase):

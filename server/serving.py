@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import re
 import time
@@ -30,6 +31,7 @@ ADHOC = re.compile(r"sae:(?:(\d{1,6}):)?(\d{1,9})")
 ADHOC_HELP = (
     "steer on one SAE feature with `sae:<feature>` (or `sae:<layer>:<feature>` when several SAEs are loaded)"
 )
+SEED_SPAN = 2**63  # seeds are 0 <= seed < 2**63 (protocol.Seed)
 _FAULTS = {"[[fault:oom]]": FAULT_OOM, "[[fault:error]]": FAULT_ERROR, "[[fault:step]]": FAULT_STEP}
 
 
@@ -162,6 +164,38 @@ class Service:
     def prepare(self, req: GenerationInput) -> Prepared:
         """Validate limits and build the engine rows (no forward pass happens here)."""
         spec, applied = self.resolve_steer(req.steer, req.apply)
+        row = self._row(req, spec)
+        seqs = [row]
+        if req.compare:
+            if self.settings.max_batch < 2:
+                raise invalid(
+                    "compare",
+                    f"`compare` needs 2 batch rows; this server's max_batch is {self.settings.max_batch}",
+                )
+            seqs.append(Sequence(row.prompt_ids, row.sampling, UNSTEERED, fault=row.fault))
+        return Prepared(seqs=seqs, applied=applied, prompt_tokens=len(row.prompt_ids))
+
+    def prepare_choices(self, reqs: list[GenerationInput], n: int) -> Prepared:
+        """OpenAI choices: `n` independent rows per prompt, prompt-major, so that row i is choice i.
+
+        `reqs` differ only in their prompt; the steering is resolved once, so every choice sees the same vectors
+        even if the catalog reloads meanwhile. Choice j of a prompt samples with `derived_seed(seed, j)`: it equals
+        a single request with that seed. `prompt_tokens` counts each prompt once (as OpenAI bills them).
+        """
+        spec, applied = self.resolve_steer(reqs[0].steer, reqs[0].apply)
+        seqs: list[Sequence] = []
+        prompt_tokens = 0
+        for req in reqs:
+            row = self._row(req, spec)
+            prompt_tokens += len(row.prompt_ids)
+            seqs.append(row)
+            for j in range(1, n):
+                sampling = dataclasses.replace(row.sampling, seed=derived_seed(row.sampling.seed, j))
+                seqs.append(Sequence(row.prompt_ids, sampling, spec, fault=row.fault))
+        return Prepared(seqs=seqs, applied=applied, prompt_tokens=prompt_tokens)
+
+    def _row(self, req: GenerationInput, spec: SteerSpec) -> Sequence:
+        """The one engine row of a prompt or chat: tokens, sampling (limits checked) and steering."""
         stop = self._stops(req.stop)
         if req.prompt is not None:
             ids = self.engine.encode(prompt=req.prompt)
@@ -180,16 +214,31 @@ class Service:
             seed=req.seed,
             stop=stop,
         )
-        if req.compare and self.settings.max_batch < 2:
+        return Sequence(ids, sampling, spec, fault=self._fault(text))
+
+    def check_choices(self, prompts: int, n: int) -> int:
+        """Rows of an OpenAI request of `prompts` prompts × `n` choices (422 past the limits).
+
+        Every choice is a batch row and a request's rows are admitted together, so a request may not need
+        more rows than `max_batch` (it could never start) nor more choices than `max_choices_per_request`.
+        """
+        cap = self.settings.max_choices_per_request
+        if n > cap:
+            raise invalid("n", f"`n` must be <= {cap} (server limit max_choices_per_request), got {n}")
+        rows = prompts * n
+        if rows > cap:
             raise invalid(
-                "compare",
-                f"`compare` needs 2 batch rows; this server's max_batch is {self.settings.max_batch}",
+                "prompt",
+                f"{prompts} prompts × n={n} make {rows} choices; at most {cap} per request "
+                "(server limit max_choices_per_request)",
             )
-        fault = self._fault(text)
-        seqs = [Sequence(ids, sampling, spec, fault=fault)]
-        if req.compare:
-            seqs.append(Sequence(ids, sampling, UNSTEERED, fault=fault))
-        return Prepared(seqs=seqs, applied=applied, prompt_tokens=len(ids))
+        if rows > self.settings.max_batch:
+            raise invalid(
+                "n" if n > 1 else "prompt",
+                f"{prompts} prompt(s) × n={n} need {rows} batch rows, all admitted together; "
+                f"this server's max_batch is {self.settings.max_batch}",
+            )
+        return rows
 
     def _stops(self, stop: str | list[str] | None) -> tuple[str, ...]:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -251,7 +300,12 @@ class Service:
     async def run(self, prepared: Prepared, is_disconnected: Callable[[], Any]) -> Outcome:
         """Queue, wait for the end (cancelling the rows if the client goes away or time runs out), summarise."""
         handle = self.submit(prepared)
-        waiter = asyncio.ensure_future(handle.wait())
+        await self.wait(handle, is_disconnected)
+        return self.outcome(prepared, handle)
+
+    async def wait(self, handle: Handle, is_disconnected: Callable[[], Any]) -> None:
+        """Until every row ended or one failed; the rows are cancelled if the client goes away or time runs out."""
+        waiter = asyncio.ensure_future(_settle(handle))
         deadline = self.deadline(handle)
         try:
             while not waiter.done():
@@ -267,10 +321,9 @@ class Service:
             self.cancel(handle)
             waiter.cancel()
             raise
-        return self.outcome(prepared, handle)
 
     async def events(self, handle: Handle) -> AsyncIterator[Event]:
-        """The events of a queued request (deltas of row 0; every row's end); 504 `ApiError` past the deadline."""
+        """The events of a queued request (every row's deltas and end); 504 `ApiError` past the deadline."""
         deadline = self.deadline(handle)
         stream = handle.stream()
         while True:
@@ -314,10 +367,8 @@ class Service:
     @staticmethod
     def outcome(prepared: Prepared, handle: Handle) -> Outcome:
         """Final result, or the ApiError of a failed row."""
+        check_rows(handle)
         main = handle.seqs[0]
-        for s in handle.seqs:
-            if s.finish_reason == "error":
-                raise failure(s.error)
         twin = handle.seqs[1] if len(handle.seqs) > 1 else None
         n = len(main.output_ids)
         return Outcome(
@@ -332,6 +383,44 @@ class Service:
             unsteered_text=twin.text if twin is not None else None,
             unsteered_finish_reason=twin.finish_reason if twin is not None else None,
         )
+
+    @staticmethod
+    def usage(prepared: Prepared, handle: Handle) -> Usage:
+        """Usage of a request of several choices: each prompt once, the tokens of every choice."""
+        completion = sum(len(s.output_ids) for s in handle.seqs)
+        return Usage(
+            prompt_tokens=prepared.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=prepared.prompt_tokens + completion,
+        )
+
+
+def derived_seed(seed: int | None, choice: int) -> int | None:
+    """Seed of choice `choice` of a seeded request: seed + choice, wrapped into the range a request accepts."""
+    return None if seed is None else (seed + choice) % SEED_SPAN
+
+
+def check_rows(handle: Handle) -> None:
+    """Raise the ApiError of the first failed row: a request answers whole or not at all."""
+    for s in handle.seqs:
+        if s.finish_reason == "error":
+            raise failure(s.error)
+
+
+def failed_row(handle: Handle, event: Event) -> ApiError | None:
+    """The error if `event` ends its row with one; the other rows are then stopped (their answer is void)."""
+    seq = handle.seqs[event.index]
+    if not event.done or seq.finish_reason != "error":
+        return None
+    handle.cancel()  # not a disconnect: `Service.cancel` will not count it as one
+    return failure(seq.error)
+
+
+async def _settle(handle: Handle) -> None:
+    """Until every row ended, or one failed (the others are then cancelled instead of running to the end)."""
+    async for event in handle.stream():
+        if failed_row(handle, event) is not None:
+            return
 
 
 def _poll(deadline: float | None, every: float = 0.25) -> float:

@@ -49,6 +49,9 @@ class ServerSettings(BaseSettings):
     max_queue: int = Field(default=64, ge=0, description="Requests waiting for a batch row; more → 429.")
     max_configs_per_batch: int = Field(default=4, ge=1, description="Distinct steering configs per batch.")
     max_vectors_per_request: int = Field(default=8, ge=1)
+    max_choices_per_request: int = Field(
+        default=8, ge=1, description="OpenAI routes: prompts × n per request (each choice is a batch row)."
+    )
     max_stop_sequences: int = Field(default=4, ge=0)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="Request line + headers cap.")
@@ -95,6 +98,7 @@ class ServerSettings(BaseSettings):
             "max_queue": self.max_queue,
             "max_configs_per_batch": self.max_configs_per_batch,
             "max_vectors_per_request": self.max_vectors_per_request,
+            "max_choices_per_request": self.max_choices_per_request,
             "max_stop_sequences": self.max_stop_sequences,
             "max_body_bytes": self.max_body_bytes,
             "strength_policy": self.strength_policy,

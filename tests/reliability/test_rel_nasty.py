@@ -171,7 +171,9 @@ def test_openai_routes_share_the_checks(client: httpx.Client) -> None:
     model = client.get("/v1/models").json()["data"][0]["id"]
     cases = [
         ("/v1/completions", {"model": model, "prompt": "x", "max_tokens": -1}, "max_tokens"),
-        ("/v1/completions", {"model": model, "prompt": ["a", "b"]}, "prompt"),
+        ("/v1/completions", {"model": model, "prompt": []}, "prompt"),
+        ("/v1/completions", {"model": model, "prompt": [1, 2]}, "prompt"),
+        ("/v1/completions", {"model": model, "prompt": ["a", "b"], "n": 5}, "prompt"),
         ("/v1/completions", {"model": "../../etc/passwd", "prompt": "x"}, "model"),
         ("/v1/completions", {"model": model, "prompt": "x", "steer": {"../x": 1}}, "steer.../x"),
         ("/v1/chat/completions", {"model": model, "messages": []}, "messages"),
@@ -182,7 +184,7 @@ def test_openai_routes_share_the_checks(client: httpx.Client) -> None:
         ),
         (
             "/v1/chat/completions",
-            {"model": model, "messages": [{"role": "user", "content": "x"}], "n": 2},
+            {"model": model, "messages": [{"role": "user", "content": "x"}], "n": 99},
             "n",
         ),
     ]
