@@ -41,6 +41,10 @@ class DemoConfig:
     steps: int = 300
     batch_size: int = 64
     lr: float = 1e-2
+    # BiPO's dense vector lives in the residual stream (|h| ≈ 85 at layer 2), YaPO's in SAE code space: one shared
+    # lr left BiPO barely moving (norm 10 after 300 steps). Each method gets the best of a small sweep
+    # (docs/culture-results.md: YaPO 1e-2 / 3e-2 / 0.1, BiPO 1e-2 / 0.1 / 0.3).
+    bipo_lr: float = 0.1
     beta: float = 1.0
     warmup_steps: int = 20
     seed: int = 11
@@ -119,7 +123,7 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
                 target=country,
                 max_steps=cfg.steps,
                 batch_size=cfg.batch_size,
-                lr=cfg.lr,
+                lr=cfg.bipo_lr if method == "bipo" else cfg.lr,
                 beta=cfg.beta,
                 warmup_steps=cfg.warmup_steps,
                 seed=cfg.seed,
