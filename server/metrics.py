@@ -39,7 +39,11 @@ class Metrics:
             "steer_rows_rescued", "Rows that went on after a failed decode step", registry=r
         )
         self.disconnects = Counter("steer_client_disconnects", "Clients gone before the end", registry=r)
-        self.prompt_tokens = Counter("steer_prompt_tokens", "Prompt tokens admitted", registry=r)
+        self.prompt_tokens = Counter(
+            "steer_prompt_tokens",
+            "Prompt tokens prefilled (every row: compare and n choices prefill their own)",
+            registry=r,
+        )
         self.generation_tokens = Counter("steer_generation_tokens", "Tokens generated", registry=r)
         self.queue_depth = Gauge("steer_num_requests_waiting", "Requests waiting for a batch row", registry=r)
         self.running = Gauge("steer_num_rows_running", "Rows in the decode batch", registry=r)

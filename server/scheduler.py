@@ -212,7 +212,7 @@ class Scheduler:
             if len(seq.output_ids) > counted:
                 self.metrics.generation_tokens.inc(len(seq.output_ids) - counted)
                 counted = len(seq.output_ids)
-                if handle.first_token is None and index == 0:
+                if handle.first_token is None:  # the request's first token, whichever row made it
                     handle.first_token = now
                     self.metrics.ttft.observe(now - handle.submitted)
             if seq.finished:
@@ -229,11 +229,11 @@ class Scheduler:
         elif seq.finish_reason == "cancelled":
             self.metrics.failures.labels(reason="cancelled").inc()
         if seq is handle.seqs[0]:
-            self.metrics.e2e.observe(now - handle.submitted)
             n = len(seq.output_ids)
             if handle.first_token is not None and n > 1:
                 self.metrics.tpot.observe((now - handle.first_token) / (n - 1))
-        if all(s.finished for s in handle.seqs):
+        if all(s.finished for s in handle.seqs):  # a request ends with its last row (compare, n choices)
+            self.metrics.e2e.observe(now - handle.submitted)
             self._running.pop(handle.id, None)
 
     # --- worker thread --------------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ class Scheduler:
             for h in admitted:
                 assert h.admitted is not None
                 self.metrics.queue_time.observe(h.admitted - h.submitted)
-                self.metrics.prompt_tokens.inc(len(h.seqs[0].prompt_ids))
+                self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in h.seqs))
             new = self._prefill([s for h in admitted for s in h.seqs])
             self._batch = engine.join(self._batch, new)
         if self._batch is not None:

@@ -250,3 +250,28 @@ def test_leaving_a_stream_cancels_every_choice(slow: Any) -> None:
         wait_idle(c)
         assert metric(c, cancelled) == before + 2
         assert metric(c, "steer_client_disconnects_total") == gone + 1
+
+
+def _metric(server: Any, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_metrics_count_every_row_and_one_request(server: Any, oai: openai.OpenAI) -> None:
+    """Two prompts × two choices: four rows prefilled, one request latency and one time to first token."""
+    before = {
+        n: _metric(server, n)
+        for n in (
+            "steer_prompt_tokens_total",
+            "steer_e2e_request_latency_seconds_count",
+            "steer_time_to_first_token_seconds_count",
+            "steer_generation_tokens_total",
+        )
+    }
+    out = complete(oai, PROMPTS[:2], n=2)
+    assert len(out.choices) == 4
+    delta = {n: _metric(server, n) - v for n, v in before.items()}
+    assert delta["steer_prompt_tokens_total"] == 2 * out.usage.prompt_tokens  # each prompt prefilled twice
+    assert delta["steer_e2e_request_latency_seconds_count"] == 1
+    assert delta["steer_time_to_first_token_seconds_count"] == 1
+    assert delta["steer_generation_tokens_total"] == out.usage.completion_tokens
