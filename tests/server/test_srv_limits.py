@@ -187,3 +187,14 @@ def test_catalog_hot_reload_keeps_requests_in_flight(slow: Any) -> None:
         wait_for(lambda: c.get("/vectors").json()["skipped"] != [], timeout=5)
         assert c.get("/vectors").json()["skipped"][0]["path"] == "broken/half.safetensors"
         assert c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 2}).status_code == 200
+
+
+def test_ready_reports_the_default_length_actually_applied(
+    tiny_world: TinyWorld, tiny_engine: Engine
+) -> None:
+    """A default above the cap is never used: a request without a length gets the cap, and /ready says so."""
+    settings = settings_for(tiny_world, max_new_tokens=4, default_max_new_tokens=128)
+    with run_server(settings, engine=tiny_engine) as running, running.client() as c:
+        assert c.get("/ready").json()["limits"]["default_max_new_tokens"] == 4
+        body = c.post("/generate", json={"prompt": PROMPT}).json()
+        assert body["usage"]["completion_tokens"] <= 4 and body["finish_reason"] in ("length", "stop")
