@@ -134,7 +134,8 @@ def test_vector_detail_view(ready_page: Any) -> None:
     assert "final_loss" in detail.inner_text()
     page.get_by_role("button", name="Details of demo/dense").click()
     page.get_by_role("img", name="Training loss of demo/dense").wait_for()
-    assert "10: 0.7, 20: 0.4, 30: 0.3, 40: 0.2" in detail.text_content()  # at the logged steps (numbers table)
+    # the numbers table of the chart: losses at the logged steps
+    assert "10: 0.7, 20: 0.4, 30: 0.3, 40: 0.2" in detail.text_content()
     assert "Not an SAE-space vector" in detail.inner_text()
 
 
