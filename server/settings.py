@@ -93,9 +93,8 @@ class ServerSettings(BaseSettings):
         """The limits a client may want to know (no paths, no secrets)."""
         return {
             "max_new_tokens": self.max_new_tokens,
-            "default_max_new_tokens": min(
-                self.default_max_new_tokens, self.max_new_tokens
-            ),  # what is applied
+            # what a request without a length gets
+            "default_max_new_tokens": min(self.default_max_new_tokens, self.max_new_tokens),
             "max_batch": self.max_batch,
             "max_queue": self.max_queue,
             "max_configs_per_batch": self.max_configs_per_batch,
