@@ -45,6 +45,7 @@ class DemoConfig:
     # lr left BiPO barely moving (norm 10 after 300 steps). Each method gets the best of a small sweep
     # (docs/culture-results.md: YaPO 1e-2 / 3e-2 / 0.1, BiPO 1e-2 / 0.1 / 0.3).
     bipo_lr: float = 0.1
+    yapo_l1: float = 0.0  # proximal L1 on the YaPO vector (exact zeros; `steer train --l1`)
     beta: float = 1.0
     warmup_steps: int = 20
     seed: int = 11
@@ -128,6 +129,7 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
                 warmup_steps=cfg.warmup_steps,
                 seed=cfg.seed,
                 tau=cfg.sas_tau,
+                l1=cfg.yapo_l1 if method == "yapo" else 0.0,
                 retain_weight=cfg.retain_weight,
                 retain_batch_size=cfg.retain_batch_size,
                 retain_margin=cfg.retain_margin,
