@@ -89,9 +89,8 @@ class TrainConfig:
     retain: str | None = None  # file of {prompt, options, answer} rows (the `steer eval --neutral` format)
     retain_weight: float = 1.0
     retain_batch_size: int = 16  # retention pairs scored per step, next to the preference batch
-    retain_margin: float | None = (
-        None  # nats each answer must keep over a wrong option (None: π_0's whole lead)
-    )
+    # nats each answer must keep over a wrong option (None: π_0's whole lead)
+    retain_margin: float | None = None
     # bookkeeping
     log_every: int = 10
     log_dir: str | None = None  # default: <out>/../train-logs
