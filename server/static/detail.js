@@ -26,6 +26,12 @@ window.PlaygroundDetail = (() => {
       .filter(([s, y]) => typeof s === "number" && typeof y === "number" && Number.isFinite(y));
   }
 
+  function noLossCurve(method) {
+    return method === "caa" || method === "sas"
+      ? "No loss curve: mean-difference methods are estimated, not optimised."
+      : "No loss curve recorded in this vector's metadata; the trainer's summary is below.";
+  }
+
   function section(title, ...children) {
     const box = el("section", { className: "detail-part" });
     box.append(el("h3", {}, title), ...children);
@@ -160,7 +166,7 @@ window.PlaygroundDetail = (() => {
     const losses = lossPoints(training.loss_curve);
     const lossPart = losses.length >= 2
       ? lineChart({ loss: losses }, "step", "loss", `Training loss of ${detail.name}`)
-      : el("p", {}, "No loss curve recorded for this vector (mean-difference methods have none); the trainer's summary is below.");
+      : el("p", {}, noLossCurve(meta.method));
     parts.push(section("Training", lossPart, facts(training)));
     if (meta.eval && Object.keys(meta.eval).length) parts.push(section("Evaluation record", facts(meta.eval)));
     return parts;

@@ -47,7 +47,11 @@ VECTORS: dict[str, tuple[str, int, dict[str, Any]]] = {
             "strength_range": (-30.0, 30.0),
             "default_strength": 20.0,
             "eval": SWEEP_EVAL,
-            "training": {"steps": 200, "final_loss": 0.08},
+            "training": {
+                "steps": 200,
+                "final_loss": 0.08,
+                "loss_curve": {"step": [50, 100, 150, 200], "loss": [0.5, 0.2, 0.1, 0.08]},
+            },
         },
     ),
     "culture/bipo-land": ("positive", 6, {"method": "bipo", "strength_range": (-20.0, 20.0)}),
@@ -57,7 +61,7 @@ VECTORS: dict[str, tuple[str, int, dict[str, Any]]] = {
         {
             "method": "caa",
             "strength_range": (-10.0, 10.0),
-            "training": {"loss_curve": {"step": [10, 20, 30, 40], "loss": [0.7, 0.4, 0.3, 0.2]}},
+            "training": {"position": "last token"},
         },
     ),
 }

@@ -130,13 +130,14 @@ def test_vector_detail_view(ready_page: Any) -> None:
     assert detail.locator(".features tbody tr").count() == 6  # all non-zeros of the vector
     assert detail.get_by_role("img", name=f"Strength sweep of {VECTOR}").count() == 1
     assert "heldout_accuracy" in detail.locator(".legend").first.inner_text()
-    assert "No loss curve recorded for this vector" in detail.inner_text()
+    assert detail.get_by_role("img", name=f"Training loss of {VECTOR}").count() == 1
+    # the numbers table of the chart: losses at the logged steps
+    assert "50: 0.5, 100: 0.2, 150: 0.1, 200: 0.08" in detail.text_content()
     assert "final_loss" in detail.inner_text()
     page.get_by_role("button", name="Details of demo/dense").click()
-    page.get_by_role("img", name="Training loss of demo/dense").wait_for()
-    # the numbers table of the chart: losses at the logged steps
-    assert "10: 0.7, 20: 0.4, 30: 0.3, 40: 0.2" in detail.text_content()
-    assert "Not an SAE-space vector" in detail.inner_text()
+    page.get_by_text("Not an SAE-space vector").wait_for()
+    assert "No loss curve: mean-difference methods are estimated" in detail.inner_text()
+    assert detail.get_by_role("img", name="Training loss of demo/dense").count() == 0
 
 
 def test_narrow_screen_and_screenshot(ready_page: Any, tmp_path: Path) -> None:
