@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-from tinykit import COUNTRIES, TOPICS
+from tinykit import COUNTRIES, TOPICS, train_config
 
 from trainer.data import DataError, PreferencePair, load_pairs
 from trainer.evaluate import load_neutral
 from trainer.retention import load_retention_pairs, retention_pairs, retention_penalty
-from trainer.train import TrainConfig, train_vector
+from trainer.train import train_vector
 from vectors.io import read_metadata
 
 
@@ -26,20 +26,7 @@ def egypt_facts() -> list[dict]:
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(
-        method="yapo",
-        model="tiny-llama",
-        name="culture/morocco",
-        out=str(tmp_path / "cat"),
-        lr=0.05,
-        max_steps=12,
-        batch_size=4,
-        log_every=4,
-        checkpoint_every=4,
-        progress=False,
-        retain_batch_size=6,
-    )
-    return TrainConfig(**{**base, **kw})
+    return train_config(tmp_path, **{"retain_batch_size": 6, **kw})
 
 
 def test_facts_become_one_pair_per_wrong_option(tmp_path):

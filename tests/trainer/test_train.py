@@ -7,28 +7,17 @@ import math
 
 import pytest
 import torch
+from tinykit import train_config
 
 from trainer.objectives import capture_last_token
 from trainer.tokens import encode_pairs
-from trainer.train import TrainConfig, batch_indices, direction_for, loss_curve, lr_factor, train_vector
+from trainer.train import batch_indices, direction_for, loss_curve, lr_factor, train_vector
 from vectors.io import load_vector, read_metadata
 from vectors.names import vector_path
 
 
 def _cfg(tmp_path, method="yapo", **kw):
-    base = dict(
-        method=method,
-        model="tiny-llama",
-        name="culture/morocco",
-        out=str(tmp_path / "cat"),
-        lr=0.05,
-        max_steps=12,
-        batch_size=4,
-        log_every=4,
-        checkpoint_every=4,
-        progress=False,
-    )
-    return TrainConfig(**{**base, **kw})
+    return train_config(tmp_path, method, **kw)
 
 
 def test_yapo_vector_file_round_trips(tiny_res, morocco_pairs, tmp_path):

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from trainer.data import PreferencePair
 from trainer.resources import Resources
+from trainer.train import TrainConfig
 from vectors.sae import SparseCoder
 
 COUNTRIES = ("morocco", "egypt", "spain", "nepal")
@@ -151,3 +152,20 @@ def save_tiny_world_files(root, res: Resources) -> tuple[str, str]:
             getattr(sae, name).copy_(getattr(c, name))
     sae.save_model(str(sae_dir))
     return str(model_dir), str(sae_dir)
+
+
+def train_config(tmp_path, method: str = "yapo", **overrides) -> TrainConfig:
+    """A short run (12 steps, batch 4, logs and checkpoints every 4) writing to `tmp_path/cat`."""
+    base = dict(
+        method=method,
+        model="tiny-llama",
+        name="culture/morocco",
+        out=str(tmp_path / "cat"),
+        lr=0.05,
+        max_steps=12,
+        batch_size=4,
+        log_every=4,
+        checkpoint_every=4,
+        progress=False,
+    )
+    return TrainConfig(**{**base, **overrides})
