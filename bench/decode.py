@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from vectors.tables import build_tables
 
 from bench.config import BenchConfig
 from bench.reference import reference_hooks
 from bench.timing import interleave, median, now, paired_ratio, summary, synchronizer
 from bench.world import BenchWorld, SaeSetup, distinct_vectors
 from vectors.hooks import steering_hooks
-from vectors.tables import build_tables
 
 SteerContext = Callable[[], contextlib.AbstractContextManager[Any]]
 

@@ -1,40 +1,31 @@
-"""The engine: model, tokenizer, SAE(s), and batched generation with a different steering config per row.
+"""The engine: model, tokenizer and SAE(s), loaded once, and the runner that holds every tensor of generation.
 
-It knows nothing about HTTP. Generation is a hand-written decode loop over the Hugging Face model with a
-`DynamicCache`, left-padded rows, an explicit attention mask and per-row `position_ids`, so that rows can join
-(`join`) and leave (`step` drops finished rows) between decode steps: continuous batching. Steering is applied
-through `vectors.tables.build_tables` + `vectors.hooks.steering_hooks`, entered around each forward with the
-tables of exactly the rows in that forward, so no request ever sees another's steering.
+It knows nothing about HTTP. `Engine.load` reads the model and SAEs; `reserve` allocates the runner
+(`server.runner`: slot KV cache, per-slot steering buffers with hooks installed once, device sampling) for
+`max_batch` rows × `max_context` positions, so memory is known at start-up. Prompt formatting, ad-hoc `sae:`
+vectors and the steering admission check live here; batching lives in `server.batcher`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import logging
-import time
-from collections.abc import Iterator
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from server import kvcache
-from server.sampling import sample_rows
+from server.batcher import Batcher
+from server.output import OutputStage
+from server.runner import ModelRunner
 from server.sequence import Sequence, SteerSpec
+from vectors.hooks import text_config
 
 log = logging.getLogger(__name__)
 
-FAULT_OOM = "oom"
-FAULT_ERROR = "error"
-FAULT_STEP = "step"
-
-
-class InjectedFault(RuntimeError):
-    """Raised on purpose by fault injection (tests of error handling)."""
+EAGER_ATTENTION = ("gemma2", "gemma3")  # attention logit softcapping: only the eager kernel has it
 
 
 @dataclass(frozen=True)
@@ -48,21 +39,8 @@ class EngineConfig:
     max_context: int | None = None
     model_name: str | None = None
     step_delay_s: float = 0.0
-
-
-@dataclass
-class Batch:
-    """Rows being decoded together, and their shared cache."""
-
-    seqs: list[Sequence]
-    cache: DynamicCache
-    mask: torch.Tensor  # [B, T] 1 = real token, 0 = left padding
-    positions: torch.Tensor  # [B] position id of the next input token
-    next_tokens: list[int]  # last sampled token of each row, not yet fed to the model
-    tables_key: tuple[Any, ...] = field(default=())
-
-    def __len__(self) -> int:
-        return len(self.seqs)
+    max_batch: int = 8
+    max_neg_features: int = 256
 
 
 def resolve_device(device: str) -> torch.device:
@@ -84,7 +62,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 class Engine:
-    """Model + tokenizer + SAE coders (by layer) + batched, per-row steered generation."""
+    """Model + tokenizer + SAE coders (by layer) + the runner of batched, per-row steered generation."""
 
     def __init__(
         self,
@@ -95,28 +73,23 @@ class Engine:
         name: str = "model",
         max_context: int | None = None,
         step_delay_s: float = 0.0,
+        max_batch: int = 8,
+        max_neg_features: int = 256,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.coders: dict[int, Any] = dict(coders or {})
         self.name = name
         self.step_delay_s = step_delay_s
-        cfg = (
-            model.config.get_text_config(decoder=True)
-            if hasattr(model.config, "get_text_config")
-            else model.config
-        )
+        cfg = text_config(model)
         self.hidden_size: int = int(cfg.hidden_size)
         self.num_layers: int = int(cfg.num_hidden_layers)
         model_ctx = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
         self.context_length = min(max_context, model_ctx) if max_context else model_ctx
         self.eos_ids = _eos_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id
-        self.pad_id: int = int(pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0))
-        self._tables_cache: tuple[tuple[Any, ...], Any] | None = None
-        # transformers 5 renamed `past_key_values` to `cache`; accept both.
-        params = inspect.signature(model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._rows_cache: dict[tuple[Any, ...], Any] = {}
+        self.runner: ModelRunner = None  # type: ignore[assignment]
+        self.reserve(max_batch, max_neg_features)
 
     # --- construction -----------------------------------------------------------------------------------
     @classmethod
@@ -126,13 +99,18 @@ class Engine:
         dtype = resolve_dtype(cfg.dtype, device)
         log.info("loading model %s on %s (%s)", cfg.model, device, dtype)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to(device)
+        extra: dict[str, Any] = {}
+        from transformers import AutoConfig
+
+        if getattr(AutoConfig.from_pretrained(cfg.model), "model_type", "") in EAGER_ATTENTION:
+            extra["attn_implementation"] = "eager"
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **extra).to(device)
         coders: dict[int, Any] = {}
         if cfg.sae:
             from vectors.sae import load_sae
 
             for source in cfg.sae:
-                coder = load_sae(source, device=device, dtype=dtype)  # model dtype: tables never copy it
+                coder = load_sae(source, device=device, dtype=dtype)  # model dtype: slots never copy it
                 if coder.layer in coders:
                     raise ValueError(
                         f"two SAEs for layer {coder.layer}: {coders[coder.layer].source} and {source}"
@@ -141,7 +119,35 @@ class Engine:
                 log.info("loaded SAE %s (layer %d, d_sae %d)", source, coder.layer, coder.d_sae)
         name = cfg.model_name or Path(cfg.model.rstrip("/")).name or cfg.model
         return cls(
-            model, tokenizer, coders, name=name, max_context=cfg.max_context, step_delay_s=cfg.step_delay_s
+            model,
+            tokenizer,
+            coders,
+            name=name,
+            max_context=cfg.max_context,
+            step_delay_s=cfg.step_delay_s,
+            max_batch=cfg.max_batch,
+            max_neg_features=cfg.max_neg_features,
+        )
+
+    def reserve(self, max_batch: int, max_neg_features: int) -> None:
+        """(Re)allocate the runner for `max_batch` slots; a no-op when it already has that shape."""
+        old = self.runner
+        if old is not None and old.slots == max_batch and old.max_neg == max_neg_features:
+            return
+        if old is not None:
+            old.close()
+        self.runner = ModelRunner(
+            self.model,
+            self.coders,
+            slots=max_batch,
+            max_context=self.context_length,
+            max_neg=max_neg_features,
+        )
+        log.info(
+            "KV cache: %d slots × %d positions, %.1f MiB",
+            max_batch,
+            self.context_length,
+            self.runner.cache_bytes / 2**20,
         )
 
     # --- properties -------------------------------------------------------------------------------------
@@ -166,7 +172,7 @@ class Engine:
 
         return format_prompt(self.tokenizer, prompt=prompt, messages=messages)
 
-    # --- ad-hoc steering ----------------------------------------------------------------------------------
+    # --- steering -----------------------------------------------------------------------------------------
     def adhoc_vector(self, feature: int, layer: int | None = None) -> Any:
         """A single-feature SAE vector (value 1 at `feature`), for `sae:<feature>` steering without training."""
         from vectors.metadata import ModelRef, SaeRef, VectorMetadata
@@ -199,184 +205,28 @@ class Engine:
         )
         return SteeringVector.sparse(meta, torch.tensor([feature]), torch.tensor([1.0]))
 
+    def steering_rows(self, spec: SteerSpec) -> dict[int, Any]:
+        """What `spec` writes into a slot (layer -> `vectors.slots.LayerRow`); identical configs share it."""
+        if not spec.steered:
+            return {}
+        rows = self._rows_cache.get(spec.key)
+        if rows is None:
+            from vectors.slots import compose
+
+            rows = compose(spec.as_config(), self.coders, self.hidden_size, apply_override=spec.apply)  # type: ignore[arg-type]
+            if len(self._rows_cache) >= 256:
+                self._rows_cache.clear()
+            self._rows_cache[spec.key] = rows
+        return rows
+
     def check_steer(self, spec: SteerSpec) -> None:
         """Raise `ValueError` if `spec` cannot be steered with (so it fails its request, never a batch)."""
-        if not spec.steered:
-            return
-        from vectors.tables import check_config
-
-        check_config(spec.as_config(), self.coders, self.hidden_size, apply_override=spec.apply)
+        self.runner.steering.check(self.steering_rows(spec))
 
     # --- generation -----------------------------------------------------------------------------------------
-    def prefill(self, seqs: list[Sequence]) -> Batch | None:
-        """Run the prompts of new rows, sample each row's first token; None if every row already finished."""
-        _inject_faults(seqs)
-        lengths = [len(s.prompt_ids) for s in seqs]
-        width = max(lengths)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, width - lengths[row] :] = torch.tensor(s.prompt_ids, dtype=torch.long)
-            mask[row, width - lengths[row] :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits, cache = self._forward(seqs, "prompt", ids, mask, positions, cache)
-        batch = Batch(
-            seqs=list(seqs),
-            cache=cache,
-            mask=mask.to(self.device),
-            positions=torch.tensor(lengths, dtype=torch.long),
-            next_tokens=[],
-        )
-        self._take(batch, logits)
-        return self._drop_finished(batch)
-
-    def step(self, batch: Batch) -> Batch | None:
-        """One decode step for every row; returns the batch without the rows that finished."""
-        if self.step_delay_s:
-            time.sleep(self.step_delay_s)
-        ids = torch.tensor(batch.next_tokens, dtype=torch.long)[:, None]
-        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch), 1))], dim=1)
-        logits, batch.cache = self._forward(
-            batch.seqs, "generation", ids, batch.mask, batch.positions[:, None], batch.cache
-        )
-        _inject_step_faults(batch.seqs)  # after the in-place cache update: the worst state to recover from
-        batch.positions = batch.positions + 1
-        self._take(batch, logits)
-        return self._drop_finished(batch)
-
-    def resume(self, seq: Sequence) -> Batch:
-        """Rebuild the cache of a row in mid-generation from its own tokens (after a failed step); no sampling.
-
-        The prompt runs in the prompt phase and the tokens already fed in the generation phase, as they did the
-        first time, and the last sampled token is again the next input: the row continues as it would have
-        (greedy rows exactly; seeded ones too, unless the failure struck after their random draw).
-        """
-        if not seq.output_ids:
-            raise ValueError("only a row that has sampled a token can be resumed")
-        n_prompt, fed = len(seq.prompt_ids), seq.output_ids[:-1]
-        ids = torch.tensor([seq.prompt_ids], dtype=torch.long)
-        mask = torch.ones((1, n_prompt + len(fed)), dtype=torch.long)
-        positions = torch.arange(n_prompt + len(fed), dtype=torch.long)[None]
-        _, cache = self._forward(
-            [seq], "prompt", ids, mask[:, :n_prompt], positions[:, :n_prompt], DynamicCache()
-        )
-        if fed:
-            ids = torch.tensor([fed], dtype=torch.long)
-            _, cache = self._forward([seq], "generation", ids, mask, positions[:, n_prompt:], cache)
-        return Batch(
-            seqs=[seq],
-            cache=cache,
-            mask=mask.to(self.device),
-            positions=torch.tensor([n_prompt + len(fed)], dtype=torch.long),
-            next_tokens=[seq.output_ids[-1]],
-        )
-
-    def join(self, running: Batch | None, new: Batch | None) -> Batch | None:
-        """One batch holding the rows of both (new rows go last)."""
-        if running is None or new is None:
-            return running if new is None else new
-        cache, mask = kvcache.concat(running.cache, running.mask, new.cache, new.mask)
-        return Batch(
-            seqs=running.seqs + new.seqs,
-            cache=cache,
-            mask=mask,
-            positions=torch.cat([running.positions, new.positions]),
-            next_tokens=running.next_tokens + new.next_tokens,
-        )
-
-    def drop_cancelled(self, batch: Batch | None) -> Batch | None:
-        """Finish the rows whose client went away and remove them from the batch."""
-        if batch is None:
-            return None
-        for s in batch.seqs:
-            if s.cancelled:
-                s.finish("cancelled")
-        return self._drop_finished(batch)
-
     def generate(self, seqs: list[Sequence]) -> list[Sequence]:
         """Run rows to completion together (synchronous; tests and warm-up)."""
-        batch = self.prefill(seqs)
-        while batch is not None:
-            batch = self.drop_cancelled(batch)
-            if batch is not None:
-                batch = self.step(batch)
-        return seqs
-
-    # --- internals ------------------------------------------------------------------------------------------
-    def _take(self, batch: Batch, logits: torch.Tensor) -> None:
-        tokens = sample_rows(logits, [s.sampling for s in batch.seqs], [s.generator for s in batch.seqs])
-        batch.next_tokens = tokens
-        for s, t in zip(batch.seqs, tokens, strict=True):
-            s.push(t, self.tokenizer, self.eos_ids)
-
-    def _drop_finished(self, batch: Batch) -> Batch | None:
-        keep = [i for i, s in enumerate(batch.seqs) if not s.finished]
-        if not keep:
-            return None
-        if len(keep) == len(batch):
-            return batch
-        rows = torch.tensor(keep, dtype=torch.long)
-        cache, mask = kvcache.select_rows(batch.cache, batch.mask, rows.to(batch.mask.device))
-        return Batch(
-            seqs=[batch.seqs[i] for i in keep],
-            cache=cache,
-            mask=mask,
-            positions=batch.positions.index_select(0, rows),
-            next_tokens=[batch.next_tokens[i] for i in keep],
-        )
-
-    @torch.inference_mode()
-    def _forward(
-        self,
-        seqs: list[Sequence],
-        phase: str,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        positions: torch.Tensor,
-        cache: DynamicCache,
-    ) -> tuple[torch.Tensor, DynamicCache]:
-        device = self.device
-        with self._steering(seqs, phase):
-            out = self.model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_kwarg: cache},
-            )
-        return out.logits[:, -1, :].float(), cache  # the cache is updated in place
-
-    @contextlib.contextmanager
-    def _steering(self, seqs: list[Sequence], phase: str) -> Iterator[None]:
-        if not any(s.steer.steered for s in seqs):
-            yield
-            return
-        from vectors.hooks import steering_hooks
-
-        tables = self._tables([s.steer for s in seqs])
-        with steering_hooks(self.model, tables, auto_phase=False) as session:
-            session.phase = phase
-            yield
-
-    def _tables(self, specs: list[SteerSpec]) -> Any:
-        """Steering tables for exactly these rows (cached while the batch composition does not change)."""
-        from vectors.tables import build_tables
-
-        key = tuple(s.key for s in specs)
-        if self._tables_cache is not None and self._tables_cache[0] == key:
-            return self._tables_cache[1]
-        tables = build_tables(
-            [s.as_config() for s in specs],
-            self.coders,
-            self.hidden_size,
-            apply_override=[s.apply for s in specs],
-            device=self.device,
-            dtype=self.dtype,
-        )
-        self._tables_cache = (key, tables)
-        return tables
+        return Batcher(self, OutputStage(self.tokenizer, self.eos_ids)).run(seqs)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -388,16 +238,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
         elif isinstance(value, list | tuple):
             ids.update(int(v) for v in value)
     return frozenset(ids)
-
-
-def _inject_faults(seqs: list[Sequence]) -> None:
-    for s in seqs:
-        if s.fault == FAULT_OOM:
-            raise torch.OutOfMemoryError("injected out-of-memory (fault injection)")
-        if s.fault == FAULT_ERROR:
-            raise InjectedFault("injected error (fault injection)")
-
-
-def _inject_step_faults(seqs: list[Sequence]) -> None:
-    if any(s.fault == FAULT_STEP for s in seqs):
-        raise InjectedFault("injected decode-step error (fault injection)")

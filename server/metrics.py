@@ -71,6 +71,9 @@ class Metrics:
         self.queue_time = Histogram(
             "steer_request_queue_time_seconds", "Submission to admission", buckets=_LATENCY, registry=r
         )
+        self.kv_cache_bytes = Gauge(
+            "steer_kv_cache_bytes", "KV cache reserved at start-up (all slots, all layers)", registry=r
+        )
         self.vectors_loaded = Gauge("steer_vectors_loaded", "Vectors in the catalog", registry=r)
         self.vectors_skipped = Gauge("steer_vector_files_skipped", "Catalog files skipped", registry=r)
 

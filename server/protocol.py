@@ -183,6 +183,17 @@ class HealthResponse(ResponseModel):
     status: Literal["ok"] = "ok"
 
 
+class EngineInfo(ResponseModel):
+    """What runs the model: its slots and the memory reserved for them at start-up."""
+
+    device: str
+    dtype: str
+    slots: int
+    max_context: int
+    kv_cache_bytes: int
+    max_neg_features: int
+
+
 class ReadyResponse(ResponseModel):
     status: Literal["ready", "loading", "draining", "failed"]
     detail: str | None = None
@@ -190,6 +201,7 @@ class ReadyResponse(ResponseModel):
     limits: dict[str, Any] = Field(default_factory=dict)
     queue_depth: int = 0
     running: int = 0
+    engine: EngineInfo | None = None
 
 
 # --- OpenAI-compatible ----------------------------------------------------------------------------------

@@ -1,10 +1,20 @@
-"""Per-row token choice: greedy, or temperature / top-k / top-p sampling with the row's own generator."""
+"""Token choice on the device, vectorised over rows: greedy, temperature, top-k, top-p, each row its own.
+
+Per-slot parameters live in tensors (`Sampler.set` writes a row's), so a batch of mixed rows is one set of tensor
+ops and one device→host copy of the chosen ids. Sampling is the Gumbel-max trick with counter-based noise: the
+noise of row r at its t-th token is a hash of (seed, t, token id), so a seeded row draws the same tokens alone,
+in any batch, in any slot, and after its neighbours leave — and the same code runs inside a captured graph,
+where a stateful generator would not advance.
+"""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
+
+_M32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -17,48 +27,107 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # top alternatives per generated token (None: no log-probs)
+    prompt_logprobs: int | None = None  # the same for the prompt's own tokens (echo)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def generator(self) -> torch.Generator | None:
-        """A CPU generator seeded for this row (None for greedy rows)."""
-        if self.greedy:
-            return None
-        gen = torch.Generator(device="cpu")
-        if self.seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(self.seed)
-        return gen
+    @property
+    def filters(self) -> bool:
+        """True when top-k or top-p cut the distribution (they need a sort)."""
+        return not self.greedy and (self.top_k > 0 or self.top_p < 1.0)
+
+    def draw_seed(self) -> int:
+        """The seed this row samples with: its own, or a fresh random one."""
+        return self.seed if self.seed is not None else random.getrandbits(64)
 
 
-def sample_rows(
-    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
-) -> list[int]:
-    """Next token of every row from its last-position logits [B, V]."""
-    greedy = logits.argmax(dim=-1).tolist()
-    out = []
-    for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
-        out.append(greedy[row] if p.greedy else _sample(logits[row], p, gen))
-    return out
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (values kept below 2^32 in int64, so no product overflows)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & _M32
+    return x ^ (x >> 16)
 
 
-def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
-    # Sampling happens on CPU in float64 so that a seed gives the same draw on every device.
-    # Shift so the best score is 0 first: a tiny temperature (say 1e-300) then sends the others to -inf
-    # instead of overflowing every score to inf (softmax NaN, multinomial error).
-    scores = logits.detach().to("cpu", torch.float64)
-    scores = (scores - scores.max()) / p.temperature
-    if p.top_k > 0 and p.top_k < scores.shape[0]:
-        kth = torch.topk(scores, p.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if p.top_p < 1.0:
-        order = torch.argsort(scores, descending=True)
-        probs = torch.softmax(scores[order], dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p (the top token always stays).
-        drop = (torch.cumsum(probs, dim=-1) - probs) >= p.top_p
-        scores[order[drop]] = float("-inf")
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=gen))
+def gumbel_noise(
+    seed_lo: torch.Tensor, seed_hi: torch.Tensor, step: torch.Tensor, vocab: int
+) -> torch.Tensor:
+    """Gumbel(0, 1) noise [n, vocab] in float32, a pure function of (seed, step, token id) per row."""
+    key = _mix(_mix(seed_lo) ^ seed_hi)
+    key = _mix(key ^ _mix(step & _M32))
+    ids = torch.arange(vocab, device=seed_lo.device, dtype=torch.int64)[None, :]
+    bits = _mix(_mix(ids ^ key[:, None]) ^ _mix(key)[:, None])
+    u = ((bits >> 8).to(torch.float32) + 0.5) / float(1 << 24)  # in (0, 1), exact in float32
+    return -torch.log(-torch.log(u))
+
+
+class Sampler:
+    """Sampling parameters of every slot as tensors, and the vectorised choice of the next token."""
+
+    def __init__(self, slots: int, device: torch.device) -> None:
+        def zeros(kind: torch.dtype) -> torch.Tensor:
+            return torch.zeros(slots, dtype=kind, device=device)
+
+        self.temperature = zeros(torch.float32)
+        self.top_k = zeros(torch.int64)
+        self.top_p = torch.ones(slots, dtype=torch.float32, device=device)
+        self.greedy = torch.ones(slots, dtype=torch.bool, device=device)
+        self.seed_lo = zeros(torch.int64)
+        self.seed_hi = zeros(torch.int64)
+        self.step = zeros(torch.int64)
+
+    def buffers(self) -> list[torch.Tensor]:
+        return [self.temperature, self.top_k, self.top_p, self.greedy, self.seed_lo, self.seed_hi, self.step]
+
+    def set(self, slot: int, params: SamplingParams, seed: int, step: int = 0) -> None:
+        self.temperature[slot] = params.temperature
+        self.top_k[slot] = params.top_k
+        self.top_p[slot] = params.top_p
+        self.greedy[slot] = params.greedy
+        self.seed_lo[slot] = seed & _M32
+        self.seed_hi[slot] = (seed >> 32) & _M32
+        self.step[slot] = step
+
+    def move(self, src: int, dst: int) -> None:
+        for t in self.buffers():
+            t[dst] = t[src]
+
+    def sample(self, logits: torch.Tensor, start: int, *, sampled: bool, filtered: bool) -> torch.Tensor:
+        """Next ids [n] for slots [start, start + n) from their logits [n, V]; advances their step counters.
+
+        `sampled` / `filtered` say whether any row samples / uses top-k or top-p (else that work is skipped;
+        the choice of each row does not depend on them).
+        """
+        n, vocab = logits.shape
+        rows = slice(start, start + n)
+        chosen = logits.argmax(dim=-1)
+        if sampled:
+            # Shift so the best score is 0 first: a tiny temperature then sends the others to -inf
+            # instead of overflowing (NaN).
+            scores = logits.float()
+            scores = (scores - scores.max(dim=-1, keepdim=True).values) / self.temperature[rows].clamp_min(
+                1e-30
+            ).unsqueeze(1)
+            if filtered:
+                scores = _filter(scores, self.top_k[rows], self.top_p[rows])
+            noise = gumbel_noise(self.seed_lo[rows], self.seed_hi[rows], self.step[rows], vocab)
+            chosen = torch.where(self.greedy[rows], chosen, (scores + noise).argmax(dim=-1))
+        self.step[rows] += 1
+        return chosen
+
+
+def _filter(scores: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Scores with the tokens outside each row's top-k and top-p set to -inf (the best token always stays)."""
+    vocab = scores.shape[-1]
+    ordered, order = torch.sort(scores, dim=-1, descending=True)
+    k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab)
+    kth = ordered.gather(1, (k - 1).unsqueeze(1))
+    probs = torch.softmax(ordered, dim=-1)
+    # Drop a token when the tokens ranked above it already reach top_p.
+    drop_sorted = (torch.cumsum(probs, dim=-1) - probs) >= top_p.unsqueeze(1)
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return scores.masked_fill(drop | (scores < kth), float("-inf"))

@@ -1,28 +1,25 @@
 """Scheduler: bounded admission queue, continuous batching in a worker thread, cancellation, draining.
 
 The event loop only enqueues (`submit`) and reads events; all tensor work happens in one worker thread that
-loops: drop cancelled rows → admit waiting requests (row and steering-config caps) → prefill them → join
-them to the running batch → one decode step for every row. Events travel back through
-`loop.call_soon_threadsafe` into a per-request `asyncio.Queue`.
+loops: admit waiting requests (row and steering-config caps; their rows prefill into free slots) → one decode
+step for every running row (`server.batcher`) → the output stage hands events back through
+`loop.call_soon_threadsafe` into each request's `asyncio.Queue`. The scheduler holds requests and rows, never
+tensors.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-import torch
-
-from server.engine import Batch, Engine
+from server.batcher import Batcher
+from server.engine import Engine
 from server.metrics import Metrics
+from server.output import Handle, OutputStage
 from server.sequence import Sequence
 
 log = logging.getLogger(__name__)
@@ -43,66 +40,6 @@ class SchedulerLimits:
     max_configs_per_batch: int = 4
 
 
-@dataclass(frozen=True)
-class Event:
-    """A token chunk of row `index` (`delta`), or that row's end (`done`)."""
-
-    index: int
-    delta: str = ""
-    done: bool = False
-
-
-_ids = itertools.count(1)
-
-
-@dataclass(eq=False)
-class Handle:
-    """One submitted request: its rows (the steered one first; an unsteered twin for compare)."""
-
-    seqs: list[Sequence]
-    loop: asyncio.AbstractEventLoop
-    id: int = field(default_factory=lambda: next(_ids))
-    submitted: float = field(default_factory=time.monotonic)
-    admitted: float | None = None
-    first_token: float | None = None
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    _open: int = 0
-
-    def __post_init__(self) -> None:
-        self._open = len(self.seqs)
-
-    @property
-    def rows(self) -> int:
-        return len(self.seqs)
-
-    @property
-    def configs(self) -> set[Any]:
-        return {s.steer.key for s in self.seqs if s.steer.steered}
-
-    def cancel(self) -> None:
-        """Stop every row at the next step (client gone)."""
-        for s in self.seqs:
-            s.cancel()
-
-    @property
-    def cancelled(self) -> bool:
-        return any(s.cancelled for s in self.seqs)
-
-    async def stream(self) -> AsyncIterator[Event]:
-        """Events until every row is done."""
-        while self._open:
-            event = await self.events.get()
-            if event.done:
-                self._open -= 1
-            yield event
-
-    async def wait(self) -> list[Sequence]:
-        """Wait for every row to finish."""
-        async for _ in self.stream():
-            pass
-        return self.seqs
-
-
 class Scheduler:
     """Owns the worker thread that drives the engine."""
 
@@ -110,13 +47,15 @@ class Scheduler:
         self.engine = engine
         self.limits = limits
         self.metrics = metrics or Metrics()
+        self.batcher = Batcher(
+            engine, OutputStage(engine.tokenizer, engine.eos_ids, self.metrics), self.metrics
+        )
         self._waiting: deque[Handle] = deque()
         self._running: dict[int, Handle] = {}
         self._cond = threading.Condition()
         self._accepting = True
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._batch: Batch | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,12 +95,11 @@ class Scheduler:
 
     @property
     def running_rows(self) -> int:
-        batch = self._batch
-        return len(batch) if batch is not None else 0
+        return len(self.batcher.rows)
 
     @property
     def busy_rows(self) -> int:
-        """Rows of admitted requests, including those still in prefill (not yet in the batch)."""
+        """Rows of admitted requests, including those still in prefill (not yet in a slot)."""
         return sum(h.rows for h in list(self._running.values()))
 
     @property
@@ -174,8 +112,6 @@ class Scheduler:
         if len(seqs) > self.limits.max_batch:
             raise ValueError(f"request needs {len(seqs)} rows, max_batch is {self.limits.max_batch}")
         handle = Handle(seqs=seqs, loop=asyncio.get_running_loop())
-        for index, s in enumerate(seqs):
-            s.on_update = self._listener(handle, index)
         with self._cond:
             self.check_room(len(seqs))
             self._waiting.append(handle)
@@ -203,44 +139,11 @@ class Scheduler:
         if (queued or rows > free) and queued >= self.limits.max_queue:
             raise QueueFull(f"queue is full ({self.limits.max_queue} waiting)")
 
-    def _listener(self, handle: Handle, index: int) -> Any:
-        counted = 0
-
-        def on_update(seq: Sequence, delta: str) -> None:
-            nonlocal counted
-            now = time.monotonic()
-            if len(seq.output_ids) > counted:
-                self.metrics.generation_tokens.inc(len(seq.output_ids) - counted)
-                counted = len(seq.output_ids)
-                if handle.first_token is None:  # the request's first token, whichever row made it
-                    handle.first_token = now
-                    self.metrics.ttft.observe(now - handle.submitted)
-            if seq.finished:
-                self._finished_row(handle, seq, now)
-            with contextlib.suppress(RuntimeError):  # the event loop is gone (shutdown)
-                handle.loop.call_soon_threadsafe(handle.events.put_nowait, Event(index, delta, seq.finished))
-
-        return on_update
-
-    def _finished_row(self, handle: Handle, seq: Sequence, now: float) -> None:
-        if seq.finish_reason == "error":
-            reason = "oom" if isinstance(seq.error, torch.OutOfMemoryError) else "error"
-            self.metrics.failures.labels(reason=reason).inc()
-        elif seq.finish_reason == "cancelled":
-            self.metrics.failures.labels(reason="cancelled").inc()
-        if seq is handle.seqs[0]:
-            n = len(seq.output_ids)
-            if handle.first_token is not None and n > 1:
-                self.metrics.tpot.observe((now - handle.first_token) / (n - 1))
-        if all(s.finished for s in handle.seqs):  # a request ends with its last row (compare, n choices)
-            self.metrics.e2e.observe(now - handle.submitted)
-            self._running.pop(handle.id, None)
-
     # --- worker thread --------------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stop and not self._waiting and self._batch is None:
+                while not self._stop and not self._waiting and not self.batcher.rows:
                     self._cond.wait(0.5)
                 if self._stop:
                     break
@@ -249,20 +152,19 @@ class Scheduler:
                 self._iterate(admitted)
             except Exception:  # never let the worker die
                 log.exception("engine loop failed")
-        self._fail_all(RuntimeError("server stopped"), reason="cancelled")
+        self._fail_all(RuntimeError("server stopped"))
 
     def _admit(self) -> list[Handle]:
         """Move waiting requests into the batch while rows and steering configs allow (holding the lock)."""
-        batch = self._batch
-        rows = len(batch) if batch is not None else 0
-        configs = {s.steer.key for s in batch.seqs if s.steer.steered} if batch is not None else set()
+        rows = self.busy_rows
+        configs = {s.steer.key for s in self.batcher.rows if s.steer.steered}
         admitted: list[Handle] = []
         kept: deque[Handle] = deque()
         while self._waiting:
             h = self._waiting.popleft()
             if h.cancelled:
                 for s in h.seqs:
-                    s.finish("cancelled")
+                    self.batcher.output.finish(s, "cancelled")
                 continue
             if rows + h.rows > self.limits.max_batch:
                 kept.append(h)
@@ -282,90 +184,25 @@ class Scheduler:
         return admitted
 
     def _iterate(self, admitted: list[Handle]) -> None:
-        engine = self.engine
-        self._batch = engine.drop_cancelled(self._batch)
+        batcher = self.batcher
+        batcher.drop_cancelled()
         if admitted:
             for h in admitted:
                 assert h.admitted is not None
                 self.metrics.queue_time.observe(h.admitted - h.submitted)
                 self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in h.seqs))
-            new = self._prefill([s for h in admitted for s in h.seqs])
-            self._batch = engine.join(self._batch, new)
-        if self._batch is not None:
-            batch = self._batch
-            self.metrics.batch_size.observe(len(batch))
-            self.metrics.batch_configs.observe(len({s.steer.key for s in batch.seqs if s.steer.steered}))
-            try:
-                self._batch = engine.step(batch)
-            except Exception as exc:
-                self._batch = self._rescue(batch.seqs, exc)
+            batcher.add([s for h in admitted for s in h.seqs])
+        batcher.step()
+        for h in [h for h in self._running.values() if h.done]:
+            self._running.pop(h.id, None)
         self.metrics.running.set(self.running_rows)
 
-    def _prefill(self, seqs: list[Sequence]) -> Batch | None:
-        """Prefill new rows together; if that fails, one by one so that only the culprit fails."""
-        try:
-            return self.engine.prefill(seqs)
-        except Exception as exc:
-            if len(seqs) == 1:
-                log.warning("prefill failed: %s", exc)
-                self._fail(seqs, exc)
-                return None
-            self._recover(exc)
-        batch = None
-        for s in seqs:
-            batch = self.engine.join(batch, self._prefill([s]))
-        return batch
-
-    def _rescue(self, seqs: list[Sequence], exc: Exception) -> Batch | None:
-        """After a failed decode step, rebuild each row alone and retry its step: only rows that fail alone fail.
-
-        The failed step left the shared cache half-updated, so each row is re-prefilled from its own tokens
-        (`Engine.resume`). A row is rescued once; caught in a second failed step it fails with that error, which
-        bounds the cost of a failure that is no row's own (say, out of memory at this batch size).
-        """
-        log.error("decode step failed; retrying its %d rows one by one", len(seqs), exc_info=exc)
-        self.metrics.step_failures.inc()
-        self._recover(exc)
-        batch = None
-        for s in seqs:
-            if s.finished:
-                continue
-            if s.cancelled:
-                s.finish("cancelled")
-            elif s.rescued:
-                self._fail([s], exc)
-            else:
-                s.rescued = True
-                batch = self.engine.join(batch, self._retry_alone(s))
-        return batch
-
-    def _retry_alone(self, seq: Sequence) -> Batch | None:
-        """Resume one row from its tokens and run its step alone; on failure the row fails (it is the culprit)."""
-        try:
-            batch = self.engine.step(self.engine.resume(seq))
-        except Exception as exc:
-            log.warning("row failed again on its own: %s", exc)
-            self._fail([seq], exc)
-            return None
-        self.metrics.rescued.inc()
-        return batch
-
-    def _fail(self, seqs: list[Sequence], exc: BaseException) -> None:
-        self._recover(exc)
-        for s in seqs:
-            s.finish("error", exc)
-
-    @staticmethod
-    def _recover(exc: BaseException) -> None:
-        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
-            with contextlib.suppress(Exception):
-                torch.cuda.empty_cache()
-
-    def _fail_all(self, exc: BaseException, reason: str) -> None:
+    def _fail_all(self, exc: BaseException) -> None:
         with self._cond:
             handles = list(self._waiting) + list(self._running.values())
             self._waiting.clear()
+        self.batcher.fail_all(exc, reason="cancelled")
         for h in handles:
             for s in h.seqs:
-                s.finish("cancelled" if reason == "cancelled" else "error", exc)
-        self._batch = None
+                self.batcher.output.finish(s, "cancelled", exc)
+            self._running.pop(h.id, None)

@@ -1,17 +1,21 @@
-"""One generation row: prompt ids, steering, sampling, and the text it has produced so far.
+"""One generation row: what it asks for (prompt ids, sampling, steering) and what it has produced so far.
 
-The engine appends tokens; the sequence decodes them, applies stop strings and holds back text that could still
-become a stop string (or is an incomplete UTF-8 character), so a stream never shows text the final answer drops.
+Pure row state, no tensors and no callbacks: the scheduler gives it a slot, the runner computes its tokens,
+the output stage (`server.output`) appends them, decodes the text and ends the row.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from server.logprobs import TokenLogprob
 from server.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from server.output import Handle
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -25,7 +29,7 @@ class SteerSpec:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Identity of the config: rows with equal keys can share a steering table row."""
+        """Identity of the config: rows with equal keys share the same steering contents."""
         pairs = tuple(
             sorted((v.layer, v.fingerprint, self.apply or v.meta.apply, float(s)) for v, s in self.pairs)
         )
@@ -43,7 +47,7 @@ UNSTEERED = SteerSpec()
 
 
 class Sequence:
-    """A row of the batch. Thread-safe where it matters: `cancel()` may be called from any thread."""
+    """A row of the batch. `cancel()` may be called from any thread; everything else from the engine thread."""
 
     def __init__(
         self,
@@ -51,7 +55,6 @@ class Sequence:
         sampling: SamplingParams,
         steer: SteerSpec = UNSTEERED,
         *,
-        on_update: Callable[[Sequence, str], None] | None = None,
         fault: str | None = None,
     ) -> None:
         if not prompt_ids:
@@ -59,19 +62,22 @@ class Sequence:
         self.prompt_ids = list(prompt_ids)
         self.sampling = sampling
         self.steer = steer
-        self.on_update = on_update
+        self.seed = sampling.draw_seed()
         # test-only fault injection: "oom" or "error" (at prefill), "step" (at every decode step)
         self.fault = fault
-        self.rescued = False  # rebuilt once after a failed decode step (the scheduler's `_rescue`)
+        self.rescued = False  # retried alone once after a failed decode step
+        self.slot: int | None = None
+        self.owner: Handle | None = None  # the request this row belongs to (set by the scheduler)
+        self.index = 0  # its row number in that request
         self.output_ids: list[int] = []
+        self.output_logprobs: list[TokenLogprob | None] = []
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None
         self.text = ""
         self.emitted = ""
         self.finish_reason: FinishReason | None = None
         self.error: BaseException | None = None
-        self.generator = sampling.generator()
         self._cancel = threading.Event()
 
-    # --- control ------------------------------------------------------------------------------------------
     def cancel(self) -> None:
         """Ask the engine to stop this row at the next step."""
         self._cancel.set()
@@ -83,60 +89,3 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
-
-    # --- engine side ----------------------------------------------------------------------------------------
-    def push(self, token: int, tokenizer: Any, eos_ids: frozenset[int]) -> None:
-        """Record a generated token, update text and finish state, and notify the listener."""
-        self.output_ids.append(token)
-        if token in eos_ids:
-            self.finish_reason = "stop"
-        else:
-            self._decode(tokenizer)
-        if not self.finished and len(self.output_ids) >= self.sampling.max_new_tokens:
-            self.finish_reason = "length"
-        self._notify()
-
-    def finish(self, reason: FinishReason, error: BaseException | None = None) -> None:
-        """End the row from outside the token path (cancelled, error)."""
-        if self.finished:
-            return
-        self.finish_reason = reason
-        self.error = error
-        self._notify()
-
-    def _decode(self, tokenizer: Any) -> None:
-        full = tokenizer.decode(self.output_ids, skip_special_tokens=True)
-        cut = _first_stop(full, self.sampling.stop)
-        if cut is not None:
-            self.text = full[:cut]
-            self.finish_reason = "stop"
-        else:
-            self.text = full
-
-    def _notify(self) -> None:
-        safe = self.text if self.finished else _holdback(self.text, self.sampling.stop)
-        delta = ""
-        if safe.startswith(self.emitted):
-            delta = safe[len(self.emitted) :]
-            self.emitted = safe
-        if self.on_update is not None:
-            self.on_update(self, delta)
-
-
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _holdback(text: str, stops: tuple[str, ...]) -> str:
-    """`text` minus a trailing partial character or a suffix that may grow into a stop string."""
-    end = len(text)
-    while end > 0 and text[end - 1] == "\ufffd":
-        end -= 1
-    text = text[:end]
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:n]):
-                end = min(end, len(text) - n)
-                break
-    return text[:end]

@@ -18,12 +18,14 @@ from typing import Any
 
 import torch
 
-from server.engine import FAULT_ERROR, FAULT_OOM, FAULT_STEP, Engine
+from server.batcher import FAULT_ERROR, FAULT_OOM, FAULT_STEP
+from server.engine import Engine
 from server.errors import ApiError, invalid
 from server.metrics import Metrics
+from server.output import Event, Handle
 from server.protocol import AppliedVector, ChatMessage, Usage
 from server.sampling import SamplingParams
-from server.scheduler import Event, Handle, NotAccepting, QueueFull, Scheduler
+from server.scheduler import NotAccepting, QueueFull, Scheduler
 from server.sequence import UNSTEERED, Sequence, SteerSpec
 from server.settings import ServerSettings
 
@@ -304,7 +306,8 @@ class Service:
         return self.outcome(prepared, handle)
 
     async def wait(self, handle: Handle, is_disconnected: Callable[[], Any]) -> None:
-        """Until every row ended or one failed; the rows are cancelled if the client goes away or time runs out."""
+        """Until every row ended (or one failed: `ApiError`); rows are cancelled if the client goes away or
+        time runs out."""
         waiter = asyncio.ensure_future(_settle(handle))
         deadline = self.deadline(handle)
         try:
@@ -321,9 +324,11 @@ class Service:
             self.cancel(handle)
             waiter.cancel()
             raise
+        check(handle)
 
     async def events(self, handle: Handle) -> AsyncIterator[Event]:
-        """The events of a queued request (every row's deltas and end); 504 `ApiError` past the deadline."""
+        """The events of a queued request (every row's deltas and end); the failure of any row, or the 504
+        past the deadline, as an `ApiError` (the other rows are then already stopped)."""
         deadline = self.deadline(handle)
         stream = handle.stream()
         while True:
@@ -334,9 +339,11 @@ class Service:
                     left = max(0.0, deadline - time.monotonic())
                     event = await asyncio.wait_for(stream.__anext__(), left)
             except StopAsyncIteration:
+                check(handle)
                 return
             except asyncio.TimeoutError:
                 raise self.time_out(handle) from None
+            check(handle)
             yield event
 
     def deadline(self, handle: Handle) -> float | None:
@@ -367,7 +374,7 @@ class Service:
     @staticmethod
     def outcome(prepared: Prepared, handle: Handle) -> Outcome:
         """Final result, or the ApiError of a failed row."""
-        check_rows(handle)
+        check(handle)
         main = handle.seqs[0]
         twin = handle.seqs[1] if len(handle.seqs) > 1 else None
         n = len(main.output_ids)
@@ -400,27 +407,16 @@ def derived_seed(seed: int | None, choice: int) -> int | None:
     return None if seed is None else (seed + choice) % SEED_SPAN
 
 
-def check_rows(handle: Handle) -> None:
-    """Raise the ApiError of the first failed row: a request answers whole or not at all."""
-    for s in handle.seqs:
-        if s.finish_reason == "error":
-            raise failure(s.error)
-
-
-def failed_row(handle: Handle, event: Event) -> ApiError | None:
-    """The error if `event` ends its row with one; the other rows are then stopped (their answer is void)."""
-    seq = handle.seqs[event.index]
-    if not event.done or seq.finish_reason != "error":
-        return None
-    handle.cancel()  # not a disconnect: `Service.cancel` will not count it as one
-    return failure(seq.error)
+def check(handle: Handle) -> None:
+    """Raise the ApiError of a request whose row failed: a request answers whole or not at all."""
+    if handle.error is not None:
+        raise failure(handle.error)
 
 
 async def _settle(handle: Handle) -> None:
-    """Until every row ended, or one failed (the others are then cancelled instead of running to the end)."""
-    async for event in handle.stream():
-        if failed_row(handle, event) is not None:
-            return
+    """Until every row ended, or one failed (the output stage has then stopped the others)."""
+    async for _ in handle.stream():
+        pass
 
 
 def _poll(deadline: float | None, every: float = 0.25) -> float:

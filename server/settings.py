@@ -49,6 +49,11 @@ class ServerSettings(BaseSettings):
     max_queue: int = Field(default=64, ge=0, description="Requests waiting for a batch row; more → 429.")
     max_configs_per_batch: int = Field(default=4, ge=1, description="Distinct steering configs per batch.")
     max_vectors_per_request: int = Field(default=8, ge=1)
+    max_neg_features: int = Field(
+        default=256,
+        ge=0,
+        description="Negative SAE features per layer a row's steering may have (sizes the per-slot buffers).",
+    )
     max_choices_per_request: int = Field(
         default=8, ge=1, description="OpenAI routes: prompts × n per request (each choice is a batch row)."
     )

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from server.engine import Engine, EngineConfig
 from server.metrics import Metrics
+from server.runner import CacheTooLarge
 from server.sampling import SamplingParams
 from server.scheduler import Scheduler, SchedulerLimits
 from server.sequence import Sequence, SteerSpec
@@ -34,6 +35,8 @@ def engine_config(settings: ServerSettings) -> EngineConfig:
         max_context=settings.max_context,
         model_name=settings.model_name,
         step_delay_s=settings.debug_step_delay_s,
+        max_batch=settings.max_batch,
+        max_neg_features=settings.max_neg_features,
     )
 
 
@@ -66,6 +69,8 @@ class ServerState:
             if s.model_name:
                 engine.name = s.model_name
             engine.step_delay_s = s.debug_step_delay_s
+            await asyncio.to_thread(engine.reserve, s.max_batch, s.max_neg_features)
+            self.metrics.kv_cache_bytes.set(engine.runner.cache_bytes)
             self.engine = engine
             self.detail = "loading catalog"
             self.catalog = await asyncio.to_thread(self._open_catalog, engine)
@@ -77,7 +82,7 @@ class ServerState:
             self.scheduler.start()
             self.service = Service(engine, self.scheduler, self.catalog, s, self.metrics)
         except Exception as exc:
-            if isinstance(exc, OSError | SteerError):
+            if isinstance(exc, OSError | SteerError | CacheTooLarge):
                 # expected failures (a hub model offline, a missing folder, a bad SAE): one clear line
                 log.error("startup failed: %s", exc)
             else:

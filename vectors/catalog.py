@@ -20,7 +20,7 @@ from vectors.errors import InvalidVectorName, UnknownVector, VectorCompatibility
 from vectors.io import load_vector
 from vectors.names import SUFFIX, name_from_path, validate_name
 from vectors.sae import SparseCoder
-from vectors.tables import coders_by_layer
+from vectors.slots import coders_by_layer
 from vectors.vector import SteeringVector
 
 

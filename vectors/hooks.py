@@ -1,22 +1,21 @@
-"""Forward hooks that apply steering tables to the decoder layers of a Hugging Face model.
+"""The one way anything edits a decoder layer's output: forward hooks on the blocks of a Hugging Face model.
 
-`steering_hooks` is a context manager: it registers one hook per steered layer plus one on the model that
-flips the session phase from "prompt" to "generation" after the first full forward (the prefill of
-`model.generate`), and removes every hook in `finally`, whatever happens inside. Steering state lives in
-the session object, never in a global, so two sessions on two models never see each other's tables.
+`decoder_layers` finds the blocks (block L's output is the residual stream of "layer L"); `replace_output`
+handles the tensor-or-tuple output once; `layer_hook` edits one layer for the duration of a context (trainer
+objectives, evaluation, the bench's reference); `install_hooks` installs edits for the life of their owner (the
+server's steering buffers, `vectors.slots.SlotSteering`) and returns the handles that remove them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from vectors.tables import LayerTable, Phase
+Edit = Callable[[torch.Tensor], torch.Tensor]
 
 # attribute paths of the decoder-layer list: Llama / Gemma-2 / Qwen2 / Mistral (+ *ForCausalLM), GPT-2, others
 _LAYER_PATHS = (
@@ -47,66 +46,50 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     )
 
 
-@dataclass
-class SteeringSession:
-    """Mutable state shared by the hooks of one `steering_hooks` context."""
-
-    tables: dict[int, LayerTable]
-    phase: Phase = "prompt"
-    auto_phase: bool = True
-    forwards: int = field(default=0)
-
-    def set_tables(self, tables: Mapping[int, LayerTable]) -> None:
-        """Swap the tables of already-hooked layers (e.g. a new batch with the same layers)."""
-        missing = set(tables) - set(self.tables)
-        if missing:
-            raise ValueError(f"layers {sorted(missing)} are not hooked in this session")
-        self.tables = {**self.tables, **tables}
+def text_config(model: nn.Module) -> Any:
+    """The decoder's config (multimodal configs nest it)."""
+    cfg = model.config
+    return cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
 
 
-def _steer_output(output: Any, table: LayerTable, phase: Phase) -> Any:
+def output_tensor(output: Any) -> torch.Tensor:
+    """The hidden states of a decoder block's output (a tensor, or the first item of a tuple)."""
     if isinstance(output, torch.Tensor):
-        return table.steer(output, phase)
+        return output
     if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return (table.steer(output[0], phase), *output[1:])
-    raise TypeError(f"layer {table.layer}: unsupported decoder-layer output type {type(output).__name__}")
+        return output[0]
+    raise TypeError(f"unsupported decoder-layer output type {type(output).__name__}")
+
+
+def replace_output(output: Any, edit: Edit) -> Any:
+    """`output` with its hidden states h replaced by `edit(h)` (the rest of a tuple kept)."""
+    h = edit(output_tensor(output))
+    return h if isinstance(output, torch.Tensor) else (h, *output[1:])
+
+
+def _checked(model: nn.Module, layers: list[int]) -> list[nn.Module]:
+    blocks = decoder_layers(model)
+    for layer in layers:
+        if not 0 <= layer < len(blocks):
+            raise ValueError(f"layer {layer} out of range: the model has {len(blocks)} decoder layers")
+    return blocks
+
+
+def install_hooks(model: nn.Module, edits: Mapping[int, Edit]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Install `edits[L]` on the output of block L; the caller removes the returned handles when done."""
+    blocks = _checked(model, list(edits))
+    return [
+        blocks[layer].register_forward_hook(lambda _m, _a, out, edit=edit: replace_output(out, edit))
+        for layer, edit in sorted(edits.items())
+    ]
 
 
 @contextmanager
-def steering_hooks(
-    model: nn.Module, tables: Mapping[int, LayerTable], *, auto_phase: bool = True
-) -> Iterator[SteeringSession]:
-    """Apply `tables` (layer -> `LayerTable`) to `model` inside the context; yields the `SteeringSession`.
-
-    With ``auto_phase`` the phase is "prompt" for the first forward of `model` and "generation" afterwards
-    (one `generate` call per context). With ``auto_phase=False`` the caller sets ``session.phase``.
-    """
-    layers = decoder_layers(model)
-    for layer in tables:
-        if not 0 <= layer < len(layers):
-            raise ValueError(
-                f"steering layer {layer} out of range: the model has {len(layers)} decoder layers"
-            )
-    session = SteeringSession(tables=dict(tables), auto_phase=auto_phase)
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def make_hook(layer: int) -> Any:
-        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-            table = session.tables.get(layer)
-            return output if table is None else _steer_output(output, table, session.phase)
-
-        return hook
-
-    def after_forward(_module: nn.Module, _args: Any, _output: Any) -> None:
-        session.forwards += 1
-        if session.auto_phase:
-            session.phase = "generation"
-
+def layer_hook(model: nn.Module, layer: int, edit: Edit) -> Iterator[None]:
+    """Replace the output h of block `layer` by `edit(h)` inside the context (removed in `finally`)."""
+    handles = install_hooks(model, {layer: edit})
     try:
-        for layer in sorted(tables):
-            handles.append(layers[layer].register_forward_hook(make_hook(layer)))
-        handles.append(model.register_forward_hook(after_forward))
-        yield session
+        yield
     finally:
         for handle in handles:
             handle.remove()

@@ -10,9 +10,9 @@ from fastapi.responses import StreamingResponse
 
 from server.errors import ApiError, error_payload
 from server.jsonbody import StrictJsonRoute
+from server.output import Handle
 from server.protocol import ErrorResponse, GenerateRequest, GenerateResponse, StreamDone, StreamToken
 from server.routes import get_service
-from server.scheduler import Handle
 from server.serving import GenerationInput, Prepared, Service, cancel_on_exit
 from server.sse import frame, sse_response
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from server.protocol import HealthResponse, ReadyResponse
+from server.protocol import EngineInfo, HealthResponse, ReadyResponse
 from server.routes import get_state
 
 router = APIRouter(tags=["health"])
@@ -30,6 +32,7 @@ async def ready(request: Request) -> JSONResponse:
         limits=state.settings.public_limits(),
         queue_depth=sched.queue_depth if sched is not None else 0,
         running=sched.running_rows if sched is not None else 0,
+        engine=_engine_info(state.engine),
     )
     code = 200 if state.status == "ready" else 503
     headers = {} if code == 200 else {"Retry-After": str(state.settings.retry_after_s)}
@@ -44,3 +47,17 @@ async def metrics(request: Request) -> Response:
         state.metrics.queue_depth.set(state.scheduler.queue_depth)
         state.metrics.running.set(state.scheduler.running_rows)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _engine_info(engine: Any) -> EngineInfo | None:
+    if engine is None:
+        return None
+    runner = engine.runner
+    return EngineInfo(
+        device=str(runner.device),
+        dtype=str(runner.dtype).removeprefix("torch."),
+        slots=runner.slots,
+        max_context=runner.max_context,
+        kv_cache_bytes=runner.cache_bytes,
+        max_neg_features=runner.max_neg,
+    )

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from server.errors import ApiError, error_payload
 from server.jsonbody import StrictJsonRoute
+from server.output import Handle
 from server.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -38,8 +39,7 @@ from server.protocol import (
 )
 from server.routes import get_service, get_state
 from server.routes.generate import ERRORS
-from server.scheduler import Handle
-from server.serving import GenerationInput, Prepared, Service, cancel_on_exit, check_rows, failed_row
+from server.serving import GenerationInput, Prepared, Service, cancel_on_exit
 from server.sse import frame, sse_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJsonRoute)
@@ -140,7 +140,6 @@ async def _run(
 ) -> tuple[list[tuple[str, str]], Usage]:
     """Wait for every choice: (text, finish_reason) per choice in order, and the summed usage; or the error."""
     await service.wait(handle, request.is_disconnected)
-    check_rows(handle)
     return [(s.text, _finish(s.finish_reason)) for s in handle.seqs], service.usage(prepared, handle)
 
 
@@ -222,12 +221,8 @@ async def _stream(
                 yield frame(opening)
         try:
             async for event in service.events(handle):
-                error = failed_row(handle, event)
-                if error is not None:
-                    raise error
                 if event.delta:
                     yield frame(chunks.delta(event.index, event.delta))
-            check_rows(handle)
         except ApiError as exc:
             yield frame(error_payload(exc.status, exc.message, exc.type, exc.param))
             yield frame("[DONE]")

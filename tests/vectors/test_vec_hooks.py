@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from vectors.tables import build_tables
 from vectors_testkit import dense_meta, make_sae_lens, random_code, sae_meta
 
 from vectors.hooks import decoder_layers, steering_hooks
 from vectors.sae import SparseCoder, load_sae
 from vectors.steering import reference_steer
-from vectors.tables import build_tables
 from vectors.vector import SteeringVector
 
 HIDDEN, LAYERS, VOCAB, LAYER = 32, 3, 96, 1

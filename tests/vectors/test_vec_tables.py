@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vectors.tables import build_tables, check_config
 from vectors_testkit import SAE_VARIANTS, dense_meta, random_code, sae_meta
 
 from vectors.sae import SparseCoder
 from vectors.steering import reference_steer
-from vectors.tables import build_tables, check_config
 from vectors.vector import SteeringVector
 
 D_MODEL = 16

@@ -1,0 +1,251 @@
+"""The model runner: every tensor of the engine, and nothing else (no text, no requests, no threads).
+
+It owns the slot KV cache, the per-slot steering buffers (hooks installed once, at load), the per-slot sampling
+parameters and the next input id / position of every slot, all allocated at start-up. `prefill` runs new rows'
+prompts into consecutive free slots, `decode` runs one step for consecutive running slots; both return the
+sampled ids (one device→host copy) and the log-probs that were asked for. `move` compacts (one slot), `free`
+clears a slot. The scheduler decides which slots; the runner never looks at a row's state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from server.logprobs import TokenLogprob, prompt_logprobs, token_logprobs
+from server.sampling import Sampler, SamplingParams
+from server.slot_cache import CacheShape, SlotCache, attention_masks
+from vectors.hooks import text_config
+from vectors.slots import LayerRow, SlotSteering
+
+log = logging.getLogger(__name__)
+
+KV_BLOCK = 64  # eager decode reads keys up to the longest row, rounded up to this
+
+
+class CacheTooLarge(RuntimeError):
+    """The KV cache for max_batch × max_context does not fit in memory."""
+
+
+@dataclass(frozen=True)
+class NewRow:
+    """A row to prefill: its prompt, sampling, seed and steering (what `compose` made of its config)."""
+
+    prompt_ids: Sequence[int]
+    sampling: SamplingParams
+    seed: int
+    steering: Mapping[int, LayerRow] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What a forward produced for each of its rows, in slot order."""
+
+    tokens: list[int]
+    logprobs: list[TokenLogprob | None]
+    prompt_logprobs: list[list[TokenLogprob | None] | None] = field(default_factory=list)
+
+
+class ModelRunner:
+    """Tensors of `slots` rows: cache, steering, sampling, inputs. Single-threaded (the engine thread)."""
+
+    def __init__(
+        self,
+        model: Any,
+        coders: Mapping[int, Any],
+        *,
+        slots: int,
+        max_context: int,
+        max_neg: int,
+    ) -> None:
+        self.model = model
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        cfg = text_config(model)
+        self.slots, self.max_context, self.max_neg = slots, max_context, max_neg
+        self.shape = CacheShape.of(cfg, slots, max_context, self.dtype)
+        check_fits(self.shape, self.device)
+        self.cache = SlotCache(self.shape, self.device)
+        self.steering = SlotSteering(model, coders, slots, max_neg=max_neg)
+        self.sampler = Sampler(slots, self.device)
+        self.next_ids = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.lengths = [0] * slots  # host copy of `positions`: how many tokens each slot's cache holds
+        self._params: list[SamplingParams | None] = [None] * slots
+        layer_types = list(getattr(cfg, "layer_types", None) or [])
+        window = getattr(cfg, "sliding_window", None)
+        self.sliding_window: int | None = (
+            int(window) if window and "sliding_attention" in layer_types else None
+        )
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    def close(self) -> None:
+        """Remove the steering hooks (a new runner takes over the model)."""
+        self.steering.close()
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.shape.bytes
+
+    def buffers(self) -> list[torch.Tensor]:
+        """Every tensor allocated at start-up (their addresses never change)."""
+        own = [self.next_ids, self.positions]
+        return self.cache.buffers() + self.steering.buffers() + self.sampler.buffers() + own
+
+    # --- slots --------------------------------------------------------------------------------------------
+    def free(self, slot: int) -> None:
+        self.steering.clear(slot)
+        self._params[slot] = None
+        self.lengths[slot] = 0
+
+    def move(self, src: int, dst: int) -> None:
+        """Move the row in `src` to `dst` (its cache, steering, sampling state, inputs) and free `src`."""
+        self.cache.move(src, dst)
+        self.steering.move(src, dst)
+        self.sampler.move(src, dst)
+        for t in (self.next_ids, self.positions):
+            t[dst] = t[src]
+        self._params[dst], self.lengths[dst] = self._params[src], self.lengths[src]
+        self.free(src)
+
+    # --- forwards -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, start: int, rows: Sequence[NewRow]) -> StepOutput:
+        """Write `rows` into slots [start, start + m), run their prompts (right-padded), sample first tokens."""
+        m = len(rows)
+        if start + m > self.slots:
+            raise ValueError(f"slots [{start}, {start + m}) exceed the {self.slots} slots")
+        lengths = [len(r.prompt_ids) for r in rows]
+        width = max(lengths)
+        if width > self.max_context:
+            raise ValueError(f"a prompt of {width} tokens exceeds max_context {self.max_context}")
+        for i, row in enumerate(rows):
+            slot = start + i
+            self.steering.write(slot, row.steering)
+            self.sampler.set(slot, row.sampling, row.seed)
+            self._params[slot] = row.sampling
+        ids = torch.zeros(m, width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : lengths[i]] = torch.tensor(list(row.prompt_ids), dtype=torch.long)
+        positions = torch.arange(width, device=self.device).expand(m, width)
+        wants_prompt = [r.sampling.prompt_logprobs is not None for r in rows]
+        last = torch.tensor(lengths, device=self.device) - 1
+        if any(wants_prompt):
+            keep: int | torch.Tensor = 0
+            pick = last
+        else:  # only the distinct last positions go through the lm_head
+            uniq = sorted(set(lengths))
+            keep = torch.tensor([n - 1 for n in uniq], device=self.device)
+            pick = torch.tensor([uniq.index(n) for n in lengths], device=self.device)
+        logits = self._forward(ids.to(self.device), positions, start, width, "prompt", keep)
+        final = logits[torch.arange(m, device=self.device), pick]
+        out = self._sample(final, start)
+        for i, n in enumerate(lengths):
+            self.lengths[start + i] = n
+        self.positions[start : start + m] = torch.tensor(lengths, device=self.device)
+        prompt_lp: list[list[TokenLogprob | None] | None] = []
+        for i, row in enumerate(rows):
+            top = row.sampling.prompt_logprobs
+            prompt_lp.append(
+                None if top is None else prompt_logprobs(logits[i, : lengths[i]], list(row.prompt_ids), top)
+            )
+        return StepOutput(out.tokens, out.logprobs, prompt_lp)
+
+    @torch.inference_mode()
+    def decode(self, start: int, n: int) -> StepOutput:
+        """One decode step for slots [start, start + n): feed each its last sampled id at its next position."""
+        rows = slice(start, start + n)
+        longest = max(self.lengths[rows]) + 1
+        if longest > self.max_context:
+            raise ValueError(f"a row would exceed max_context {self.max_context}")
+        kv_len = min(self.max_context, -(-longest // KV_BLOCK) * KV_BLOCK)
+        positions = self.positions[rows].unsqueeze(1)
+        logits = self._forward(self.next_ids[rows].unsqueeze(1), positions, start, kv_len, "generation", 1)
+        self.after_forward()
+        out = self._sample(logits[:, -1], start)
+        self.positions[rows] += 1
+        for slot in range(start, start + n):
+            self.lengths[slot] += 1
+        return out
+
+    def after_forward(self) -> None:
+        """Called between a decode forward and its sampling (tests inject failures here)."""
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        start: int,
+        kv_len: int,
+        phase: str,
+        keep: int | torch.Tensor,
+    ) -> torch.Tensor:
+        self.cache.bind(start, positions, kv_len)
+        self.steering.select(start, ids.shape[0], phase)  # type: ignore[arg-type]
+        full, sliding = attention_masks(positions, kv_len, self.dtype, self.sliding_window)
+        mask: Any = full if sliding is None else {"full_attention": full, "sliding_attention": sliding}
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=keep,
+            **{self._cache_kwarg: self.cache},
+        )
+        return out.logits
+
+    def _sample(self, logits: torch.Tensor, start: int) -> StepOutput:
+        """Choose each row's next id, remember it as the row's next input; one host copy of the ids."""
+        n = logits.shape[0]
+        params = [p for p in self._params[start : start + n] if p is not None]
+        chosen = self.sampler.sample(
+            logits,
+            start,
+            sampled=any(not p.greedy for p in params),
+            filtered=any(p.filters for p in params),
+        )
+        self.next_ids[start : start + n] = chosen
+        tops = [p.logprobs if p is not None else None for p in self._params[start : start + n]]
+        logprobs: list[TokenLogprob | None] = [None] * n
+        wanted = [i for i, t in enumerate(tops) if t is not None]
+        if wanted:
+            k = max(tops[i] or 0 for i in wanted)
+            idx = torch.tensor(wanted, device=logits.device)
+            for i, lp in zip(wanted, token_logprobs(logits[idx], chosen[idx], k), strict=True):
+                top = tops[i] or 0
+                logprobs[i] = TokenLogprob(lp.token, lp.logprob, lp.top[:top])
+        return StepOutput(chosen.tolist(), logprobs)
+
+
+def check_fits(shape: CacheShape, device: torch.device) -> None:
+    """Refuse a KV cache that cannot fit in the memory left on `device` (one line naming the settings)."""
+    need = shape.bytes
+    free = _free_bytes(device)
+    if free is not None and need > free:
+        raise CacheTooLarge(
+            f"the KV cache for STEER_MAX_BATCH={shape.slots} × STEER_MAX_CONTEXT={shape.max_context} needs "
+            f"{need / 2**30:.2f} GiB ({shape.layers} layers × {shape.kv_heads} kv heads × {shape.head_dim} "
+            f"× {shape.dtype}), but only {free / 2**30:.2f} GiB is free on {device}; lower STEER_MAX_BATCH or "
+            "STEER_MAX_CONTEXT"
+        )
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
