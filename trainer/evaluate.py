@@ -23,18 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from trainer.data import DataError, read_rows
-from trainer.objectives import layer_output_hook
 from trainer.plots import plot_strength_panels
 from trainer.resources import Resources, load_resources
 from vectors.io import load_vector, update_metadata, write_atomic
 from vectors.metadata import utc_now
 from vectors.names import vector_path
 from vectors.scoring import option_logprobs_many
-from vectors.steering import dense_steer, fast_steer, plan_for
+from vectors.slots import apply_config
 from vectors.vector import SteeringVector
 
 EPS = 1e-8
@@ -106,25 +104,14 @@ def load_neutral(path: str | Path) -> list[NeutralItem]:
 
 @contextlib.contextmanager
 def steered(res: Resources, vector: SteeringVector | None, strength: float) -> Iterator[None]:
-    """Apply `strength · vector` at its layer on every position (nothing for None or strength 0)."""
+    """Apply `strength · vector` at its layer on every position, through the server's steering code."""
     if vector is None or strength == 0:
         yield
         return
-    if vector.space == "sae":
-        coder = res.coder
-        if coder is None:
-            raise ValueError(f"{vector.name} is an SAE-space vector: evaluation needs --sae")
-        plan = plan_for(coder, vector.code_vector(coder.d_sae) * strength)
-
-        def fn(h: torch.Tensor) -> torch.Tensor:
-            return fast_steer(h, coder, plan)
-    else:
-        dense = vector.dense.to(res.device)
-
-        def fn(h: torch.Tensor) -> torch.Tensor:
-            return dense_steer(h, dense, strength)
-
-    with layer_output_hook(res.model, vector.layer, fn):
+    if vector.space == "sae" and res.coder is None:
+        raise ValueError(f"{vector.name} is an SAE-space vector: evaluation needs --sae")
+    coders = [res.coder] if res.coder is not None else []
+    with apply_config(res.model, {vector: strength}, coders):
         yield
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from trainer.logprobs import make_batch, response_logprobs
-from trainer.objectives import decoder_layers_of
+from vectors.hooks import decoder_layers
 
 
 class LowerLayerCache:
@@ -44,7 +44,7 @@ class LowerLayerCache:
         self.current_codes: Tensor | None = None
         logprobs: list[Tensor] = []
         device = next(model.parameters()).device
-        block = decoder_layers_of(model)[layer]
+        block = decoder_layers(model)[layer]
         for start in range(0, len(rows), batch_rows):
             chunk = rows[start : start + batch_rows]
             batch = make_batch(chunk).to(device)
@@ -87,7 +87,7 @@ class LowerLayerCache:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Within the context blocks 0..L-1 are skipped and block L returns the assembled rows."""
-        blocks = decoder_layers_of(self.model)
+        blocks = decoder_layers(self.model)
         wrap = (lambda h: (h,)) if self._tuple_output else (lambda h: h)
 
         def skip(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:

@@ -11,12 +11,13 @@ and the same gradient `1[z + u > 0]` as the reference form (which also costs a s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vectors.hooks import layer_hook
 
 YapoMode = Literal["fast", "reference"]
 
@@ -98,55 +99,16 @@ class BipoSteer(nn.Module):
         return self.v.detach().float().cpu()
 
 
-def _replace_output(output: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    if isinstance(output, Tensor):
-        return fn(output)
-    if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
-        return (fn(output[0]), *output[1:])
-    raise TypeError(f"unsupported decoder-layer output type {type(output).__name__}")
-
-
-def _first_tensor(output: Any) -> Tensor:
-    return output if isinstance(output, Tensor) else output[0]
-
-
-def decoder_layers_of(model: Any) -> list[nn.Module]:
-    """The decoder blocks of a HF causal LM (`vectors.hooks.decoder_layers`, with a fallback while absent)."""
-    try:
-        from vectors.hooks import decoder_layers
-    except ImportError:  # pragma: no cover - only before vectors.hooks exists
-        inner = getattr(model, "model", None) or getattr(model, "transformer", None)
-        layers = getattr(inner, "layers", None) or getattr(inner, "h", None)
-        if layers is None:
-            raise
-        return list(layers)
-    return decoder_layers(model)
-
-
-@contextlib.contextmanager
-def layer_output_hook(model: Any, layer: int, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """Replace the output h of decoder block `layer` by `fn(h)` for the duration of the context."""
-    handle = decoder_layers_of(model)[layer].register_forward_hook(
-        lambda _m, _a, out: _replace_output(out, fn)
-    )
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
-def capture_last_token(model: Any, layer: int, store: list[Tensor]) -> Iterator[None]:
+def capture_last_token(
+    model: Any, layer: int, store: list[Tensor]
+) -> contextlib.AbstractContextManager[None]:
     """Append the block-`layer` output at the last position of every row (left padding) to `store`."""
 
-    def hook(_m: Any, _a: Any, out: Any) -> None:
-        store.append(_first_tensor(out)[:, -1, :].detach().float())
+    def keep(h: Tensor) -> Tensor:
+        store.append(h[:, -1, :].detach().float())
+        return h
 
-    handle = decoder_layers_of(model)[layer].register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return layer_hook(model, layer, keep)
 
 
 def mean_difference(pos: Tensor, neg: Tensor) -> Tensor:
@@ -192,7 +154,6 @@ __all__ = [
     "YapoSteer",
     "capture_last_token",
     "keep_top_k",
-    "layer_output_hook",
     "mean_difference",
     "preference_loss",
     "preference_margin",

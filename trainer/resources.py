@@ -46,9 +46,9 @@ class Resources:
 
     @property
     def num_layers(self) -> int:
-        from trainer.objectives import decoder_layers_of
+        from vectors.hooks import decoder_layers
 
-        return len(decoder_layers_of(self.model))
+        return len(decoder_layers(self.model))
 
     @property
     def hidden_size(self) -> int:

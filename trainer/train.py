@@ -34,7 +34,6 @@ from trainer.objectives import (
     YapoSteer,
     capture_last_token,
     keep_top_k,
-    layer_output_hook,
     mean_difference,
     preference_loss,
     preference_margin,
@@ -45,6 +44,7 @@ from trainer.plots import moving_average, plot_loss_curves
 from trainer.resources import Resources, load_resources
 from trainer.retention import load_retention_pairs, retention_penalty
 from trainer.tokens import EncodedPair, EncodeStats, Overlong, encode_pairs
+from vectors.hooks import layer_hook
 from vectors.io import save_vector, write_atomic
 from vectors.metadata import SaeRef, VectorMetadata, dense_hook_name
 from vectors.names import validate_name, vector_path
@@ -370,7 +370,7 @@ def _train_preference(
         total=total, initial=start, desc=f"{cfg.method} {cfg.name}", disable=not cfg.progress, leave=False
     )
     skip_lower = cache.active() if cache is not None else contextlib.nullcontext()
-    with skip_lower, layer_output_hook(res.model, layer, steer):
+    with skip_lower, layer_hook(res.model, layer, steer):
         for step in range(start, end):
             idx = batch_indices(cfg.seed, step, n, cfg.batch_size)
             b = len(idx)

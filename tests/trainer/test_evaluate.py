@@ -17,7 +17,7 @@ from trainer.evaluate import (
     rca,
     strength_range,
 )
-from trainer.objectives import layer_output_hook
+from vectors.hooks import layer_hook
 from vectors.io import read_metadata, save_vector
 from vectors.metadata import ModelRef, SaeRef, VectorMetadata, dense_hook_name
 from vectors.names import vector_path
@@ -97,7 +97,7 @@ def _direct(res, vector, strength, items, neutral):
             return h + strength * vector.dense
 
     def pick(prompt, options):
-        with layer_output_hook(res.model, 1, fn):
+        with layer_hook(res.model, 1, fn):
             s = option_logprobs(res.model, res.tokenizer, prompt, list(options))
         return max(range(len(s)), key=s.__getitem__)
 

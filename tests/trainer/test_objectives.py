@@ -12,7 +12,6 @@ from trainer.objectives import (
     BipoSteer,
     YapoSteer,
     keep_top_k,
-    layer_output_hook,
     mean_difference,
     preference_loss,
     preference_margin,
@@ -21,13 +20,14 @@ from trainer.objectives import (
 )
 from trainer.tokens import encode_pairs
 from trainer.train import reference_logprobs
+from vectors.hooks import layer_hook
 from vectors.scoring import option_logprobs
 
 
 def _loss(res, steer, encoded, ref_w, ref_l, d: float, beta: float = 0.1):
     batch = make_batch(pair_rows(encoded))
     steer.direction = d
-    with layer_output_hook(res.model, 1, steer):
+    with layer_hook(res.model, 1, steer):
         logp = response_logprobs(res.model, batch)
     n = len(encoded)
     return preference_loss(preference_margin(logp[:n], logp[n:], ref_w, ref_l), d, beta)
