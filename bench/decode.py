@@ -2,8 +2,8 @@
 
 A small greedy decode loop with a KV cache: one prefill of `prompt_len` tokens (its time, with the first token's
 argmax, is the time to first token), then `new_tokens` single-token forwards (decode tokens/s). Cases at each
-batch size, interleaved: no steering; a dense vector; each YaPO vector by the exact fast path (`build_tables` +
-`steering_hooks`); the same vectors by the reference full SAE round trip (`bench.reference`). Then one batch in
+batch size, interleaved: no steering; a dense vector; each YaPO vector by the exact fast path (the server's per-slot
+buffers, `vectors.slots.SlotSteering`); the same vectors by the reference full SAE round trip (`bench.reference`). Then one batch in
 which every row has a different steering config, against the same batch unsteered.
 """
 
@@ -17,13 +17,12 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-from vectors.tables import build_tables
 
 from bench.config import BenchConfig
 from bench.reference import reference_hooks
 from bench.timing import interleave, median, now, paired_ratio, summary, synchronizer
 from bench.world import BenchWorld, SaeSetup, distinct_vectors
-from vectors.hooks import steering_hooks
+from vectors.slots import SlotSteering, compose
 
 SteerContext = Callable[[], contextlib.AbstractContextManager[Any]]
 
@@ -95,19 +94,29 @@ def _tables_ctx(
     sae: SaeSetup | None = None,
     layers: list[int] | None = None,
 ) -> tuple[SteerContext, float]:
-    """A steering context over tables built once for `configs` (one per row), and the build time in ms."""
-    coders = {sae.coder.layer: sae.coder} if sae is not None else None
+    """A steering context with `configs` (one per row) written into per-slot buffers, and the write time in ms."""
+    coders = {sae.coder.layer: sae.coder} if sae is not None else {}
+    d_model = int(world.model.config.hidden_size)
+
+    @contextlib.contextmanager
+    def ctx() -> Any:
+        rows = [compose(c, coders, d_model) for c in configs]
+        max_neg = max((r.neg_idx.numel() for layer in rows for r in layer.values()), default=0)
+        hooked = layers if layers is not None else sorted({i for layer in rows for i in layer})
+        steering = SlotSteering(world.model, coders, len(configs), max_neg=max_neg, layers=hooked)
+        try:
+            for slot, r in enumerate(rows):
+                steering.write(slot, r)
+            steering.select(0, len(configs), "prompt")
+            yield
+        finally:
+            steering.close()
+
     t0 = now()
-    tables = build_tables(
-        configs,
-        coders,
-        int(world.model.config.hidden_size),
-        device=world.device,
-        dtype=world.dtype,
-        layers=layers,
-    )
+    with ctx():
+        pass
     build_ms = (now() - t0) * 1e3
-    return (lambda: steering_hooks(world.model, tables)), build_ms
+    return ctx, build_ms
 
 
 def batch_cases(world: BenchWorld, batch: int) -> dict[str, Case]:

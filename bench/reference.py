@@ -1,6 +1,6 @@
 """The reference way to steer a decode: the full SAE round trip `vectors.steering.reference_steer` at every token.
 
-The core offers only the exact fast path as hooks (`vectors.hooks.steering_hooks`); this hook is what the YaPO
+The core offers only the exact fast path (`vectors.slots`); this hook is what the YaPO
 reference code does (encode, add u in code space, ReLU, decode twice), so the benchmark can put the two side by side.
 """
 
@@ -8,22 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
 
-from vectors.hooks import decoder_layers
+from vectors.hooks import layer_hook
 from vectors.sae import SparseCoder
 from vectors.steering import reference_steer
-
-
-def _apply(output: Any, fn: Any) -> Any:
-    if isinstance(output, torch.Tensor):
-        return fn(output)
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return (fn(output[0]), *output[1:])
-    raise TypeError(f"unsupported decoder-layer output type {type(output).__name__}")
 
 
 @contextmanager
@@ -39,8 +30,5 @@ def reference_hooks(model: nn.Module, coder: SparseCoder, u: torch.Tensor) -> It
     def steer(h: torch.Tensor) -> torch.Tensor:
         return reference_steer(h, coder, code).to(h.dtype)
 
-    handle = decoder_layers(model)[coder.layer].register_forward_hook(lambda _m, _a, out: _apply(out, steer))
-    try:
+    with layer_hook(model, coder.layer, steer):
         yield
-    finally:
-        handle.remove()

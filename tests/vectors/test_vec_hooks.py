@@ -1,4 +1,4 @@
-"""Hooks on real Hugging Face model classes: batched per-row steering inside `generate` with the KV cache.
+"""Hooks on real Hugging Face model classes: per-slot steering inside `generate` with the KV cache.
 
 Prompts in a batch have equal length (no padding), so a row run alone sees exactly the same computation
 shapes per position as in the batch; the tests then require identical greedy tokens row by row.
@@ -6,86 +6,23 @@ shapes per position as in the batch; the tests then require identical greedy tok
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-from vectors.tables import build_tables
 from vectors_testkit import dense_meta, make_sae_lens, random_code, sae_meta
 
-from vectors.hooks import decoder_layers, steering_hooks
+from tests.model_families import HIDDEN, LAYERS, MODELS, VOCAB
+from vectors.hooks import decoder_layers, layer_hook
 from vectors.sae import SparseCoder, load_sae
+from vectors.slots import SlotSteering, compose
 from vectors.steering import reference_steer
 from vectors.vector import SteeringVector
 
-HIDDEN, LAYERS, VOCAB, LAYER = 32, 3, 96, 1
+LAYER = 1
 NEW_TOKENS = 6
-
-
-def _llama() -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.2,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-def _gemma2() -> torch.nn.Module:
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    cfg = Gemma2Config(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        initializer_range=0.2,
-        sliding_window=16,
-        attn_implementation="eager",
-    )
-    return Gemma2ForCausalLM(cfg)
-
-
-def _qwen2() -> torch.nn.Module:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.2,
-    )
-    return Qwen2ForCausalLM(cfg)
-
-
-def _gpt2() -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=64, initializer_range=0.2
-    )
-    return GPT2LMHeadModel(cfg)
-
-
-MODELS: dict[str, Callable[[], torch.nn.Module]] = {
-    "llama": _llama,
-    "gemma2": _gemma2,
-    "qwen2": _qwen2,
-    "gpt2": _gpt2,
-}
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +78,26 @@ def _generate(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, 
     return out.sequences[:, ids.shape[1] :], torch.stack(out.logits, dim=1)
 
 
+@contextmanager
+def slot_steering(model: torch.nn.Module, coder: SparseCoder, configs: list[dict]) -> Iterator[SlotSteering]:
+    """One slot per row; the first forward of `generate` runs in the prompt phase, the others in generation."""
+    steering = SlotSteering(model, [coder], len(configs), max_neg=64)
+    calls = []
+
+    def phase(_m: object, _a: object) -> None:
+        steering.select(0, len(configs), "prompt" if not calls else "generation")
+        calls.append(1)
+
+    handle = model.register_forward_pre_hook(phase)
+    try:
+        for slot, config in enumerate(configs):
+            steering.write(slot, compose(config, [coder], HIDDEN))
+        yield steering
+    finally:
+        handle.remove()
+        steering.close()
+
+
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_batched_rows_equal_rows_alone(
     arch: str, coder: SparseCoder, vecs: dict[str, SteeringVector]
@@ -159,13 +116,10 @@ def test_batched_rows_equal_rows_alone(
     ids = torch.randint(1, VOCAB, (len(configs), 7), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         plain, plain_logits = _generate(model, ids)
-        tables = build_tables(configs, [coder], HIDDEN)
-        assert set(tables) == {1, 2}
-        with steering_hooks(model, tables) as session:
+        with slot_steering(model, coder, configs):
             batched, logits = _generate(model, ids)
-        assert session.phase == "generation" and session.forwards == NEW_TOKENS
         for b, config in enumerate(configs):
-            with steering_hooks(model, build_tables([config], [coder], HIDDEN)):
+            with slot_steering(model, coder, [config]):
                 alone, alone_logits = _generate(model, ids[b : b + 1])
             assert torch.equal(batched[b], alone[0]), f"row {b}"
             torch.testing.assert_close(logits[b], alone_logits[0], atol=1e-4, rtol=1e-4)
@@ -184,33 +138,25 @@ def test_batched_rows_equal_rows_alone(
 def test_hooked_forward_matches_reference_float64(
     coder: SparseCoder, vecs: dict[str, SteeringVector]
 ) -> None:
-    """Logits with the table hooks == logits with a hand-written hook applying the YaPO reference."""
+    """Logits with the slot hooks == logits with a hand-written hook applying the YaPO reference."""
     torch.manual_seed(1)
-    model = _llama().double().eval()
+    model = MODELS["llama"]().double().eval()
     c64 = coder.to(dtype=torch.float64)
     configs = [{vecs["mixed"]: 1.3}, {}, {vecs["neg"]: 0.7, vecs["mixed"]: -0.4}]
     ids = torch.randint(1, VOCAB, (3, 6), generator=torch.Generator().manual_seed(8))
-    with torch.no_grad(), steering_hooks(model, build_tables(configs, [c64], HIDDEN, dtype=torch.float64)):
+    with torch.no_grad(), slot_steering(model, c64, configs):
         got = model(input_ids=ids).logits
     expected = []
     for b, config in enumerate(configs):
         u = sum(
             (s * v.code_vector().double() for v, s in config.items()), torch.zeros(128, dtype=torch.float64)
         )
-
-        def hook(_m: object, _a: object, out: torch.Tensor, u: torch.Tensor = u) -> torch.Tensor:
-            return reference_steer(out, c64, u)
-
-        handle = decoder_layers(model)[LAYER].register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                expected.append(model(input_ids=ids[b : b + 1]).logits[0])
-        finally:
-            handle.remove()
+        with torch.no_grad(), layer_hook(model, LAYER, lambda h, u=u: reference_steer(h, c64, u)):
+            expected.append(model(input_ids=ids[b : b + 1]).logits[0])
     torch.testing.assert_close(got, torch.stack(expected), atol=1e-9, rtol=0)
 
 
-def test_tuple_outputs_and_manual_phase(coder: SparseCoder, vecs: dict[str, SteeringVector]) -> None:
+def test_tuple_outputs() -> None:
     layer = torch.nn.Linear(HIDDEN, HIDDEN)
 
     class TupleBlock(torch.nn.Module):
@@ -232,27 +178,19 @@ def test_tuple_outputs_and_manual_phase(coder: SparseCoder, vecs: dict[str, Stee
     model = Tiny()
     x = torch.randn(2, 3, HIDDEN)
     base = model(x)[0]
-    tables = build_tables([{vecs["mixed"]: 1.0}, {}], [coder], HIDDEN, apply_override="prompt")
-    with torch.no_grad(), steering_hooks(model, tables, auto_phase=False) as session:
+    with torch.no_grad(), layer_hook(model, 1, lambda h: h + 1.0):
         steered, extra = model(x)
-        assert extra == "extra" and not torch.equal(steered[0], base[0]) and torch.equal(steered[1], base[1])
-        assert session.phase == "prompt"  # not flipped by the forward
-        session.phase = "generation"
-        assert torch.equal(model(x)[0], base)  # a prompt-only vector does nothing while generating
+    assert extra == "extra" and torch.allclose(steered, base + 1.0)
+    assert torch.equal(model(x)[0], base)
 
 
-def test_hooks_removed_after_exception(coder: SparseCoder, vecs: dict[str, SteeringVector]) -> None:
-    model = _llama().eval()
-    tables = build_tables([{vecs["mixed"]: 1.0}, {}], [coder], HIDDEN)
-    with pytest.raises(RuntimeError, match="boom"), steering_hooks(model, tables):
+def test_hooks_removed_after_exception() -> None:
+    model = MODELS["llama"]().eval()
+    with pytest.raises(RuntimeError, match="boom"), layer_hook(model, LAYER, lambda h: h):
         assert decoder_layers(model)[LAYER]._forward_hooks
         raise RuntimeError("boom")
-    assert not decoder_layers(model)[LAYER]._forward_hooks and not model._forward_hooks
-    ids = torch.randint(1, VOCAB, (3, 4))  # batch of 3 against a 2-row table: the hook raises inside forward
-    with pytest.raises(ValueError, match="batch of 2"), torch.no_grad(), steering_hooks(model, tables):
-        model(input_ids=ids)
-    assert not decoder_layers(model)[LAYER]._forward_hooks and not model._forward_hooks
-    with pytest.raises(ValueError, match="out of range"), steering_hooks(model, {7: tables[LAYER]}):
+    assert not decoder_layers(model)[LAYER]._forward_hooks
+    with pytest.raises(ValueError, match="out of range"), layer_hook(model, 7, lambda h: h):
         pass
     with pytest.raises(ValueError, match="decoder layers"):
         decoder_layers(torch.nn.Linear(2, 2))
