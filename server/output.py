@@ -90,6 +90,12 @@ class Handle:
             if self.error is not None:
                 return
 
+    async def wait(self) -> list[Sequence]:
+        """Until the stream ends (every row done, or the request failed)."""
+        async for _ in self.stream():
+            pass
+        return self.seqs
+
 
 class OutputStage:
     """Detokenize, stop, finish, emit, count. Runs on the engine thread, after each forward."""

@@ -1,4 +1,4 @@
-"""The engine without HTTP: continuous batching with per-row steering is exact (CPU float32)."""
+"""The engine without HTTP: continuous batching over slots with per-row steering is exact (CPU float32)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 from conftest import CATALOG, make_vector
 
+from server.batcher import Batcher
 from server.engine import Engine
+from server.output import OutputStage
 from server.sampling import SamplingParams
 from server.sequence import Sequence, SteerSpec
 
@@ -54,19 +56,20 @@ def test_batched_rows_match_solo_runs(tiny_engine: Engine, tiny_world: object) -
 
 
 def test_rows_joining_mid_generation_match_solo(tiny_engine: Engine, tiny_world: object) -> None:
-    """Continuous batching: rows that join a running batch at different steps still equal their solo runs."""
+    """Continuous batching: rows that join running rows at different steps still equal their solo runs."""
     steer = specs(tiny_world)
     ids = [tiny_engine.encode(prompt=p) for p in PROMPTS[:4]]
     params = [greedy(20), greedy(7), greedy(15), greedy(3)]
     solo = [run_alone(tiny_engine, i, steer[k], params[k]) for k, i in enumerate(ids)]
     seqs = [Sequence(i, params[k], steer[k]) for k, i in enumerate(ids)]
-    batch = tiny_engine.prefill([seqs[0]])
+    batcher = Batcher(tiny_engine, OutputStage(tiny_engine.tokenizer, tiny_engine.eos_ids))
+    batcher.add([seqs[0]])
     for step in range(40):
         if step in (2, 5, 6):
-            batch = tiny_engine.join(batch, tiny_engine.prefill([seqs[{2: 1, 5: 2, 6: 3}[step]]]))
-        if batch is None:
+            batcher.add([seqs[{2: 1, 5: 2, 6: 3}[step]]])
+        if not batcher.rows:
             break
-        batch = tiny_engine.step(batch)
+        batcher.step()
     assert [s.output_ids for s in seqs] == solo
     assert [s.finish_reason for s in seqs] == ["length"] * 4
 
@@ -93,33 +96,6 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(tiny_engine: Engi
     assert rows[1].output_ids != a
 
 
-def test_resume_rebuilds_a_row_exactly(tiny_engine: Engine, tiny_world: object) -> None:
-    """A row re-prefilled from its own tokens mid-generation (what the scheduler does after a failed step)
-    continues exactly as the uninterrupted run: greedy, seeded, steered, and steered in the generation phase only.
-    """
-    late = make_vector(tiny_world, "demo/late", seed=9, apply="generation")
-    seeded = SamplingParams(max_new_tokens=16, temperature=1.0, seed=7)
-    cases = [
-        (SteerSpec(), greedy(16)),
-        (specs(tiny_world)[0], greedy(16)),
-        (SteerSpec(((late, 50.0),)), greedy(16)),  # strong enough that the phase shows
-        (specs(tiny_world)[4], seeded),
-    ]
-    ids = tiny_engine.encode(prompt=PROMPTS[0])
-    for spec, params in cases:
-        expected = run_alone(tiny_engine, ids, spec, params)
-        assert len(expected) == 16
-        seq = Sequence(ids, params, spec)
-        batch = tiny_engine.prefill([seq])
-        for _ in range(5):
-            assert batch is not None
-            batch = tiny_engine.step(batch)
-        batch = tiny_engine.resume(seq)  # the old batch and its cache are dropped
-        while batch is not None:
-            batch = tiny_engine.step(batch)
-        assert seq.output_ids == expected, spec
-
-
 def test_stop_string_truncates_and_finishes(tiny_engine: Engine) -> None:
     ids = tiny_engine.encode(prompt=PROMPTS[2])
     full = Sequence(ids, greedy(12))
@@ -135,14 +111,17 @@ def test_stop_string_truncates_and_finishes(tiny_engine: Engine) -> None:
 def test_cancel_stops_a_row_at_the_next_step(tiny_engine: Engine) -> None:
     ids = tiny_engine.encode(prompt=PROMPTS[0])
     keep, drop = Sequence(ids, greedy(10)), Sequence(ids, greedy(10))
-    batch = tiny_engine.prefill([keep, drop])
+    batcher = Batcher(tiny_engine, OutputStage(tiny_engine.tokenizer, tiny_engine.eos_ids))
+    batcher.add([drop, keep])
     drop.cancel()
-    batch = tiny_engine.drop_cancelled(batch)
-    assert batch is not None and len(batch) == 1
-    while batch is not None:
-        batch = tiny_engine.step(batch)
+    batcher.drop_cancelled()
+    assert batcher.rows == [keep] and keep.slot == 0  # the last row moved into the freed slot
+    while batcher.rows:
+        batcher.step()
     assert drop.finish_reason == "cancelled" and len(drop.output_ids) == 1
-    assert keep.finish_reason == "length" and len(keep.output_ids) == 10
+    assert keep.finish_reason == "length" and keep.output_ids == run_alone(
+        tiny_engine, ids, SteerSpec(), greedy(10)
+    )
 
 
 def test_adhoc_feature_vector(tiny_engine: Engine) -> None:
@@ -154,9 +133,15 @@ def test_adhoc_feature_vector(tiny_engine: Engine) -> None:
         tiny_engine.adhoc_vector(1, layer=0)
 
 
-def test_no_hooks_left_behind(tiny_engine: Engine, tiny_world: object) -> None:
+def test_hooks_are_installed_once(tiny_engine: Engine, tiny_world: object) -> None:
+    """The engine's hooks stay for its life (one per decoder layer); generating adds or removes none."""
     v = make_vector(tiny_world, "demo/alpha", kind="positive", seed=1)
+
+    def count() -> int:
+        return sum(len(m._forward_hooks) for m in tiny_engine.model.modules())
+
+    before = count()
+    assert before == tiny_engine.num_layers
     tiny_engine.generate([Sequence(tiny_engine.encode(prompt="Hi"), greedy(3), SteerSpec(((v, 2.0),)))])
-    hooks = sum(len(m._forward_hooks) for m in tiny_engine.model.modules())
-    assert hooks == 0
+    assert count() == before
     assert torch.is_inference_mode_enabled() is False

@@ -10,9 +10,11 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+import torch
 from conftest import CATALOG, make_vector
 
-from server.engine import FAULT_STEP, Batch, Engine, InjectedFault
+from server.batcher import FAULT_STEP, InjectedFault
+from server.engine import Engine
 from server.sampling import SamplingParams
 from server.scheduler import Scheduler, SchedulerLimits
 from server.sequence import Sequence, SteerSpec
@@ -61,20 +63,24 @@ def counter(sched: Scheduler, name: str, **labels: str) -> float:
     return value
 
 
-def failing_step(engine: Engine, fails: Callable[[Batch, int], bool]) -> Callable[[Batch], Batch | None]:
-    """`engine.step`, raising when `fails(batch, call)` after the step ran (cache updated, tokens pushed)."""
-    real = engine.step
+def failing_decode(engine: Engine, fails: Callable[[int, int], bool]) -> Callable[..., torch.Tensor]:
+    """The runner's forward, raising after a decode forward ran (its cache writes done) when
+    `fails(rows, call)`: the worst state to recover from."""
+    real = engine.runner._forward
     calls = 0
 
-    def step(batch: Batch) -> Batch | None:
+    def forward(
+        ids: torch.Tensor, positions: torch.Tensor, start: int, kv_len: int, phase: str, keep: object
+    ) -> torch.Tensor:
         nonlocal calls
-        calls += 1
-        out = real(batch)
-        if fails(batch, calls):
-            raise RuntimeError("step failed (test)")
+        out = real(ids, positions, start, kv_len, phase, keep)
+        if phase == "generation":
+            calls += 1
+            if fails(int(ids.shape[0]), calls):
+                raise RuntimeError("step failed (test)")
         return out
 
-    return step
+    return forward
 
 
 def test_step_fault_fails_only_the_culprit(tiny_engine: Engine, tiny_world: object) -> None:
@@ -98,7 +104,9 @@ def test_transient_step_failure_loses_no_row(
     """A failure that is no row's own (the 3rd step of the batch fails once): every row goes on, unchanged."""
     seqs = rows(tiny_engine, tiny_world)
     expected = [solo(tiny_engine, s) for s in seqs]
-    monkeypatch.setattr(tiny_engine, "step", failing_step(tiny_engine, lambda b, call: call == 3))
+    monkeypatch.setattr(
+        tiny_engine.runner, "_forward", failing_decode(tiny_engine, lambda n, call: call == 3)
+    )
     sched = run(tiny_engine, [[s] for s in seqs])
     assert [s.output_ids for s in seqs] == expected
     assert counter(sched, "steer_decode_step_failures_total") == 1
@@ -113,11 +121,11 @@ def test_persistent_batch_failure_fails_every_row_once_and_the_worker_goes_on(
     seqs = rows(tiny_engine, tiny_world)
     later = rows(tiny_engine, tiny_world, n_tokens=4)[:1]
     expected_later = solo(tiny_engine, later[0])
-    monkeypatch.setattr(tiny_engine, "step", failing_step(tiny_engine, lambda b, call: len(b) > 1))
+    monkeypatch.setattr(tiny_engine.runner, "_forward", failing_decode(tiny_engine, lambda n, call: n > 1))
     sched = run(tiny_engine, [[s] for s in seqs], then=later)
     assert all(s.finish_reason == "error" and "test" in str(s.error) for s in seqs)
-    # prefill, the failed step (its tokens already pushed), the rescued step alone, the second failed step
-    assert all(len(s.output_ids) == 4 for s in seqs)
+    # the prefill's token, then the failed step (no token), its rescue alone (a token), the second failed step
+    assert all(len(s.output_ids) == 2 for s in seqs)
     assert counter(sched, "steer_decode_step_failures_total") == 2
     assert counter(sched, "steer_rows_rescued_total") == 3
     assert counter(sched, "steer_request_failures_total", reason="error") == 3
