@@ -57,10 +57,11 @@ def gumbel_noise(
     seed_lo: torch.Tensor, seed_hi: torch.Tensor, step: torch.Tensor, vocab: int
 ) -> torch.Tensor:
     """Gumbel(0, 1) noise [n, vocab] in float32, a pure function of (seed, step, token id) per row."""
-    key = _mix(_mix(seed_lo) ^ seed_hi)
-    key = _mix(key ^ _mix(step & _M32))
+    key = _mix(_mix(seed_lo ^ 0x5BD1E995) ^ seed_hi)
+    key = _mix(key ^ _mix((step & _M32) ^ 0x1B873593))
+    salt = _mix(key ^ 0x68E31DA4)  # a second key, so that no token's input collapses to a fixed point
     ids = torch.arange(vocab, device=seed_lo.device, dtype=torch.int64)[None, :]
-    bits = _mix(_mix(ids ^ key[:, None]) ^ _mix(key)[:, None])
+    bits = _mix(_mix(ids ^ key[:, None]) ^ salt[:, None])
     u = ((bits >> 8).to(torch.float32) + 0.5) / float(1 << 24)  # in (0, 1), exact in float32
     return -torch.log(-torch.log(u))
 
