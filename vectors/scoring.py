@@ -2,7 +2,7 @@
 
 A question is a prompt plus options; the model "answers" with the option whose tokens have the
 highest summed log-probability after the prompt. Used by the world build, `steer eval` and tests.
-There is no steering logic here: run these functions inside a `steering_hooks` context to score a
+There is no steering logic here: run these functions inside a `vectors.slots.apply_config` context to score a
 steered model. Every row of one forward pass belongs to the same question set, so the enclosing
 context should apply one steering config to all rows (and keep its phase at "prompt").
 """
