@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Mode = Literal["quick", "gpu", "smoke"]
-SUITES: tuple[str, ...] = ("decode", "server", "train")
+SUITES: tuple[str, ...] = ("decode", "server", "join", "train")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,14 @@ import torch
 
 SCHEMA = "sparse-steer-bench/1"
 # Keys the summary line always carries (None when the suite did not run); see docs/BENCHMARKS.md.
-SUMMARY_KEYS = ("overhead_b1", "overhead_b32_mixed", "reference_overhead_b1", "batched_vs_serial")
+SUMMARY_KEYS = (
+    "overhead_b1",
+    "overhead_b32_mixed",
+    "reference_overhead_b1",
+    "batched_vs_serial",
+    "server_steered_vs_unsteered",
+    "join_cost_ratio",
+)
 _PACKAGES = ("torch", "transformers", "tokenizers", "sae-lens", "fastapi", "uvicorn", "httpx", "pydantic")
 
 
@@ -127,6 +134,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     if isinstance(server, dict) and "batched_vs_serial" in server:
         out["batched_vs_serial"] = server["batched_vs_serial"]
         out["server_steered_vs_unsteered"] = server["steered_vs_unsteered"]
+    join = result.get("join")
+    if isinstance(join, dict) and "join_cost_ratio" in join:
+        out["join_cost_ratio"] = join["join_cost_ratio"]
     train = result.get("train")
     if isinstance(train, dict):
         out["train_fast_vs_reference"] = train.get("fast_vs_reference", train.get("status"))

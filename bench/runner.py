@@ -36,10 +36,11 @@ def check_device(cfg: BenchConfig) -> torch.device:
 
 def _suites() -> dict[str, Callable[[BenchWorld, BenchConfig], dict[str, Any]]]:
     from bench.decode import run_decode
+    from bench.join import run_join
     from bench.server_load import run_server
     from bench.train_speed import run_train
 
-    return {"decode": run_decode, "server": run_server, "train": run_train}
+    return {"decode": run_decode, "server": run_server, "join": run_join, "train": run_train}
 
 
 def default_out(now: datetime | None = None) -> Path:
@@ -104,6 +105,6 @@ def _run(cfg: BenchConfig, device: torch.device, say: Callable[[str], None]) -> 
 def failed_suites(result: dict[str, Any]) -> list[str]:
     return [
         k
-        for k in ("decode", "server", "train")
+        for k in ("decode", "server", "join", "train")
         if isinstance(result.get(k), dict) and result[k].get("status") == "failed"
     ]

@@ -38,18 +38,17 @@ class Round:
 
 @contextlib.contextmanager
 def serve(
-    world: BenchWorld, catalog: Path, *, max_batch: int, configs: int, new_tokens: int
+    world: BenchWorld, engine: Any, catalog: Path, *, max_batch: int, configs: int, new_tokens: int
 ) -> Iterator[str]:
-    """The real app (`server.app.create_app`) under uvicorn in a thread on a free loopback port; yields its URL."""
+    """The real app (`server.app.create_app`) under uvicorn in a thread on a free loopback port; yields its URL.
+
+    Both servers of a run share one engine (its slots and hooks): only one is ever busy.
+    """
     import uvicorn
 
     from server.app import create_app
-    from server.engine import Engine
     from server.settings import ServerSettings
 
-    coders = {s.coder.layer: s.coder for s in world.saes[:1]}
-    engine = Engine(world.model, world.tokenizer, coders, name=world.model_name)
-    engine.eos_ids = frozenset()  # fixed-length answers: every request costs the same
     settings = ServerSettings(
         model=world.model_name,
         vectors=str(catalog),
@@ -83,6 +82,16 @@ def serve(
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def bench_engine(world: BenchWorld, slots: int) -> Any:
+    """The served engine over the benchmark's model; EOS disabled so every request costs the same."""
+    from server.engine import Engine
+
+    coders = {s.coder.layer: s.coder for s in world.saes[:1]}
+    engine = Engine(world.model, world.tokenizer, coders, name=world.model_name, max_batch=slots)
+    engine.eos_ids = frozenset()
+    return engine
 
 
 def _wait_ready(url: str, server: Any, timeout: float = 300.0) -> None:
@@ -154,9 +163,10 @@ def run_server(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
         catalog = Path(tmp) / "vectors"
         for v in vecs:
             save_vector(v, vector_path(catalog, v.name))
+        engine = bench_engine(world, slots=n)
         with (
-            serve(world, catalog, max_batch=n, configs=n, new_tokens=tokens) as batched_url,
-            serve(world, catalog, max_batch=1, configs=1, new_tokens=tokens) as serial_url,
+            serve(world, engine, catalog, max_batch=n, configs=n, new_tokens=tokens) as batched_url,
+            serve(world, engine, catalog, max_batch=1, configs=1, new_tokens=tokens) as serial_url,
         ):
             rounds = interleave(
                 {
@@ -167,6 +177,7 @@ def run_server(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
                 cfg.repeats,
                 cfg.warmup,
             )
+        engine.close()
     tok_s = {k: [r.tokens / r.seconds for r in v] for k, v in rounds.items()}
     return {
         "clients": n,

@@ -27,6 +27,12 @@ _FLAGS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("--max-batch", "max_batch", {"type": int, "help": "STEER_MAX_BATCH"}),
     ("--max-queue", "max_queue", {"type": int, "help": "STEER_MAX_QUEUE"}),
     ("--max-new-tokens", "max_new_tokens", {"type": int, "help": "STEER_MAX_NEW_TOKENS"}),
+    ("--max-context", "max_context", {"type": int, "help": "STEER_MAX_CONTEXT (KV cache positions per row)"}),
+    (
+        "--engine",
+        "engine",
+        {"choices": ["auto", "compiled", "eager"], "help": "decode step: STEER_ENGINE (default auto)"},
+    ),
     (
         "--strength-policy",
         "strength_policy",

@@ -130,9 +130,9 @@ class Engine:
         )
 
     def reserve(self, max_batch: int, max_neg_features: int) -> None:
-        """(Re)allocate the runner for `max_batch` slots; a no-op when it already has that shape."""
+        """Allocate the runner for at least `max_batch` slots (a no-op when the current one is big enough)."""
         old = self.runner
-        if old is not None and old.slots == max_batch and old.max_neg == max_neg_features:
+        if old is not None and old.slots >= max_batch and old.max_neg >= max_neg_features:
             return
         if old is not None:
             old.close()
@@ -149,6 +149,10 @@ class Engine:
             self.context_length,
             self.runner.cache_bytes / 2**20,
         )
+
+    def close(self) -> None:
+        """Remove the engine's hooks from the model (another engine may then drive it)."""
+        self.runner.close()
 
     # --- properties -------------------------------------------------------------------------------------
     @property

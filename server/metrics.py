@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -74,8 +76,19 @@ class Metrics:
         self.kv_cache_bytes = Gauge(
             "steer_kv_cache_bytes", "KV cache reserved at start-up (all slots, all layers)", registry=r
         )
+        self.engine_compiled = Gauge(
+            "steer_engine_compiled",
+            "1 when decode steps of this batch-size bucket run compiled (verified against eager), 0 when eager",
+            ["bucket"],
+            registry=r,
+        )
         self.vectors_loaded = Gauge("steer_vectors_loaded", "Vectors in the catalog", registry=r)
         self.vectors_skipped = Gauge("steer_vector_files_skipped", "Catalog files skipped", registry=r)
+
+    def set_engine(self, status: Any) -> None:
+        """Which decode path each bucket takes (`server.compiled.EngineStatus`)."""
+        for bucket, how in status.buckets.items():
+            self.engine_compiled.labels(bucket=str(bucket)).set(1 if how == "compiled" else 0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -192,6 +192,12 @@ class EngineInfo(ResponseModel):
     max_context: int
     kv_cache_bytes: int
     max_neg_features: int
+    mode: str = Field(description="compiled, partly compiled, or eager: how decode steps run")
+    mode_reason: str | None = Field(default=None, description="why a bucket (or the engine) runs eagerly")
+    buckets: dict[str, str] = Field(
+        default_factory=dict, description="batch-size bucket -> compiled | eager: why"
+    )
+    compile_s: float = 0.0
 
 
 class ReadyResponse(ResponseModel):

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from server.compiled import CompiledDecode, EngineMode, EngineStatus
 from server.logprobs import TokenLogprob, prompt_logprobs, token_logprobs
 from server.sampling import Sampler, SamplingParams
 from server.slot_cache import CacheShape, SlotCache, attention_masks
@@ -84,6 +85,8 @@ class ModelRunner:
         )
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.compiled: CompiledDecode | None = None
+        self.status = EngineStatus(requested="eager", reason="not compiled")
 
     def close(self) -> None:
         """Remove the steering hooks (a new runner takes over the model)."""
@@ -103,6 +106,8 @@ class ModelRunner:
         self.steering.clear(slot)
         self._params[slot] = None
         self.lengths[slot] = 0
+        self.positions[slot] = 0  # a free slot inside a compiled bucket attends to position 0 only
+        self.next_ids[slot] = 0
 
     def move(self, src: int, dst: int) -> None:
         """Move the row in `src` to `dst` (its cache, steering, sampling state, inputs) and free `src`."""
@@ -159,20 +164,52 @@ class ModelRunner:
 
     @torch.inference_mode()
     def decode(self, start: int, n: int) -> StepOutput:
-        """One decode step for slots [start, start + n): feed each its last sampled id at its next position."""
+        """One decode step for slots [start, start + n): feed each its last sampled id at its next position.
+
+        Runs in the compiled graph of the smallest verified bucket when the step covers slots from 0
+        (`server.compiled`), eagerly otherwise (a row retried alone, a bucket that failed its self-check).
+        """
         rows = slice(start, start + n)
-        longest = max(self.lengths[rows]) + 1
-        if longest > self.max_context:
+        if max(self.lengths[rows]) + 1 > self.max_context:
             raise ValueError(f"a row would exceed max_context {self.max_context}")
-        kv_len = min(self.max_context, -(-longest // KV_BLOCK) * KV_BLOCK)
-        positions = self.positions[rows].unsqueeze(1)
-        logits = self._forward(self.next_ids[rows].unsqueeze(1), positions, start, kv_len, "generation", 1)
+        bucket = self.compiled.bucket(n) if self.compiled is not None and start == 0 else None
+        logits = self.compiled.logits(bucket)[:n] if bucket is not None else self.eager_logits(start, n)  # type: ignore[union-attr]
         self.after_forward()
-        out = self._sample(logits[:, -1], start)
+        out = self._sample(logits, start)
         self.positions[rows] += 1
         for slot in range(start, start + n):
             self.lengths[slot] += 1
         return out
+
+    def eager_logits(self, start: int, n: int) -> torch.Tensor:
+        """Last-position logits [n, V] of an eager decode step (keys read up to the longest row, rounded up)."""
+        rows = slice(start, start + n)
+        longest = max(self.lengths[rows]) + 1
+        kv_len = min(self.max_context, -(-longest // KV_BLOCK) * KV_BLOCK)
+        positions = self.positions[rows].unsqueeze(1)
+        logits = self._forward(self.next_ids[rows].unsqueeze(1), positions, start, kv_len, "generation", 1)
+        return logits[:, -1]
+
+    def graph_step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The decode forward that `server.compiled` compiles: slots [0, b), every key position, no host sync."""
+        full, sliding = attention_masks(positions, self.max_context, self.dtype, self.sliding_window)
+        mask: Any = full if sliding is None else {"full_attention": full, "sliding_attention": sliding}
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kwarg: self.cache},
+        )
+        return out.logits[:, -1]
+
+    def compile(self, requested: EngineMode, backend: str = "inductor") -> EngineStatus:
+        """Compile and verify the decode step per bucket (`server.compiled`); eager where that fails."""
+        compiled = CompiledDecode(self, backend=backend)
+        self.status = compiled.prepare(requested)
+        self.compiled = compiled if compiled.ok else None
+        return self.status
 
     def after_forward(self) -> None:
         """Called between a decode forward and its sampling (tests inject failures here)."""

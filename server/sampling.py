@@ -86,7 +86,7 @@ class Sampler:
 
     def set(self, slot: int, params: SamplingParams, seed: int, step: int = 0) -> None:
         self.temperature[slot] = params.temperature
-        self.top_k[slot] = params.top_k
+        self.top_k[slot] = min(params.top_k, 1 << 62)  # any k ≥ the vocabulary keeps every token
         self.top_p[slot] = params.top_p
         self.greedy[slot] = params.greedy
         self.seed_lo[slot] = seed & _M32

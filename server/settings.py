@@ -71,6 +71,22 @@ class ServerSettings(BaseSettings):
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 429 and 503.")
 
+    # The decode step.
+    engine: Literal["auto", "compiled", "eager"] = Field(
+        default="auto",
+        description="auto: compiled (CUDA graphs on GPU) for every batch-size bucket that passes the start-up "
+        "self-check against eager, eager for the others; compiled: the same, but a failing bucket stops the "
+        "start-up; eager: never compile.",
+    )
+    compile_cache_dir: str | None = Field(
+        default=None,
+        description="inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR): a writable folder where files may be "
+        "executed; a warm cache makes restarts compile in seconds.",
+    )
+    compile_backend: str = Field(
+        default="inductor", description="torch.compile backend (tests use aot_eager for traceability)."
+    )
+
     # Lifecycle.
     catalog_poll_s: float = Field(default=1.0, gt=0, description="Catalog rescan interval (hot reload).")
     drain_timeout_s: float = Field(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from server.compiled import CompileFailed, set_compile_cache
 from server.engine import Engine, EngineConfig
 from server.metrics import Metrics
 from server.runner import CacheTooLarge
@@ -72,6 +73,13 @@ class ServerState:
             await asyncio.to_thread(engine.reserve, s.max_batch, s.max_neg_features)
             self.metrics.kv_cache_bytes.set(engine.runner.cache_bytes)
             self.engine = engine
+            if s.engine != "eager":
+                self.detail = "compiling the decode step"
+                set_compile_cache(s.compile_cache_dir)
+            status = await asyncio.to_thread(engine.runner.compile, s.engine, s.compile_backend)
+            self.metrics.set_engine(status)
+            if status.reason and s.engine != "eager":
+                log.warning("engine: %s (%s)", status.mode, status.reason)
             self.detail = "loading catalog"
             self.catalog = await asyncio.to_thread(self._open_catalog, engine)
             if s.warmup:
@@ -82,7 +90,7 @@ class ServerState:
             self.scheduler.start()
             self.service = Service(engine, self.scheduler, self.catalog, s, self.metrics)
         except Exception as exc:
-            if isinstance(exc, OSError | SteerError | CacheTooLarge):
+            if isinstance(exc, OSError | SteerError | CacheTooLarge | CompileFailed):
                 # expected failures (a hub model offline, a missing folder, a bad SAE): one clear line
                 log.error("startup failed: %s", exc)
             else:

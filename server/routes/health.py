@@ -60,4 +60,8 @@ def _engine_info(engine: Any) -> EngineInfo | None:
         max_context=runner.max_context,
         kv_cache_bytes=runner.cache_bytes,
         max_neg_features=runner.max_neg,
+        mode=runner.status.mode,
+        mode_reason=runner.status.reason,
+        buckets={str(b): how for b, how in runner.status.buckets.items()},
+        compile_s=runner.status.compile_s,
     )

@@ -62,6 +62,10 @@ def test_smoke_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert mode["tokens_per_round"] == cfg["clients"] * cfg["server_new_tokens"]
         assert mode["latency_ms"]["p50"] <= mode["latency_ms"]["p99"]
 
+    join = result["join"]
+    assert join["running_rows"] == cfg["clients"] - 1 and join["long_context"] == 400
+    assert len(join["join_ms"]["long"]["samples"]) == cfg["repeats"]
+
     train = result["train"]
     assert train["status"] == "ok" and set(train["modes"]) == {"fast", "reference"}
     assert _positive(train["fast_vs_reference"])

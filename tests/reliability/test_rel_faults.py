@@ -209,12 +209,12 @@ class StepGate:
     """Holds the engine's decode steps until `open()`: requests pile up in a known batch, no sleeps involved."""
 
     def __init__(self, engine: Engine) -> None:
-        self.real = engine.step
+        self.real = engine.runner.decode
         self.opened = threading.Event()
 
-    def step(self, batch: Any) -> Any:
+    def decode(self, start: int, n: int) -> Any:
         assert self.opened.wait(60), "gate never opened"
-        return self.real(batch)
+        return self.real(start, n)
 
     def open(self) -> None:
         self.opened.set()
@@ -224,7 +224,7 @@ def test_decode_step_failure_fails_only_the_culprits(
     server: Any, client: httpx.Client, rel_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`[[fault:step]]` raises in every decode step its row is in, after the shared cache was updated in place.
-    The two neighbours in that step are rebuilt from their tokens and return their solo texts; the culprits
+    The two neighbours in that step are retried alone and return their solo texts; the culprits
     (one JSON, one SSE) get their 500; the failure is counted and the server stays ready."""
     bodies = [{"prompt": PROMPT, "max_new_tokens": 30, **b} for b in ({"steer": STEER}, {})]
     expected = []
@@ -240,7 +240,7 @@ def test_decode_step_failure_fails_only_the_culprits(
         return ready["running"] + ready["queue_depth"]
 
     gate = StepGate(rel_engine)
-    monkeypatch.setattr(rel_engine, "step", gate.step)
+    monkeypatch.setattr(rel_engine.runner, "decode", gate.decode)
     culprit = {"prompt": "x [[fault:step]]", "max_new_tokens": 30}
     try:
         neighbours = [Stream(server.url, b) for b in bodies]
