@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from server import kvcache
+from server.logprobs import chosen_logprobs, prompt_logprobs
 from server.sampling import sample_rows
 from server.sequence import Sequence, SteerSpec
 
@@ -220,7 +221,21 @@ class Engine:
             mask[row, width - lengths[row] :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits, cache = self._forward(seqs, "prompt", ids, mask, positions, cache)
+        # rows that echo their prompt's log-probs need the logits of every prompt position (left padding: the
+        # last `keep` positions cover each such row's prompt)
+        keep = max(
+            (n for n, s in zip(lengths, seqs, strict=True) if s.sampling.prompt_logprobs is not None),
+            default=1,
+        )
+        block, cache = self._forward(seqs, "prompt", ids, mask, positions, cache, keep=keep)
+        for row, s in enumerate(seqs):
+            if s.sampling.prompt_logprobs is not None:
+                s.prompt_logprobs = prompt_logprobs(
+                    block[row, keep - lengths[row] :], s.prompt_ids, s.sampling.prompt_logprobs
+                )
+            if s.sampling.max_new_tokens == 0:  # scoring only: nothing is sampled
+                s.finish("length")
+        logits = block[:, -1, :].float()
         batch = Batch(
             seqs=list(seqs),
             cache=cache,
@@ -237,9 +252,10 @@ class Engine:
             time.sleep(self.step_delay_s)
         ids = torch.tensor(batch.next_tokens, dtype=torch.long)[:, None]
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch), 1))], dim=1)
-        logits, batch.cache = self._forward(
+        block, batch.cache = self._forward(
             batch.seqs, "generation", ids, batch.mask, batch.positions[:, None], batch.cache
         )
+        logits = block[:, -1, :].float()
         _inject_step_faults(batch.seqs)  # after the in-place cache update: the worst state to recover from
         batch.positions = batch.positions + 1
         self._take(batch, logits)
@@ -307,7 +323,15 @@ class Engine:
     def _take(self, batch: Batch, logits: torch.Tensor) -> None:
         tokens = sample_rows(logits, [s.sampling for s in batch.seqs], [s.generator for s in batch.seqs])
         batch.next_tokens = tokens
-        for s, t in zip(batch.seqs, tokens, strict=True):
+        want = [s.sampling.logprobs for s in batch.seqs]
+        scored = [None] * len(tokens)
+        if any(k is not None for k in want):
+            scored = chosen_logprobs(logits, torch.tensor(tokens), want)
+        for s, t, lp in zip(batch.seqs, tokens, scored, strict=True):
+            if s.finished:  # finished at prefill (max_new_tokens 0)
+                continue
+            if lp is not None:
+                s.output_logprobs.append(lp)  # before push: its listener may read them
             s.push(t, self.tokenizer, self.eos_ids)
 
     def _drop_finished(self, batch: Batch) -> Batch | None:
@@ -335,7 +359,9 @@ class Engine:
         mask: torch.Tensor,
         positions: torch.Tensor,
         cache: DynamicCache,
+        keep: int = 1,
     ) -> tuple[torch.Tensor, DynamicCache]:
+        """Logits of the last `keep` positions [B, keep, V] (model dtype) and the cache (updated in place)."""
         device = self.device
         with self._steering(seqs, phase):
             out = self.model(
@@ -343,10 +369,10 @@ class Engine:
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
                 use_cache=True,
-                logits_to_keep=1,
+                logits_to_keep=keep,
                 **{self._cache_kwarg: cache},
             )
-        return out.logits[:, -1, :].float(), cache  # the cache is updated in place
+        return out.logits[:, -keep:, :], cache
 
     @contextlib.contextmanager
     def _steering(self, seqs: list[Sequence], phase: str) -> Iterator[None]:

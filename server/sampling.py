@@ -9,7 +9,7 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one row picks its tokens and when it stops."""
+    """How one row picks its tokens and when it stops (`max_new_tokens` 0: score the prompt, sample nothing)."""
 
     max_new_tokens: int
     temperature: float = 0.0  # 0 = greedy
@@ -17,6 +17,8 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # top alternatives per generated token; None = no log-probs
+    prompt_logprobs: int | None = None  # echo: log-probs of the prompt tokens themselves (top alternatives)
 
     @property
     def greedy(self) -> bool:

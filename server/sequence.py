@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from server.logprobs import TokenLogprob
 from server.sampling import SamplingParams
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -64,6 +65,10 @@ class Sequence:
         self.fault = fault
         self.rescued = False  # rebuilt once after a failed decode step (the scheduler's `_rescue`)
         self.output_ids: list[int] = []
+        self.output_logprobs: list[TokenLogprob] = []  # one per generated token when sampling.logprobs is set
+        self.prompt_logprobs: list[
+            TokenLogprob | None
+        ] = []  # the prompt's, when sampling.prompt_logprobs is set
         self.text = ""
         self.emitted = ""
         self.finish_reason: FinishReason | None = None

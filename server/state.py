@@ -32,7 +32,7 @@ def engine_config(settings: ServerSettings) -> EngineConfig:
         device=settings.device,
         dtype=settings.dtype,
         max_context=settings.max_context,
-        model_name=settings.model_name,
+        model_name=settings.served_name,
         step_delay_s=settings.debug_step_delay_s,
     )
 
@@ -63,8 +63,7 @@ class ServerState:
         try:
             if engine is None:
                 engine = await asyncio.to_thread(Engine.load, engine_config(s))
-            if s.model_name:
-                engine.name = s.model_name
+            engine.name = s.served_name
             engine.step_delay_s = s.debug_step_delay_s
             self.engine = engine
             self.detail = "loading catalog"
