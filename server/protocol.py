@@ -350,11 +350,12 @@ class CompletionRequest(OpenAIBase):
             raise unsupported("suffix", "suffix (insertion)")
         return value
 
-    @model_validator(mode="after")
-    def _best_of(self) -> CompletionRequest:
-        if self.best_of is not None and self.best_of not in (1, self.n):
-            raise unsupported("best_of", f"best_of {self.best_of} (candidates ranked server-side)")
-        return self
+    @field_validator("best_of")
+    @classmethod
+    def _best_of(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value not in (1, info.data.get("n", 1)):
+            raise unsupported("best_of", f"best_of {value} (candidates ranked server-side)")
+        return value
 
     @property
     def prompts(self) -> list[str] | list[list[int]]:
@@ -420,11 +421,12 @@ class ChatCompletionRequest(OpenAIBase):
             raise unsupported("tool_choice", f"tool_choice {value!r}")
         return value
 
-    @model_validator(mode="after")
-    def _top_needs_logprobs(self) -> ChatCompletionRequest:
-        if self.top_logprobs and not self.logprobs:
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, value: int, info: ValidationInfo) -> int:
+        if value and not info.data.get("logprobs"):
             raise ValueError("`top_logprobs` needs `logprobs: true`")
-        return self
+        return value
 
     @property
     def chat(self) -> list[ChatMessage]:

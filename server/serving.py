@@ -273,7 +273,7 @@ class Service:
         """The one engine row of a prompt or chat: tokens, sampling (limits checked) and steering."""
         stop = self._stops(req.stop)
         if req.prompt_ids is not None:
-            ids = self._checked_ids(req.prompt_ids)
+            ids = self.checked_ids(req.prompt_ids, "prompt")
             text = ""
         elif req.prompt is not None and req.raw:
             ids = encode_text(self.engine.tokenizer, req.prompt)
@@ -341,13 +341,25 @@ class Service:
         rows = self.engine.model.get_input_embeddings().num_embeddings
         return min(len(self.engine.tokenizer), int(rows))
 
-    def _checked_ids(self, ids: list[int]) -> list[int]:
-        """A token-id prompt, each id inside the vocabulary (an embedding lookup past it would fail)."""
+    def checked_ids(self, ids: list[int], field: str) -> list[int]:
+        """Token ids, each inside the vocabulary (an embedding lookup or a decode past it would fail)."""
         vocab = self.vocab_size
         bad = next((i for i in ids if not 0 <= i < vocab), None)
         if bad is not None:
-            raise invalid("prompt", f"token id {bad} is outside the vocabulary [0, {vocab})")
+            raise invalid(field, f"token id {bad} is outside the vocabulary [0, {vocab})")
         return list(ids)
+
+    def tokenize(
+        self, *, prompt: str | None, messages: list[ChatMessage] | None, add_special_tokens: bool = True
+    ) -> list[int]:
+        """Token ids of a text as /v1/completions encodes it, or of a chat as /v1/chat/completions formats it."""
+        tokenizer = self.engine.tokenizer
+        if messages is not None:
+            return self.engine.encode(messages=[m.model_dump() for m in messages])
+        assert prompt is not None
+        if add_special_tokens:
+            return encode_text(tokenizer, prompt)
+        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def check_top_logprobs(self, field: str, asked: int | None) -> None:
         """422 naming `field` past the server's top-alternatives limit."""
