@@ -110,5 +110,7 @@ def test_lm_eval_accuracy_is_steer_evals(culture: Culture, tmp_path: Path) -> No
     steered = lm_eval_accuracy(culture, tmp_path / "tasks", f"{culture.model_id}:{VECTOR}@{STRENGTH:g}")
     assert plain == pytest.approx(expected[0.0], abs=1e-9)
     assert steered == pytest.approx(expected[STRENGTH], abs=1e-9)
-    print(f"lm-eval accuracy: unsteered {plain:.4f}, {VECTOR}@{STRENGTH:g} {steered:.4f}; steer eval {expected}")
+    print(
+        f"lm-eval accuracy: unsteered {plain:.4f}, {VECTOR}@{STRENGTH:g} {steered:.4f}; steer eval {expected}"
+    )
     assert steered != plain  # the steered id really steered (the vector moves answers toward its country)
