@@ -128,20 +128,24 @@ async def completions(body: CompletionRequest, request: Request) -> CompletionRe
         chunks = CompletionChunks(model=body.model, ident=f"cmpl-{uuid.uuid4().hex}")
         return sse_response(_stream(service, prepared, handle, chunks, body.include_usage))
     await _run(service, handle, request)
-    tokenizer = service.engine.tokenizer
+    choices = await asyncio.to_thread(_completion_choices, service.engine.tokenizer, body, handle)
+    return CompletionResponse(
+        model=body.model, choices=choices, usage=service.usage(prepared, handle), steer=prepared.applied
+    )
+
+
+def _completion_choices(tokenizer: Any, body: CompletionRequest, handle: Handle) -> list[CompletionChoice]:
+    """Every choice's text (after the echoed prompt) and log-probs (decoding them is CPU work: off the loop)."""
     choices = []
     for i, seq in enumerate(handle.seqs):
-        prompt = body.prompts[i // body.n]
-        shown = _echoed(tokenizer, prompt) if body.echo else ""
+        shown = _echoed(tokenizer, body.prompts[i // body.n]) if body.echo else ""
         lps = completion_logprobs(tokenizer, seq, body.echo) if body.logprobs is not None else None
         choices.append(
             CompletionChoice(
                 index=i, text=shown + seq.text, finish_reason=_finish(seq.finish_reason), logprobs=lps
             )
         )
-    return CompletionResponse(
-        model=body.model, choices=choices, usage=service.usage(prepared, handle), steer=prepared.applied
-    )
+    return choices
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
