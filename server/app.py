@@ -19,7 +19,7 @@ from server.errors import (
     handle_validation_error,
 )
 from server.middleware import ApiKeyAuth, BodyLimit, RequestMetrics
-from server.routes import generate, health, openai, playground, vectors
+from server.routes import generate, health, openai, playground, tokenize, vectors
 from server.settings import ServerSettings
 from server.state import ServerState
 
@@ -47,7 +47,14 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.steer = state
-    for router in (health.router, generate.router, vectors.router, openai.router, playground.router):
+    for router in (
+        health.router,
+        generate.router,
+        vectors.router,
+        openai.router,
+        tokenize.router,
+        playground.router,
+    ):
         app.include_router(router)
     app.add_exception_handler(ApiError, handle_api_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)

@@ -146,8 +146,8 @@ class Batcher:
     # --- postprocess ------------------------------------------------------------------------------------
     def _postprocess(self, rows: Seq[Sequence], out: StepOutput, *, prefill: bool = False) -> None:
         for i, s in enumerate(rows):
-            if prefill and out.prompt_logprobs:
-                s.prompt_logprobs = out.prompt_logprobs[i]
+            if prefill and out.prompt_logprobs and out.prompt_logprobs[i] is not None:
+                s.prompt_logprobs = out.prompt_logprobs[i] or []
             if prefill and s.sampling.max_new_tokens == 0:
                 self.output.finish(s, "length")  # scoring only: the prompt's log-probs, no token
             else:

@@ -108,7 +108,8 @@ class OutputStage:
     def token(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> None:
         """Record a generated token, update text and finish state, emit the new text."""
         seq.output_ids.append(token)
-        seq.output_logprobs.append(logprob)
+        if logprob is not None:
+            seq.output_logprobs.append(logprob)
         if token in self.eos_ids:
             seq.finish_reason = "stop"
         else:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from server.compiled import CompiledDecode, EngineMode, EngineStatus
-from server.logprobs import TokenLogprob, prompt_logprobs, token_logprobs
+from server.logprobs import TokenLogprob, chosen_logprobs, prompt_logprobs
 from server.sampling import Sampler, SamplingParams
 from server.slot_cache import CacheShape, SlotCache, attention_masks
 from vectors.hooks import text_config
@@ -250,13 +250,8 @@ class ModelRunner:
         self.next_ids[start : start + n] = chosen
         tops = [p.logprobs if p is not None else None for p in self._params[start : start + n]]
         logprobs: list[TokenLogprob | None] = [None] * n
-        wanted = [i for i, t in enumerate(tops) if t is not None]
-        if wanted:
-            k = max(tops[i] or 0 for i in wanted)
-            idx = torch.tensor(wanted, device=logits.device)
-            for i, lp in zip(wanted, token_logprobs(logits[idx], chosen[idx], k), strict=True):
-                top = tops[i] or 0
-                logprobs[i] = TokenLogprob(lp.token, lp.logprob, lp.top[:top])
+        if any(t is not None for t in tops):
+            logprobs = chosen_logprobs(logits, chosen, tops)
         return StepOutput(chosen.tolist(), logprobs)
 
 

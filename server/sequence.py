@@ -70,8 +70,10 @@ class Sequence:
         self.owner: Handle | None = None  # the request this row belongs to (set by the scheduler)
         self.index = 0  # its row number in that request
         self.output_ids: list[int] = []
-        self.output_logprobs: list[TokenLogprob | None] = []
-        self.prompt_logprobs: list[TokenLogprob | None] | None = None
+        self.output_logprobs: list[TokenLogprob] = []  # one per generated token when sampling.logprobs is set
+        self.prompt_logprobs: list[
+            TokenLogprob | None
+        ] = []  # the prompt's, when sampling.prompt_logprobs is set
         self.text = ""
         self.emitted = ""
         self.finish_reason: FinishReason | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import math
 import re
 import time
@@ -22,18 +23,20 @@ from server.batcher import FAULT_ERROR, FAULT_OOM, FAULT_STEP
 from server.engine import Engine
 from server.errors import ApiError, invalid
 from server.metrics import Metrics
+from server.model_ids import ModelIdError, parse_model_id, steered_id
 from server.output import Event, Handle
-from server.protocol import AppliedVector, ChatMessage, Usage
+from server.protocol import AppliedVector, ChatMessage, ModelCard, ModelSteering, Usage
 from server.sampling import SamplingParams
 from server.scheduler import NotAccepting, QueueFull, Scheduler
 from server.sequence import UNSTEERED, Sequence, SteerSpec
 from server.settings import ServerSettings
+from vectors.prompts import encode_text
 
 ADHOC = re.compile(r"sae:(?:(\d{1,6}):)?(\d{1,9})")
 ADHOC_HELP = (
     "steer on one SAE feature with `sae:<feature>` (or `sae:<layer>:<feature>` when several SAEs are loaded)"
 )
-SEED_SPAN = 2**63  # seeds are 0 <= seed < 2**63 (protocol.Seed)
+SEED_SPAN = 2**64  # seeds are used modulo 2**64 (protocol.Seed64: any 64-bit integer)
 _FAULTS = {"[[fault:oom]]": FAULT_OOM, "[[fault:error]]": FAULT_ERROR, "[[fault:step]]": FAULT_STEP}
 
 
@@ -53,6 +56,12 @@ class GenerationInput:
     stop: str | list[str] | None
     compare: bool = False
     max_tokens_field: str = "max_new_tokens"  # what to call it in error messages
+    steer_field: str = "steer"  # where the steering came from: `steer`, or `model` for a steered model id
+    prompt_ids: list[int] | None = None  # token ids, used verbatim (instead of `prompt`)
+    raw: bool = False  # `prompt` is raw text to continue (no chat template): /v1/completions
+    logprobs: int | None = None  # top alternatives per generated token (None: no log-probs)
+    prompt_logprobs: int | None = None  # echo: the prompt tokens' log-probs too
+    echo: bool = False  # the answer repeats the prompt: max_new_tokens may be 0 (scoring only)
 
 
 @dataclass(frozen=True)
@@ -93,16 +102,19 @@ class Service:
 
     # --- steering ---------------------------------------------------------------------------------------
     def resolve_steer(
-        self, steer: Mapping[str, float], apply: str | None
+        self, steer: Mapping[str, float], apply: str | None, field: str = "steer"
     ) -> tuple[SteerSpec, list[AppliedVector]]:
-        """Names → vectors (resolved now, kept for the request's lifetime), strengths checked or clamped."""
+        """Names → vectors (resolved now, kept for the request's lifetime), strengths checked or clamped.
+
+        `field` is where the names came from: `steer` (errors name `steer.<name>`) or `model` (a steered id).
+        """
         limit = self.settings.max_vectors_per_request
         if len(steer) > limit:
-            raise invalid("steer", f"`steer` has {len(steer)} vectors; at most {limit} per request")
+            raise invalid(field, f"`{field}` has {len(steer)} vectors; at most {limit} per request")
         pairs: list[tuple[Any, float]] = []
         applied: list[AppliedVector] = []
         for name, requested in steer.items():
-            param = f"steer.{name}"
+            param = f"steer.{name}" if field == "steer" else field
             if not math.isfinite(requested):
                 raise invalid(param, f"strength of {name!r} must be a finite number, got {requested}")
             vector, lo, hi = self._lookup(name, param)
@@ -133,8 +145,71 @@ class Service:
         try:
             self.engine.check_steer(spec)
         except ValueError as exc:
-            raise invalid("steer", f"incompatible steering: {exc}") from None
+            raise invalid(field, f"incompatible steering: {exc}") from None
         return spec, applied
+
+    # --- model ids ----------------------------------------------------------------------------------------
+    @property
+    def model_aliases(self) -> tuple[str, ...]:
+        """Other names of the base model in /v1 requests: the `--model` value as given (a hub id, a path)."""
+        given = self.settings.model
+        return (given,) if given != self.engine.name else ()
+
+    def resolve_model(self, model: str, steer: Mapping[str, float]) -> tuple[dict[str, float], str]:
+        """The steering a /v1 request asks for, and the field it came from (`model` or `steer`).
+
+        A steered model id names its vectors (a missing strength is the vector's default); it cannot be combined
+        with a body `steer`. Another model than this server's is a 404 naming `model`.
+        """
+        try:
+            parsed = parse_model_id(model, self.engine.name, self.model_aliases)
+        except ModelIdError as exc:
+            raise invalid("model", f"model {model!r}: {exc} (GET /v1/models lists the ids)") from None
+        if parsed is None:
+            raise ApiError(
+                404,
+                f"model {model!r} is not served here; this server serves {self.engine.name!r} and its steered "
+                f"ids {self.engine.name!r}:<vector>[@<strength>] (GET /v1/models)",
+                type="model_not_found",
+                param="model",
+            )
+        if not parsed.steered:
+            return dict(steer), "steer"
+        if steer:
+            raise invalid(
+                "model", f"model {model!r} is steered already; give steering in `model` or `steer`, not both"
+            )
+        resolved: dict[str, float] = {}
+        for name, strength in parsed.terms:
+            if strength is None:
+                vector, _, _ = self._lookup(name, "model")
+                strength = float(vector.meta.default_strength)
+            resolved[name] = strength
+        return resolved, "model"
+
+    def model_cards(self, created: int) -> list[ModelCard]:
+        """/v1/models: the base model and one steered id per catalog vector (at its default strength)."""
+        base = self.engine.name
+        ctx = self.engine.context_length
+        cards = [ModelCard(id=base, created=created, root=base, max_model_len=ctx)]
+        for vector in sorted(self.catalog.vectors(), key=lambda v: v.name):
+            meta = vector.meta
+            steering = ModelSteering(
+                vector=vector.name,
+                strength=meta.default_strength,
+                strength_range=meta.strength_range,
+                method=meta.method,
+                space=vector.space,
+                layer=vector.layer,
+                apply=meta.apply,
+            )
+            card_id = steered_id(base, vector.name)
+            cards.append(
+                ModelCard(
+                    id=card_id, created=created, root=base, parent=base, max_model_len=ctx, steer=steering
+                )
+            )
+        return cards
 
     def _lookup(self, name: str, param: str) -> tuple[Any, float, float]:
         from vectors.errors import InvalidVectorName, UnknownVector
@@ -165,7 +240,7 @@ class Service:
     # --- requests ---------------------------------------------------------------------------------------
     def prepare(self, req: GenerationInput) -> Prepared:
         """Validate limits and build the engine rows (no forward pass happens here)."""
-        spec, applied = self.resolve_steer(req.steer, req.apply)
+        spec, applied = self.resolve_steer(req.steer, req.apply, req.steer_field)
         row = self._row(req, spec)
         seqs = [row]
         if req.compare:
@@ -184,7 +259,7 @@ class Service:
         even if the catalog reloads meanwhile. Choice j of a prompt samples with `derived_seed(seed, j)`: it equals
         a single request with that seed. `prompt_tokens` counts each prompt once (as OpenAI bills them).
         """
-        spec, applied = self.resolve_steer(reqs[0].steer, reqs[0].apply)
+        spec, applied = self.resolve_steer(reqs[0].steer, reqs[0].apply, reqs[0].steer_field)
         seqs: list[Sequence] = []
         prompt_tokens = 0
         for req in reqs:
@@ -199,7 +274,15 @@ class Service:
     def _row(self, req: GenerationInput, spec: SteerSpec) -> Sequence:
         """The one engine row of a prompt or chat: tokens, sampling (limits checked) and steering."""
         stop = self._stops(req.stop)
-        if req.prompt is not None:
+        if req.prompt_ids is not None:
+            ids = self.checked_ids(req.prompt_ids, "prompt")
+            text = ""
+        elif req.prompt is not None and req.raw:
+            ids = encode_text(self.engine.tokenizer, req.prompt)
+            if not ids:
+                raise invalid("prompt", "the prompt encodes to no tokens (and this tokenizer adds no BOS)")
+            text = req.prompt
+        elif req.prompt is not None:
             ids = self.engine.encode(prompt=req.prompt)
             text = req.prompt
         else:
@@ -207,7 +290,7 @@ class Service:
             msgs = [m.model_dump() for m in req.messages]
             ids = self.engine.encode(messages=msgs)
             text = "\n".join(m["content"] for m in msgs)
-        max_new = self._max_new_tokens(len(ids), req.max_new_tokens, req.max_tokens_field)
+        max_new = self._max_new_tokens(len(ids), req.max_new_tokens, req.max_tokens_field, req.echo)
         sampling = SamplingParams(
             max_new_tokens=max_new,
             temperature=req.temperature,
@@ -215,6 +298,8 @@ class Service:
             top_k=req.top_k,
             seed=req.seed,
             stop=stop,
+            logprobs=req.logprobs,
+            prompt_logprobs=req.prompt_logprobs,
         )
         return Sequence(ids, sampling, spec, fault=self._fault(text))
 
@@ -252,10 +337,48 @@ class Service:
             raise invalid("stop", "`stop` sequences must be non-empty strings")
         return tuple(stops)
 
-    def _max_new_tokens(self, prompt_tokens: int, asked: int | None, field: str) -> int:
+    @functools.cached_property
+    def vocab_size(self) -> int:
+        """Token ids a prompt may hold: known to the tokenizer and inside the model's embedding."""
+        rows = self.engine.model.get_input_embeddings().num_embeddings
+        return min(len(self.engine.tokenizer), int(rows))
+
+    def checked_ids(self, ids: list[int], field: str) -> list[int]:
+        """Token ids, each inside the vocabulary (an embedding lookup or a decode past it would fail)."""
+        vocab = self.vocab_size
+        bad = next((i for i in ids if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise invalid(field, f"token id {bad} is outside the vocabulary [0, {vocab})")
+        return list(ids)
+
+    def tokenize(
+        self, *, prompt: str | None, messages: list[ChatMessage] | None, add_special_tokens: bool = True
+    ) -> list[int]:
+        """Token ids of a text as /v1/completions encodes it, or of a chat as /v1/chat/completions formats it."""
+        tokenizer = self.engine.tokenizer
+        if messages is not None:
+            return self.engine.encode(messages=[m.model_dump() for m in messages])
+        assert prompt is not None
+        if add_special_tokens:
+            return encode_text(tokenizer, prompt)
+        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    def check_top_logprobs(self, field: str, asked: int | None) -> None:
+        """422 naming `field` past the server's top-alternatives limit."""
+        cap = self.settings.max_top_logprobs
+        if asked is not None and asked > cap:
+            raise invalid(field, f"`{field}` must be <= {cap} (server limit max_top_logprobs), got {asked}")
+
+    def _max_new_tokens(self, prompt_tokens: int, asked: int | None, field: str, echo: bool) -> int:
         ctx = self.engine.context_length
         cap = self.settings.max_new_tokens
         room = ctx - prompt_tokens
+        if asked == 0 and echo:  # score (or just echo) the prompt, generate nothing
+            if room < 0:
+                raise invalid("prompt", f"prompt has {prompt_tokens} tokens; the model's context is {ctx}")
+            return 0
+        if asked == 0:
+            raise invalid(field, f"`{field}` 0 (scoring only) needs `echo: true`")
         if room < 1:
             raise invalid(
                 "prompt",

@@ -6,15 +6,20 @@ quote them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.model_ids import base_id_from, check_base_id
+
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 StrengthPolicy = Literal["reject", "clamp"]
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: requests carry text, never tensors
+WORLD_SUMMARY = "world.json"  # written by `steer demo build` beside the world's model folder
+WORLD_NAME = "culture-world"
 
 
 class ServerSettings(BaseSettings):
@@ -29,7 +34,9 @@ class ServerSettings(BaseSettings):
     )
     vectors: str = Field(description="Catalog root: a folder of <namespace>/<name>.safetensors files.")
     model_name: str | None = Field(
-        default=None, description="Name shown in /v1/models (default: folder name)."
+        default=None,
+        description="Base model id in /v1/models (default: `culture-world` for a culture-world folder, else the "
+        "folder name); no `,` `=` `:` `@` `+` or spaces. The `--model` value as given is accepted as an alias.",
     )
 
     # Where and how.
@@ -58,6 +65,9 @@ class ServerSettings(BaseSettings):
         default=8, ge=1, description="OpenAI routes: prompts × n per request (each choice is a batch row)."
     )
     max_stop_sequences: int = Field(default=4, ge=0)
+    max_top_logprobs: int = Field(
+        default=20, ge=0, description="Top alternatives per token (`logprobs` / `top_logprobs`)."
+    )
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="Request line + headers cap.")
     strength_policy: StrengthPolicy = Field(
@@ -103,6 +113,21 @@ class ServerSettings(BaseSettings):
         "decode step) fail on purpose.",
     )
 
+    @field_validator("model_name")
+    @classmethod
+    def _usable_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_base_id(value)
+
+    @property
+    def served_name(self) -> str:
+        """The base model id of /v1 (steered ids are `<served_name>:<vector>`)."""
+        if self.model_name:
+            return self.model_name
+        folder = Path(self.model.rstrip("/"))
+        if (folder.parent / WORLD_SUMMARY).is_file():  # a culture world: <world>/model beside world.json
+            return WORLD_NAME
+        return base_id_from(folder.name or self.model)
+
     @field_validator("sae", mode="before")
     @classmethod
     def _split_sae(cls, value: object) -> object:
@@ -122,6 +147,7 @@ class ServerSettings(BaseSettings):
             "max_vectors_per_request": self.max_vectors_per_request,
             "max_choices_per_request": self.max_choices_per_request,
             "max_stop_sequences": self.max_stop_sequences,
+            "max_top_logprobs": self.max_top_logprobs,
             "max_body_bytes": self.max_body_bytes,
             "strength_policy": self.strength_policy,
             "request_timeout_s": self.request_timeout_s,

@@ -34,7 +34,7 @@ def engine_config(settings: ServerSettings) -> EngineConfig:
         device=settings.device,
         dtype=settings.dtype,
         max_context=settings.max_context,
-        model_name=settings.model_name,
+        model_name=settings.served_name,
         step_delay_s=settings.debug_step_delay_s,
         max_batch=settings.max_batch,
         max_neg_features=settings.max_neg_features,
@@ -67,8 +67,7 @@ class ServerState:
         try:
             if engine is None:
                 engine = await asyncio.to_thread(Engine.load, engine_config(s))
-            if s.model_name:
-                engine.name = s.model_name
+            engine.name = s.served_name
             engine.step_delay_s = s.debug_step_delay_s
             await asyncio.to_thread(engine.reserve, s.max_batch, s.max_neg_features)
             self.metrics.kv_cache_bytes.set(engine.runner.cache_bytes)

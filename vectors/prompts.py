@@ -45,7 +45,12 @@ def format_prompt(
     if has_chat_template(tokenizer):
         chat = [{"role": "user", "content": prompt}] if prompt is not None else [dict(m) for m in messages]
         return _chat_ids(tokenizer, chat)
-    text = prompt if prompt is not None else "\n".join(m["content"] for m in messages)
+    return encode_text(tokenizer, prompt if prompt is not None else "\n".join(m["content"] for m in messages))
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Raw text as the model continues it: the tokenizer's usual special tokens (exactly one BOS when it adds
+    one), no chat template. What a template-less model's prompts are, and what /v1/completions scores."""
     ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
     return _one_bos(tokenizer, ids, want_bos=_adds_bos(tokenizer))
 
@@ -107,4 +112,4 @@ def _one_bos(tokenizer: Any, ids: list[int], *, want_bos: bool) -> list[int]:
     return [bos_id, *body] if want_bos or start > 0 else body
 
 
-__all__ = ["Message", "format_prompt", "has_chat_template"]
+__all__ = ["Message", "encode_text", "format_prompt", "has_chat_template"]

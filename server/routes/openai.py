@@ -1,6 +1,7 @@
 """OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions (streaming included).
 
-`steer` and `apply` ride as extra body fields (the `openai` client's `extra_body={"steer": {...}}`). A request has
+Steering rides in the model id (`<base>:<vector>@<strength>`, for tools that can only pick a model) or as extra
+body fields `steer` and `apply` (the `openai` client's `extra_body={"steer": {...}}`). A request has
 prompts × `n` choices; each choice is its own batch row with the request's steering, choice i is row i, and the
 rows are queued, admitted and cancelled together: a request answers whole (every choice) or with one error.
 """
@@ -12,13 +13,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from server.errors import ApiError, error_payload
+from server.errors import ApiError, error_payload, invalid
 from server.jsonbody import StrictJsonRoute
+from server.logprob_shapes import chat_logprobs, completion_logprobs
 from server.output import Handle
 from server.protocol import (
     ChatChoice,
@@ -32,14 +35,19 @@ from server.protocol import (
     CompletionChunk,
     CompletionRequest,
     CompletionResponse,
-    ModelCard,
     ModelList,
     OpenAIBase,
     Usage,
 )
 from server.routes import get_service, get_state
 from server.routes.generate import ERRORS
-from server.serving import GenerationInput, Prepared, Service, cancel_on_exit
+from server.serving import (
+    SEED_SPAN,
+    GenerationInput,
+    Prepared,
+    Service,
+    cancel_on_exit,
+)
 from server.sse import frame, sse_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJsonRoute)
@@ -47,100 +55,138 @@ router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJsonRoute)
 
 @router.get("/models", response_model=ModelList)
 async def models(request: Request) -> ModelList:
+    """The base model and one steered id per catalog vector (`<base>:<vector>`, at its default strength)."""
     service = get_service(request)
-    return ModelList(data=[ModelCard(id=service.engine.name, created=int(get_state(request).started))])
-
-
-def _check_model(service: Service, body: OpenAIBase) -> None:
-    if body.model != service.engine.name:
-        raise ApiError(
-            404,
-            f"model {body.model!r} is not served here; this server serves {service.engine.name!r} (GET /v1/models)",
-            type="model_not_found",
-            param="model",
-        )
+    return ModelList(data=service.model_cards(int(get_state(request).started)))
 
 
 def _input(
-    body: OpenAIBase, prompt: str | None, messages: list | None, max_tokens: int | None
+    body: OpenAIBase,
+    steer: dict[str, float],
+    field: str,
+    max_tokens: int | None,
+    **prompt: Any,
 ) -> GenerationInput:
     return GenerationInput(
-        prompt=prompt,
-        messages=messages,
-        steer=body.steer,
+        steer=steer,
+        steer_field=field,
         apply=body.apply,
         max_new_tokens=max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,
-        seed=body.seed,
+        seed=None if body.seed is None else body.seed % SEED_SPAN,
         stop=body.stop,
         max_tokens_field="max_tokens",
+        **{"prompt": None, "messages": None, **prompt},
     )
+
+
+def _echoed(tokenizer: Any, prompt: str | list[int]) -> str:
+    """The prompt as `echo` shows it: the text as sent, or token ids decoded (special tokens left out)."""
+    return prompt if isinstance(prompt, str) else tokenizer.decode(prompt, skip_special_tokens=True)
 
 
 def _finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
+def _no_stream(body: OpenAIBase, field: str, asked: bool) -> None:
+    if body.stream and asked:
+        raise invalid(field, f"`{field}` with `stream: true` is not supported yet; ask without streaming")
+
+
 @router.post("/completions", response_model=CompletionResponse, responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request) -> CompletionResponse | StreamingResponse:
-    """Complete each prompt `n` times; choice `index` = prompt position × n + choice number."""
+    """Continue each prompt `n` times (raw text, no chat template; token ids verbatim); choice `index` =
+    prompt position × n + choice number. `echo` repeats the prompt (with its log-probs when `logprobs` is set)."""
     service = get_service(request)
-    _check_model(service, body)
+    steer, field = service.resolve_model(body.model, body.steer)
+    service.check_top_logprobs("logprobs", body.logprobs)
+    _no_stream(body, "logprobs", body.logprobs is not None)
+    _no_stream(body, "echo", body.echo)
     service.check_room(service.check_choices(len(body.prompts), body.n))
-    inputs = [_input(body, prompt, None, body.max_tokens) for prompt in body.prompts]
+    scoring = body.logprobs if body.echo else None
+    inputs = [
+        _input(
+            body,
+            steer,
+            field,
+            body.max_tokens,
+            **({"prompt": p, "raw": True} if isinstance(p, str) else {"prompt_ids": p}),
+            logprobs=body.logprobs,
+            prompt_logprobs=scoring,
+            echo=body.echo,
+        )
+        for p in body.prompts
+    ]
     prepared = await asyncio.to_thread(service.prepare_choices, inputs, body.n)
     handle = service.submit(prepared)
     if body.stream:
-        chunks = CompletionChunks(model=service.engine.name, ident=f"cmpl-{uuid.uuid4().hex}")
-        return sse_response(_stream(service, prepared, handle, chunks, _include_usage(body)))
-    texts, usage = await _run(service, prepared, handle, request)
+        chunks = CompletionChunks(model=body.model, ident=f"cmpl-{uuid.uuid4().hex}")
+        return sse_response(_stream(service, prepared, handle, chunks, body.include_usage))
+    await _run(service, handle, request)
+    choices = await asyncio.to_thread(_completion_choices, service.engine.tokenizer, body, handle)
     return CompletionResponse(
-        model=service.engine.name,
-        choices=[CompletionChoice(index=i, text=t, finish_reason=f) for i, (t, f) in enumerate(texts)],
-        usage=usage,
-        steer=prepared.applied,
+        model=body.model, choices=choices, usage=service.usage(prepared, handle), steer=prepared.applied
     )
+
+
+def _completion_choices(tokenizer: Any, body: CompletionRequest, handle: Handle) -> list[CompletionChoice]:
+    """Every choice's text (after the echoed prompt) and log-probs (decoding them is CPU work: off the loop)."""
+    choices = []
+    for i, seq in enumerate(handle.seqs):
+        shown = _echoed(tokenizer, body.prompts[i // body.n]) if body.echo else ""
+        lps = completion_logprobs(tokenizer, seq, body.echo) if body.logprobs is not None else None
+        choices.append(
+            CompletionChoice(
+                index=i, text=shown + seq.text, finish_reason=_finish(seq.finish_reason), logprobs=lps
+            )
+        )
+    return choices
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request
 ) -> ChatCompletionResponse | StreamingResponse:
-    """Answer the chat `n` times."""
+    """Answer the chat `n` times (the model's chat template)."""
     service = get_service(request)
-    _check_model(service, body)
+    steer, field = service.resolve_model(body.model, body.steer)
+    service.check_top_logprobs("top_logprobs", body.top_logprobs)
+    _no_stream(body, "logprobs", body.logprobs)
     service.check_room(service.check_choices(1, body.n))
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    inputs = [_input(body, None, body.messages, max_tokens)]
+    if max_tokens == 0:
+        raise invalid("max_tokens", "`max_tokens` must be >= 1 on /v1/chat/completions")
+    top = body.top_logprobs if body.logprobs else None
+    inputs = [_input(body, steer, field, max_tokens, messages=body.chat, logprobs=top)]
     prepared = await asyncio.to_thread(service.prepare_choices, inputs, body.n)
     handle = service.submit(prepared)
     if body.stream:
-        chunks = ChatChunks(model=service.engine.name, ident=f"chatcmpl-{uuid.uuid4().hex}")
-        return sse_response(_stream(service, prepared, handle, chunks, _include_usage(body)))
-    texts, usage = await _run(service, prepared, handle, request)
+        chunks = ChatChunks(model=body.model, ident=f"chatcmpl-{uuid.uuid4().hex}")
+        return sse_response(_stream(service, prepared, handle, chunks, body.include_usage))
+    await _run(service, handle, request)
+    tokenizer = service.engine.tokenizer
     return ChatCompletionResponse(
-        model=service.engine.name,
+        model=body.model,
         choices=[
-            ChatChoice(index=i, message=ChatMessageOut(content=t), finish_reason=f)
-            for i, (t, f) in enumerate(texts)
+            ChatChoice(
+                index=i,
+                message=ChatMessageOut(content=seq.text),
+                finish_reason=_finish(seq.finish_reason),
+                logprobs=chat_logprobs(tokenizer, seq) if body.logprobs else None,
+            )
+            for i, seq in enumerate(handle.seqs)
         ],
-        usage=usage,
+        usage=service.usage(prepared, handle),
         steer=prepared.applied,
     )
 
 
-def _include_usage(body: OpenAIBase) -> bool:
-    return body.stream_options is not None and body.stream_options.include_usage
-
-
-async def _run(
-    service: Service, prepared: Prepared, handle: Handle, request: Request
-) -> tuple[list[tuple[str, str]], Usage]:
-    """Wait for every choice: (text, finish_reason) per choice in order, and the summed usage; or the error."""
+async def _run(service: Service, handle: Handle, request: Request) -> None:
+    """Wait for every choice; the error of a failed one."""
     await service.wait(handle, request.is_disconnected)
-    return [(s.text, _finish(s.finish_reason)) for s in handle.seqs], service.usage(prepared, handle)
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,9 @@ def test_openai_routes_share_the_checks(client: httpx.Client) -> None:
     cases = [
         ("/v1/completions", {"model": model, "prompt": "x", "max_tokens": -1}, "max_tokens"),
         ("/v1/completions", {"model": model, "prompt": []}, "prompt"),
-        ("/v1/completions", {"model": model, "prompt": [1, 2]}, "prompt"),
+        ("/v1/completions", {"model": model, "prompt": [1, 10**9]}, "prompt"),  # outside the vocabulary
+        ("/v1/completions", {"model": model, "prompt": [[1], [-2]]}, "prompt"),
+        ("/v1/completions", {"model": f"{model}:../x", "prompt": "x"}, "model"),
         ("/v1/completions", {"model": model, "prompt": ["a", "b"], "n": 5}, "prompt"),
         ("/v1/completions", {"model": "../../etc/passwd", "prompt": "x"}, "model"),
         ("/v1/completions", {"model": model, "prompt": "x", "steer": {"../x": 1}}, "steer.../x"),

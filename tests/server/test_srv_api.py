@@ -279,14 +279,22 @@ def oai(server: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
 
-def test_openai_models(oai: openai.OpenAI) -> None:
-    assert [m.id for m in oai.models.list().data] == ["tiny"]
+def test_openai_models(oai: openai.OpenAI, server: Any) -> None:
+    ids = [m.id for m in oai.models.list().data]
+    names = sorted(v.name for v in server.state.catalog.vectors())
+    assert set(CATALOG) <= set(names)
+    assert ids == ["tiny", *(f"tiny:{name}" for name in names)]
 
 
-def test_openai_completion_with_steer(oai: openai.OpenAI, client: httpx.Client) -> None:
+def test_openai_completion_with_steer(oai: openai.OpenAI, client: httpx.Client, tiny_engine: Engine) -> None:
+    from vectors.prompts import format_prompt
+
     native = gen(client, steer={"demo/delta": 4.0}, max_new_tokens=10)
+    # /generate formats the prompt as the trainer does (the chat template); /v1/completions continues what it
+    # is given, so it gets those very tokens
+    ids = format_prompt(tiny_engine.tokenizer, prompt=PROMPT)
     c = oai.completions.create(
-        model="tiny", prompt=PROMPT, max_tokens=10, temperature=0, extra_body={"steer": {"demo/delta": 4.0}}
+        model="tiny", prompt=ids, max_tokens=10, temperature=0, extra_body={"steer": {"demo/delta": 4.0}}
     )
     assert c.choices[0].text == native["text"]
     assert c.choices[0].finish_reason == "length" and c.usage.completion_tokens == 10

@@ -140,10 +140,12 @@ def test_choice_limits_are_422s_naming_the_field(oai: openai.OpenAI, server: Any
     assert rejected(lambda: complete(oai, []))["param"] == "prompt"
 
 
-def test_token_id_prompts_are_refused_by_name(oai: openai.OpenAI) -> None:
-    for prompt in ([1, 2, 3], [[1, 2], [3]]):
+def test_token_id_prompts_are_checked_against_the_vocabulary(oai: openai.OpenAI, tiny_engine: Engine) -> None:
+    vocab = len(tiny_engine.tokenizer)
+    for prompt in ([1, vocab], [[1, 2], [3, vocab + 7]]):
         err = rejected(lambda p=prompt: complete(oai, p))
-        assert err["param"] == "prompt" and "token-id" in err["message"]
+        assert err["param"] == "prompt" and "outside the vocabulary" in err["message"]
+    assert len(complete(oai, [[1, 2], [3]]).choices) == 2
 
 
 def test_more_choices_than_batch_rows_is_a_422(slow: Any) -> None:
