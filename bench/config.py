@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Mode = Literal["quick", "gpu", "smoke"]
-SUITES: tuple[str, ...] = ("decode", "server", "join", "train")
+SUITES: tuple[str, ...] = ("decode", "engine", "server", "join", "train")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class BenchConfig:
     new_tokens: int = 64  # decode steps timed after the first token
     ttft_prefills: int = 3  # prefills per round (their median is the round's time to first token)
     mixed_batch: int = 32  # rows with distinct configs
+    # the served engine's compiled decode step (engine and server suites)
+    compile_backend: str = "inductor"
     # server
     clients: int = 32
     server_new_tokens: int = 16
@@ -89,6 +91,7 @@ class BenchConfig:
             train_pairs=4,
             train_batch=2,
             train_epochs=1,
+            compile_backend="aot_eager",  # traces the same graph, compiles nothing
             world=None,
             extra={"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "d_sae": 64},
         )

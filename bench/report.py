@@ -19,10 +19,16 @@ SCHEMA = "sparse-steer-bench/1"
 SUMMARY_KEYS = (
     "overhead_b1",
     "overhead_b32_mixed",
+    "eager_overhead_b1",
+    "eager_overhead_b32_mixed",
+    "compiled_vs_eager_b1",
+    "compiled_vs_eager_b8",
+    "forward_overhead_b1",
     "reference_overhead_b1",
     "batched_vs_serial",
     "server_steered_vs_unsteered",
     "join_cost_ratio",
+    "server_ready_s",
 )
 _PACKAGES = ("torch", "transformers", "tokenizers", "sae-lens", "fastapi", "uvicorn", "httpx", "pydantic")
 
@@ -119,21 +125,30 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     if isinstance(decode, dict) and "cases" in decode:
         rows = decode["cases"]
         for b in sorted({r["batch"] for r in rows}):
-            out[f"overhead_b{b}"] = _worst(rows, b, "fast")
+            out[f"forward_overhead_b{b}"] = _worst(rows, b, "fast")
             out[f"reference_overhead_b{b}"] = _worst(rows, b, "reference")
             out[f"dense_overhead_b{b}"] = _worst(rows, b, "dense")
             out[f"hooks_overhead_b{b}"] = _worst(rows, b, "hooks-only")
         mixed = {r["variant"]: r for r in decode["mixed"]}
         out["mixed_batch"] = mixed["none"]["batch"]
-        out["overhead_b32_mixed"] = mixed["fast"]["overhead"]
+        out["forward_overhead_b32_mixed"] = mixed["fast"]["overhead"]
         out["reference_overhead_b32_mixed"] = mixed["reference"]["overhead"]
         none_b1 = [r for r in rows if r["batch"] == 1 and r["variant"] == "none"]
         if none_b1:
             out["decode_tok_s_b1"] = none_b1[0]["decode_tok_s"]["median"]
+    engine = result.get("engine")
+    if isinstance(engine, dict) and "overhead_b1" in engine:
+        for key in ("overhead_b1", "overhead_b32_mixed", "compiled_vs_eager_b1", "compiled_vs_eager_b8"):
+            out[key] = engine[key]
+        out["eager_overhead_b1"] = engine["eager_overhead_b1"]
+        out["eager_overhead_b32_mixed"] = engine[f"eager_overhead_b{engine['mixed_batch']}_mixed"]
+        out["engine_mode"] = engine["engine"]["mode"]
+        out["compile_s"] = engine["compile_s"]
     server = result.get("server")
     if isinstance(server, dict) and "batched_vs_serial" in server:
         out["batched_vs_serial"] = server["batched_vs_serial"]
         out["server_steered_vs_unsteered"] = server["steered_vs_unsteered"]
+        out["server_ready_s"] = server["ready_s"]
     join = result.get("join")
     if isinstance(join, dict) and "join_cost_ratio" in join:
         out["join_cost_ratio"] = join["join_cost_ratio"]
@@ -202,6 +217,17 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         ]
     elif decode is not None:
         lines += ["", f"decode: {decode}"]
+    engine = result.get("engine")
+    if isinstance(engine, dict) and "tok_s" in engine:
+        rows = [[case, v["median"]] for case, v in engine["tok_s"].items()]
+        lines += [
+            "",
+            f"engine: the served decode step ({engine['engine']['mode']}; compile + self-check "
+            f"{engine['compile_s']} s), {engine['new_tokens']} steps after a {engine['prompt_len']}-token prompt",
+            *_table(["case", "tok/s"], rows),
+        ]
+    elif engine is not None:
+        lines += ["", f"engine: {engine}"]
     server = result.get("server")
     if isinstance(server, dict) and "modes" in server:
         rows = [

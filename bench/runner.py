@@ -36,11 +36,18 @@ def check_device(cfg: BenchConfig) -> torch.device:
 
 def _suites() -> dict[str, Callable[[BenchWorld, BenchConfig], dict[str, Any]]]:
     from bench.decode import run_decode
+    from bench.engine_decode import run_engine
     from bench.join import run_join
     from bench.server_load import run_server
     from bench.train_speed import run_train
 
-    return {"decode": run_decode, "server": run_server, "join": run_join, "train": run_train}
+    return {
+        "decode": run_decode,
+        "engine": run_engine,
+        "server": run_server,
+        "join": run_join,
+        "train": run_train,
+    }
 
 
 def default_out(now: datetime | None = None) -> Path:
@@ -105,6 +112,6 @@ def _run(cfg: BenchConfig, device: torch.device, say: Callable[[str], None]) -> 
 def failed_suites(result: dict[str, Any]) -> list[str]:
     return [
         k
-        for k in ("decode", "server", "join", "train")
+        for k in ("decode", "engine", "server", "join", "train")
         if isinstance(result.get(k), dict) and result[k].get("status") == "failed"
     ]

@@ -38,14 +38,23 @@ class Round:
 
 @contextlib.contextmanager
 def serve(
-    world: BenchWorld, engine: Any, catalog: Path, *, max_batch: int, configs: int, new_tokens: int
+    world: BenchWorld,
+    engine: Any,
+    catalog: Path,
+    cfg: BenchConfig,
+    *,
+    max_batch: int,
+    configs: int,
+    timings: dict[str, float],
 ) -> Iterator[str]:
     """The real app (`server.app.create_app`) under uvicorn in a thread on a free loopback port; yields its URL.
 
-    Both servers of a run share one engine (its slots and hooks): only one is ever busy.
+    Both servers of a run share one engine (its slots and hooks): only one is ever busy. The decode step is the
+    served one (`engine=auto`: compiled and verified per bucket); `timings["ready_s"]` is the time to ready.
     """
     import uvicorn
 
+    from bench.engine_decode import served_buckets
     from server.app import create_app
     from server.settings import ServerSettings
 
@@ -57,8 +66,11 @@ def serve(
         max_batch=max_batch,
         max_configs_per_batch=configs,
         max_queue=max(64, 4 * configs),
-        max_new_tokens=max(new_tokens, 16),
-        default_max_new_tokens=new_tokens,
+        max_new_tokens=max(cfg.server_new_tokens, 16),
+        default_max_new_tokens=cfg.server_new_tokens,
+        engine="auto",
+        compile_backend=cfg.compile_backend,
+        compile_buckets=served_buckets(engine.runner.slots),
         catalog_poll_s=3600.0,
         warmup=True,
         warmup_tokens=2,
@@ -74,9 +86,11 @@ def serve(
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="bench-uvicorn"
     )
+    t0 = time.monotonic()
     thread.start()
     try:
         _wait_ready(url, server)
+        timings.setdefault("ready_s", time.monotonic() - t0)
         yield url
     finally:
         server.should_exit = True
@@ -164,9 +178,10 @@ def run_server(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
         for v in vecs:
             save_vector(v, vector_path(catalog, v.name))
         engine = bench_engine(world, slots=n)
+        timings: dict[str, float] = {}
         with (
-            serve(world, engine, catalog, max_batch=n, configs=n, new_tokens=tokens) as batched_url,
-            serve(world, engine, catalog, max_batch=1, configs=1, new_tokens=tokens) as serial_url,
+            serve(world, engine, catalog, cfg, max_batch=n, configs=n, timings=timings) as batched_url,
+            serve(world, engine, catalog, cfg, max_batch=1, configs=1, timings=timings) as serial_url,
         ):
             rounds = interleave(
                 {
@@ -191,4 +206,5 @@ def run_server(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
         "batched_vs_serial": round(paired_ratio(tok_s["batched"], tok_s["serial"]), 4),
         "steered_vs_unsteered": round(paired_ratio(tok_s["batched"], tok_s["batched_unsteered"]), 4),
         "batched_tokens_per_s_median": round(median(tok_s["batched"]), 2),
+        "ready_s": round(timings["ready_s"], 2),
     }

@@ -95,23 +95,29 @@ class CompiledDecode:
         return out.clone() if self.cuda else out  # a replay overwrites the graph's outputs
 
     # --- start-up -----------------------------------------------------------------------------------------
-    def prepare(self, requested: EngineMode, say: Callable[[str], None] = log.info) -> EngineStatus:
+    def prepare(
+        self,
+        requested: EngineMode,
+        buckets: list[int] | None = None,
+        say: Callable[[str], None] = log.info,
+    ) -> EngineStatus:
         """Compile and verify every bucket (largest first: CUDA graphs share the largest one's pool)."""
         status = EngineStatus(requested=requested)
         r = self.runner
+        sizes = sorted({b for b in (buckets or buckets_for(r.slots)) if b <= r.slots})
         if requested == "eager":
             status.reason = "STEER_ENGINE=eager"
-            status.buckets = dict.fromkeys(buckets_for(r.slots), "eager: STEER_ENGINE=eager")
+            status.buckets = dict.fromkeys(sizes, "eager: STEER_ENGINE=eager")
             return status
         if self.cuda:
             for t in r.buffers():
                 torch._dynamo.mark_static_address(t)
-        limit = max(torch._dynamo.config.cache_size_limit, len(buckets_for(r.slots)) + 2)
+        limit = max(torch._dynamo.config.cache_size_limit, len(sizes) + 2)
         torch._dynamo.config.cache_size_limit = limit
         mode = "reduce-overhead" if self.cuda else None
         self._fn = torch.compile(r.graph_step, dynamic=False, mode=mode, backend=self.backend)
         t_all = time.perf_counter()
-        for b in sorted(buckets_for(r.slots), reverse=True):
+        for b in sorted(sizes, reverse=True):
             t0 = time.perf_counter()
             try:
                 problem = self.self_check(b)

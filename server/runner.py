@@ -204,10 +204,12 @@ class ModelRunner:
         )
         return out.logits[:, -1]
 
-    def compile(self, requested: EngineMode, backend: str = "inductor") -> EngineStatus:
+    def compile(
+        self, requested: EngineMode, backend: str = "inductor", buckets: list[int] | None = None
+    ) -> EngineStatus:
         """Compile and verify the decode step per bucket (`server.compiled`); eager where that fails."""
         compiled = CompiledDecode(self, backend=backend)
-        self.status = compiled.prepare(requested)
+        self.status = compiled.prepare(requested, buckets)
         self.compiled = compiled if compiled.ok else None
         return self.status
 

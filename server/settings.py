@@ -93,6 +93,11 @@ class ServerSettings(BaseSettings):
         description="inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR): a writable folder where files may be "
         "executed; a warm cache makes restarts compile in seconds.",
     )
+    compile_buckets: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Batch sizes to compile a decode graph for, comma-separated (default 1, 2, 4, … max_batch); "
+        "a step of n rows runs in the smallest bucket ≥ n, eagerly above the largest. Fewer buckets start faster.",
+    )
     compile_backend: str = Field(
         default="inductor", description="torch.compile backend (tests use aot_eager for traceability)."
     )
@@ -128,12 +133,19 @@ class ServerSettings(BaseSettings):
             return WORLD_NAME
         return base_id_from(folder.name or self.model)
 
-    @field_validator("sae", mode="before")
+    @field_validator("sae", "compile_buckets", mode="before")
     @classmethod
-    def _split_sae(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("compile_buckets")
+    @classmethod
+    def _check_buckets(cls, value: list[int]) -> list[int]:
+        if any(b < 1 for b in value):
+            raise ValueError("compile buckets must be positive batch sizes")
+        return sorted(set(value))
 
     def public_limits(self) -> dict[str, object]:
         """The limits a client may want to know (no paths, no secrets)."""

@@ -75,7 +75,9 @@ class ServerState:
             if s.engine != "eager":
                 self.detail = "compiling the decode step"
                 set_compile_cache(s.compile_cache_dir)
-            status = await asyncio.to_thread(engine.runner.compile, s.engine, s.compile_backend)
+            status = await asyncio.to_thread(
+                engine.runner.compile, s.engine, s.compile_backend, s.compile_buckets or None
+            )
             self.metrics.set_engine(status)
             if status.reason and s.engine != "eager":
                 log.warning("engine: %s (%s)", status.mode, status.reason)

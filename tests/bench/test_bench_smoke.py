@@ -62,8 +62,12 @@ def test_smoke_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert mode["tokens_per_round"] == cfg["clients"] * cfg["server_new_tokens"]
         assert mode["latency_ms"]["p50"] <= mode["latency_ms"]["p99"]
 
+    engine = result["engine"]
+    assert engine["engine"]["mode"] == "compiled" and engine["served"] == "compiled"
+    assert set(engine["tok_s"]) >= {"eager_b1", "compiled_b1", "eager_b3_mixed", "compiled_b3_mixed"}
+
     join = result["join"]
-    assert join["running_rows"] == cfg["clients"] - 1 and join["long_context"] == 400
+    assert join["running_rows"] == cfg["clients"] - 1 and join["long_context"] > join["short_context"]
     assert len(join["join_ms"]["long"]["samples"]) == cfg["repeats"]
 
     train = result["train"]
