@@ -40,8 +40,10 @@ $(DEMO)/report.json: $(DEMO)/world.json
 
 demo: $(DEMO)/report.json
 
+# The decode step is compiled per batch-size bucket at start-up (STEER_ENGINE=auto); inductor's cache under var/
+# makes a restart compile in seconds.
 serve: setup $(DEMO)/report.json
-	HF_HUB_OFFLINE=1 $(BIN)/steer serve --model $(DEMO)/model --sae $(DEMO)/sae \
+	HF_HUB_OFFLINE=1 STEER_COMPILE_CACHE_DIR=$${STEER_COMPILE_CACHE_DIR:-var/cache/inductor} $(BIN)/steer serve --model $(DEMO)/model --sae $(DEMO)/sae \
 		--vectors $(DEMO)/vectors --host $(HOST) --port $(PORT)
 
 bench: setup $(DEMO)/report.json
