@@ -192,17 +192,7 @@ class ModelRunner:
 
     def graph_step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The decode forward that `server.compiled` compiles: slots [0, b), every key position, no host sync."""
-        full, sliding = attention_masks(positions, self.max_context, self.dtype, self.sliding_window)
-        mask: Any = full if sliding is None else {"full_attention": full, "sliding_attention": sliding}
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_kwarg: self.cache},
-        )
-        return out.logits[:, -1]
+        return self._model(ids, positions, self.max_context, 1)[:, -1]
 
     def compile(
         self, requested: EngineMode, backend: str = "inductor", buckets: list[int] | None = None
@@ -227,6 +217,12 @@ class ModelRunner:
     ) -> torch.Tensor:
         self.cache.bind(start, positions, kv_len)
         self.steering.select(start, ids.shape[0], phase)  # type: ignore[arg-type]
+        return self._model(ids, positions, kv_len, keep)
+
+    def _model(
+        self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int, keep: int | torch.Tensor
+    ) -> torch.Tensor:
+        """The model's forward over the bound slots, with masks built from the positions."""
         full, sliding = attention_masks(positions, kv_len, self.dtype, self.sliding_window)
         mask: Any = full if sliding is None else {"full_attention": full, "sliding_attention": sliding}
         out = self.model(
