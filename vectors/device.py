@@ -23,14 +23,19 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` → cuda, mps or cpu (the first available); anything else as torch spells it."""
+    """`auto` → cuda, mps or cpu (the first available); anything else as torch spells it (CUDA must exist)."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r}: no CUDA device is visible (or this torch is a CPU build); use auto or cpu"
+        )
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

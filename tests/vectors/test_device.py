@@ -28,3 +28,9 @@ def test_auto_is_float32_off_cuda_and_names_round_trip() -> None:
         assert dtype_name(resolve_dtype(name, cpu)) == name
     with pytest.raises(ValueError, match="unknown dtype 'half'"):
         resolve_dtype("half", cpu)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="no CUDA device is visible"):
+        resolve_device("cuda")
