@@ -55,7 +55,7 @@ def trained(server: ServeProcess, offline_hub: HubHome, catalog: Path) -> dict[s
         summary = json.loads(steer(argv))
     report = catalog.parent / "gemma-eval.json"
     argv = ["eval", "--model", GEMMA_ID, "--sae", SCOPE_SAE, "--catalog", str(catalog), "--vectors", VECTOR]
-    argv += ["--data", str(offline_hub.mcq), "--strengths", "0,1,2", "--out", str(report), "--no-progress"]
+    argv += ["--data", str(offline_hub.mcq), "--strengths", "0,1", "--out", str(report), "--no-progress"]
     steer(argv)
     return {"summary": summary, "report": json.loads(report.read_text())}
 
@@ -78,7 +78,7 @@ def test_train_and_eval_by_hub_ids(trained: dict[str, Any], catalog: Path) -> No
     assert (meta.model.name, meta.model.hidden_size, meta.model.num_layers) == (GEMMA_ID, GEMMA_WIDTH, 3)
     assert (meta.sae.source, meta.sae.d_sae, meta.sae.architecture) == (SCOPE_SAE, SCOPE_D_SAE, "jumprelu")
     assert meta.training["hyperparameters"]["dtype"] == "bfloat16"
-    assert set(trained["report"]["vectors"][VECTOR]["by_strength"]) == {"0", "1", "2"}
+    assert set(trained["report"]["vectors"][VECTOR]["by_strength"]) == {"0", "1"}
     assert meta.eval["target"] == "morocco"
 
 
