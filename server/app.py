@@ -14,14 +14,15 @@ from server.engine import Engine
 from server.errors import (
     ApiError,
     handle_api_error,
+    handle_chat_template_error,
     handle_http_error,
-    handle_unexpected,
     handle_validation_error,
 )
-from server.middleware import ApiKeyAuth, BodyLimit, RequestMetrics
+from server.middleware import ApiKeyAuth, BodyLimit, RequestMetrics, UnexpectedErrors
 from server.routes import generate, health, openai, playground, tokenize, vectors
 from server.settings import ServerSettings
 from server.state import ServerState
+from vectors.prompts import ChatTemplateError
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,11 @@ def create_app(
     app.add_exception_handler(ApiError, handle_api_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
-    app.add_exception_handler(Exception, handle_unexpected)
-    # Added last = outermost: metrics see every status, auth runs before the body is read.
+    app.add_exception_handler(ChatTemplateError, handle_chat_template_error)
+    # Added last = outermost: metrics see every status, auth runs before the body is read. Any other
+    # exception is answered innermost, by UnexpectedErrors, not by a handler for `Exception`: Starlette
+    # re-raises after such a handler, and uvicorn then drops the client's keep-alive connection.
+    app.add_middleware(UnexpectedErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None and settings.api_key.get_secret_value():
         app.add_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value())

@@ -21,6 +21,7 @@ from server.batcher import Batcher
 from server.output import OutputStage
 from server.runner import ModelRunner
 from server.sequence import Sequence, SteerSpec
+from vectors.device import resolve_device, resolve_dtype
 from vectors.hooks import text_config
 
 log = logging.getLogger(__name__)
@@ -41,24 +42,6 @@ class EngineConfig:
     step_delay_s: float = 0.0
     max_batch: int = 8
     max_neg_features: int = 256
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
 class Engine:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.protocol import ErrorInfo, ErrorResponse
+from vectors.prompts import ChatTemplateError
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
@@ -108,5 +109,12 @@ async def handle_http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(ApiError(exc.status_code, str(exc.detail), type=kind, headers=exc.headers))
 
 
-async def handle_unexpected(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="internal_error"))
+async def handle_chat_template_error(_: Request, exc: Exception) -> JSONResponse:
+    """The model's chat template refused the request's chat: a 422 naming the field, with the template's words."""
+    assert isinstance(exc, ChatTemplateError)
+    return error_response(invalid(exc.field, f"`{exc.field}`: {exc}"))
+
+
+def unexpected_error(exc: BaseException) -> ApiError:
+    """The 500 an unexpected exception is answered with (its type only: no internals leak)."""
+    return ApiError(500, f"internal error: {type(exc).__name__}", type="internal_error")

@@ -3,18 +3,23 @@
 - `RequestMetrics`: counts requests by route template and status.
 - `ApiKeyAuth`: `Authorization: Bearer <key>` except on the open routes (`is_open`), constant-time compare.
 - `BodyLimit`: 413 for bodies over the limit, by Content-Length or by counting what arrives.
+- `UnexpectedErrors`: an exception no handler took is answered with the 500 error body, and the
+  keep-alive connection stays usable.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import error_payload
+from server.errors import error_payload, unexpected_error
 from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health", "/", "/playground"})
 # The playground page and its static files carry no data; the key is typed into the page and sent by its calls.
@@ -139,6 +144,40 @@ class BodyLimit:
         await _send_error(
             send, 413, f"request body is larger than {self.max_bytes} bytes", "request_too_large", []
         )
+
+
+class UnexpectedErrors:
+    """The 500 for an exception that no handler took, sent here so that nothing re-raises it.
+
+    Starlette's outermost error middleware answers such an exception and then re-raises it, and uvicorn
+    closes the connection after a response that it thinks went wrong, under a client that is about to reuse
+    it (the next request on a pooled connection fails). Once a response has started (a stream), there is
+    nothing left to answer: the exception goes on, and uvicorn ends that response by closing the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                raise
+            log.error("unexpected error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            error = unexpected_error(exc)
+            await _send_error(send, error.status, error.message, error.type, [])
 
 
 def route_table(app: Any, prefix: str = "") -> list[tuple[str, set[str]]]:

@@ -19,6 +19,27 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _device_flags(group: Any) -> None:
+    """`--device` / `--dtype`, chosen as `steer serve` chooses them (flag, else STEER_DEVICE / STEER_DTYPE, else auto)."""
+    group.add_argument(
+        "--device",
+        help="auto, cpu, cuda, cuda:N, mps (default: $STEER_DEVICE, else auto: the GPU if there is one)",
+    )
+    group.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16", "float64"],
+        help="default: $STEER_DTYPE, else auto (bfloat16 on a GPU, float32 on the CPU)",
+    )
+
+
+def _placement(args: argparse.Namespace) -> tuple[str, str]:
+    """(device, dtype) names the run uses, `auto` and the environment resolved."""
+    from vectors.device import DEVICE_ENV, DTYPE_ENV, dtype_name, requested, resolve_device, resolve_dtype
+
+    device = resolve_device(requested(args.device, DEVICE_ENV))
+    return str(device), dtype_name(resolve_dtype(requested(args.dtype, DTYPE_ENV), device))
+
+
 def register_train(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train",
@@ -84,8 +105,7 @@ def register_train(subparsers: Any) -> None:
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--checkpoint-every", type=int, default=100)
     g.add_argument("--resume", action="store_true", help="continue from the run's checkpoint if there is one")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    _device_flags(g)
     g.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_train)
 
@@ -96,6 +116,7 @@ def _train(args: argparse.Namespace) -> int:
     from vectors.errors import SteerError
 
     try:
+        device, dtype = _placement(args)
         cfg = TrainConfig(
             method=args.method,
             model=args.model,
@@ -128,8 +149,8 @@ def _train(args: argparse.Namespace) -> int:
             log_dir=args.log_dir,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
-            device=args.device,
-            dtype=args.dtype,
+            device=device,
+            dtype=dtype,
             reference_mode=args.reference_mode,
             progress=not args.no_progress,
             target=args.target,
@@ -146,6 +167,8 @@ def _train(args: argparse.Namespace) -> int:
         "steps_to_loss_0.1": result.steps_to_loss(0.1) if result.losses else None,
         "pairs_per_second": result.pairs_per_second,
         "seconds": round(result.seconds, 2),
+        "device": device,
+        "dtype": dtype,
         "data": result.encode_stats,
         "log": str(result.log_path) if result.log_path else None,
     }
@@ -184,8 +207,7 @@ def register_eval(subparsers: Any) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="PNLG alpha")
     p.add_argument("--out", required=True, help="report JSON (the sweep PNG is written next to it)")
     p.add_argument("--no-write-back", action="store_true", help="leave the vector files untouched")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    _device_flags(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_eval)
 
@@ -196,6 +218,7 @@ def _eval(args: argparse.Namespace) -> int:
     from vectors.errors import SteerError
 
     try:
+        device, dtype = _placement(args)
         cfg = EvalConfig(
             model=args.model,
             sae=args.sae,
@@ -209,8 +232,8 @@ def _eval(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             out=args.out,
             write_back=not args.no_write_back,
-            device=args.device,
-            dtype=args.dtype,
+            device=device,
+            dtype=dtype,
             progress=not args.no_progress,
         )
         report = evaluate_vectors(cfg)

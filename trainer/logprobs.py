@@ -1,9 +1,14 @@
 """Batched forwards for training: summed response log-probs and layer activations at the last token.
 
 Rows are LEFT-padded, so every response ends at the last position: the logits needed for the
-response tokens are the last `K+1` positions (`logits_to_keep`, no full-vocabulary logits over the
-prompt), and "the last token" is position −1 for every row. Explicit `position_ids` make a padded
-row compute exactly what it would alone.
+response tokens are those of the `K` positions before the last (`logits_to_keep` as an index tensor:
+no full-vocabulary logits over the prompt), and "the last token" is position −1 for every row.
+Explicit `position_ids` make a padded row compute exactly what it would alone.
+
+The positions are given as indices, not as a count: a count makes the model slice its hidden states,
+and the lm_head then multiplies a non-contiguous view, which CPU bf16 matmuls handle by a fallback
+orders of magnitude slower (it tried to allocate 37 GB at Gemma's 256k vocabulary). Indexing copies
+the K rows into a contiguous tensor first.
 """
 
 from __future__ import annotations
@@ -75,10 +80,11 @@ def _accepts_logits_to_keep(model: Any) -> bool:
 
 def response_logprobs(model: Any, batch: Batch) -> Tensor:
     """Summed log-probability of each row's response tokens ([R], float32 or wider); differentiable."""
-    k = batch.targets.shape[1]
+    width, k = batch.input_ids.shape[1], batch.targets.shape[1]
+    scored = torch.arange(width - k - 1, width - 1, device=batch.input_ids.device)  # predict the K targets
     kwargs: dict[str, Any] = {}
     if _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = k + 1
+        kwargs["logits_to_keep"] = scored
     out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -86,7 +92,7 @@ def response_logprobs(model: Any, batch: Batch) -> Tensor:
         use_cache=False,
         **kwargs,
     )
-    logits = out.logits[:, -(k + 1) : -1, :]
+    logits = out.logits if "logits_to_keep" in kwargs else out.logits[:, scored, :]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least; float64 kept
     logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
     return (logp * batch.target_mask).sum(-1)

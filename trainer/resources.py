@@ -11,14 +11,8 @@ from typing import Any
 
 import torch
 
+from vectors.device import DTYPES
 from vectors.metadata import ModelRef
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:

@@ -9,6 +9,7 @@ context should apply one steering config to all rows (and keep its phase at "pro
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,23 +93,29 @@ def option_accuracy(model: Any, tokenizer: Any, questions: Sequence[Question]) -
 
 @torch.no_grad()
 def _score_rows(model: Any, rows: Sequence[tuple[list[int], list[int]]]) -> list[float]:
-    """Summed log-prob of each row's suffix given its prefix; rows are right-padded into one batch."""
+    """Summed log-prob of each row's suffix given its prefix; rows are right-padded into one batch.
+
+    Only the positions that predict a suffix token reach the lm_head (`logits_to_keep` as a boolean
+    mask): full-vocabulary logits over every prompt position of 256 rows were ~10 GB at Gemma's size.
+    """
     device = next(model.parameters()).device
     lengths = [len(p) + len(s) for p, s in rows]
     width = max(lengths)
     input_ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
+    keep = torch.zeros(len(rows), width, dtype=torch.bool)
     for i, (prefix, suffix) in enumerate(rows):
         input_ids[i, : lengths[i]] = torch.tensor(prefix + suffix)
         mask[i, : lengths[i]] = 1
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-    logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-    scores = []
-    for i, (prefix, suffix) in enumerate(rows):
-        positions = torch.arange(len(prefix) - 1, len(prefix) + len(suffix) - 1)
-        targets = torch.tensor(suffix)
-        scores.append(float(logprobs[i, positions, targets].sum()))
-    return scores
+        keep[i, len(prefix) - 1 : lengths[i] - 1] = True
+    targets = torch.tensor([t for _, suffix in rows for t in suffix], device=device)
+    kwargs: dict[str, Any] = {}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = keep.to(device)
+    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+    kept = logits if kwargs else logits[keep.to(device)]  # [sum of suffix lengths, vocab], row-major
+    token_logp = torch.log_softmax(kept.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1).cpu()
+    return [float(part.sum()) for part in token_logp.split([len(s) for _, s in rows])]
 
 
 __all__ = [

@@ -129,6 +129,9 @@ def test_train_job_shares_the_catalog(compose: dict[str, Any]) -> None:
         [*entry[1:], "--method", "yapo", "--data", "/data/train/x.jsonl", "--name", "culture/x"]
     )
     assert (args.model, args.out, args.layer) == (flags["model"], "/data/catalog", 15)
+    # Trains on the reserved GPU in the server's precision, not on the CPU in float32.
+    env = steer["environment"]
+    assert (args.device, args.dtype) == ("cuda", "bfloat16") == (env["STEER_DEVICE"], env["STEER_DTYPE"])
 
 
 def test_mount_points_match_the_image() -> None:

@@ -136,6 +136,7 @@ def test_shared_catalog(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
     assert args["log-dir"].startswith(args["out"] + "/.")
     parsed = parse_steer(_container(train)["args"])  # the image's ENTRYPOINT is `steer`
     assert (parsed.method, parsed.name) == ("yapo", "culture/morocco")
+    assert (parsed.device, parsed.dtype) == ("cuda", "bfloat16"), "the train Job trains on its GPU"
     serve_env = env_of(_container(deployment))
     assert (args["model"], args["sae"]) == (serve_env["STEER_MODEL"], serve_env["STEER_SAE"])
     prefetch_env = env_of(_container(objects[("Job", "steer-prefetch-")]))

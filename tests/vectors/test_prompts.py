@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
-from vectors.prompts import format_prompt, has_chat_template
+from vectors.prompts import ChatTemplateError, format_prompt, has_chat_template
 
 # Writes BOS itself, like Gemma's template, while the tokenizer also adds one: the double-BOS trap.
 BOS_TEMPLATE = (
@@ -16,6 +17,16 @@ BOS_TEMPLATE = (
 # Injects a default system prompt when none is given, like Qwen2.5's template.
 SYSTEM_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}<|system|>You are a helpful assistant.</s>{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+# Gemma-2-it's real template: no system role, strictly alternating user/model turns.
+GEMMA2_TEMPLATE = (Path(__file__).parents[1] / "hub" / "templates" / "gemma-2-it.jinja").read_text()
+# Writes a default system prompt of its own and refuses one from the caller.
+STUBBORN_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "<|system|>You are a helpful assistant.</s>"
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
@@ -72,3 +83,45 @@ def test_exactly_one_of_prompt_or_messages(plain_tok) -> None:
         format_prompt(plain_tok)
     with pytest.raises(ValueError):
         format_prompt(plain_tok, prompt="a", messages=[{"role": "user", "content": "b"}])
+
+
+def test_system_turn_folds_into_the_first_user_turn_when_the_template_refuses_it(plain_tok) -> None:
+    tok = _with_template(plain_tok, GEMMA2_TEMPLATE)
+    chat = [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "What do we eat?"},
+        {"role": "assistant", "content": "Couscous."},
+        {"role": "user", "content": "And to drink?"},
+    ]
+    folded = [{"role": "user", "content": "Answer in one word.\n\nWhat do we eat?"}, *chat[2:]]
+    ids = format_prompt(tok, messages=chat)
+    assert ids == format_prompt(tok, messages=folded)
+    assert ids.count(tok.bos_token_id) == 1 and "Answer in one word." in tok.decode(ids)
+    # A lone system turn becomes the user turn.
+    lone = format_prompt(tok, messages=[{"role": "system", "content": "Be brief."}])
+    assert lone == format_prompt(tok, prompt="Be brief.")
+
+
+@pytest.mark.parametrize(
+    "chat",
+    [
+        [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+        [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": "b"},
+        ],
+        [{"role": "assistant", "content": "a"}],
+    ],
+)
+def test_a_chat_the_template_rejects_raises_its_own_message(plain_tok, chat) -> None:
+    tok = _with_template(plain_tok, GEMMA2_TEMPLATE)
+    with pytest.raises(ChatTemplateError, match="Conversation roles must alternate") as err:
+        format_prompt(tok, messages=chat)
+    assert err.value.field == "messages" and isinstance(err.value, ValueError)
+
+
+def test_no_empty_system_turn_is_injected_into_a_template_that_refuses_it(plain_tok) -> None:
+    tok = _with_template(plain_tok, STUBBORN_TEMPLATE)
+    text = tok.decode(format_prompt(tok, prompt="hello"))
+    assert "<|user|>hello" in text  # its own default system prompt stays: there is no way to replace it
