@@ -172,7 +172,9 @@ class ModelRunner:
         rows = slice(start, start + n)
         if max(self.lengths[rows]) + 1 > self.max_context:
             raise ValueError(f"a row would exceed max_context {self.max_context}")
-        bucket = self.compiled.bucket(n) if self.compiled is not None and start == 0 else None
+        bucket = None
+        if self.compiled is not None and start == 0 and not self.steering.needs_full_encode(0, n):
+            bucket = self.compiled.bucket(n)
         logits = self.compiled.logits(bucket)[:n] if bucket is not None else self.eager_logits(start, n)  # type: ignore[union-attr]
         self.after_forward()
         out = self._sample(logits, start)

@@ -59,7 +59,8 @@ class ServerSettings(BaseSettings):
     max_neg_features: int = Field(
         default=256,
         ge=0,
-        description="Negative SAE features per layer a row's steering may have (sizes the per-slot buffers).",
+        description="Negative SAE features per layer a row's steering keeps in its slot's gathered buffers (and "
+        "in the compiled step); a row with more takes the exact full SAE encode, in eager steps.",
     )
     max_choices_per_request: int = Field(
         default=8, ge=1, description="OpenAI routes: prompts × n per request (each choice is a batch row)."

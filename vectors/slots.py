@@ -7,7 +7,9 @@ decoder rows of up to `max_neg` negative features, per-phase switches) and insta
 config into a slot, clearing it, moving it and switching phases change buffer *contents* only, never shapes or
 addresses, so the same forward runs eagerly, compiled or captured. The hook is branch-free: every row computes
 ``h + delta + W_dec[N]ᵀ max(−z_N(h), u_N)`` and `torch.where` keeps h itself (bit for bit) for rows that are
-unsteered, at strength 0, or switched off in the current phase.
+unsteered, at strength 0, or switched off in the current phase. A row with more than `max_neg` negative features
+(a dense-ish trained code over a wide SAE) keeps u on them in a [d_sae] buffer and takes the exact full encode;
+forwards holding such a row are the only ones that pay for it, and they run eagerly.
 
 This is the one implementation of fast steering: the server's engine and `steer eval` (`apply_config`) both use
 it; `vectors.steering.reference_steer` is the full round trip it is tested against.
@@ -189,12 +191,20 @@ class LayerSlots:
         self.enc_b = zeros(slots, 1, K) if elementwise else None
         has_thr = elementwise and coder is not None and coder.threshold is not None
         self.enc_thr = zeros(slots, 1, K) if has_thr else None
+        # A row with more negative features than `max_neg` keeps u on them here (0 elsewhere) and takes the full
+        # encode: max(−z_i, 0) = 0 off its support, so the term is exact. Only eager forwards carry such rows.
+        self.neg_full = zeros(slots, 1, coder.d_sae) if coder is not None else None
+        self.full_slots: set[int] = set()
 
     def buffers(self) -> list[torch.Tensor]:
         """Every tensor this layer owns (their addresses never change)."""
         found = [self.delta, self.active, self.neg_idx, self.neg_val, self.dec_w, *self.on.values()]
-        extra = (self.code_delta, self.enc_wT, self.enc_b, self.enc_thr)
+        extra = (self.code_delta, self.enc_wT, self.enc_b, self.enc_thr, self.neg_full)
         return found + [t for t in extra if t is not None]
+
+    def needs_full_encode(self, rows: slice) -> bool:
+        """True when a slot in `rows` has more negative features than the gathered path holds."""
+        return any(rows.start <= s < rows.stop for s in self.full_slots)
 
     # --- writing ------------------------------------------------------------------------------------------
     def write(self, slot: int, row: LayerRow | None) -> None:
@@ -207,12 +217,11 @@ class LayerSlots:
             assert self.code_delta is not None
             self.code_delta[slot, 0].copy_(row.code_delta)
         k = row.neg_idx.numel()
-        if k:
-            if k > self.max_neg:
-                raise ValueError(
-                    f"layer {self.layer}: {k} negative SAE features exceed this server's max_neg_features "
-                    f"({self.max_neg}; STEER_MAX_NEG_FEATURES)"
-                )
+        if k > self.max_neg:
+            assert self.neg_full is not None
+            self.neg_full[slot, 0, row.neg_idx.to(self.neg_full.device)] = row.neg_val.to(self.neg_full)
+            self.full_slots.add(slot)
+        elif k:
             coder = self.coder
             assert coder is not None
             idx = row.neg_idx.to(coder.device)
@@ -231,12 +240,17 @@ class LayerSlots:
     def clear(self, slot: int) -> None:
         for t in self.buffers():
             t[slot].zero_()
+        self.full_slots.discard(slot)
 
     def move(self, src: int, dst: int) -> None:
         """Copy slot `src` into slot `dst` (compaction) and clear `src`."""
         for t in self.buffers():
             t[dst].copy_(t[src])
             t[src].zero_()
+        self.full_slots.discard(dst)
+        if src in self.full_slots:
+            self.full_slots.discard(src)
+            self.full_slots.add(dst)
 
     # --- applying -----------------------------------------------------------------------------------------
     def steer(self, h: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -254,6 +268,10 @@ class LayerSlots:
                     idx = self.neg_idx[rows].expand(h.shape[0], h.shape[1], self.max_neg)
                     z = full.gather(-1, idx)
                 code = torch.matmul(torch.maximum(-z, self.neg_val[rows]), self.dec_w[rows])
+            if self.neg_full is not None and self.needs_full_encode(rows):
+                z_all = coder.encode(h)
+                full_term = torch.maximum(-z_all, self.neg_full[rows]) @ coder.W_dec
+                code = full_term if code is None else code + full_term
             if self.code_delta is not None:
                 code = self.code_delta[rows] if code is None else code + self.code_delta[rows]
             if code is not None:
@@ -316,18 +334,18 @@ class SlotSteering:
 
     # --- contents -----------------------------------------------------------------------------------------
     def check(self, rows: Mapping[int, LayerRow]) -> None:
-        """Raise `ValueError` if `rows` cannot be written into a slot (too many negative features)."""
-        for layer, row in rows.items():
+        """Raise `ValueError` if `rows` steer a layer this object does not hook."""
+        for layer in rows:
             if layer not in self.layers:
                 raise ValueError(
                     f"layer {layer} is not steerable here (hooked layers: {sorted(self.layers)})"
                 )
-            cap = self.layers[layer].max_neg
-            if row.neg_idx.numel() > cap:
-                raise ValueError(
-                    f"layer {layer}: {row.neg_idx.numel()} negative SAE features; this server takes at most "
-                    f"{cap} per layer (STEER_MAX_NEG_FEATURES)"
-                )
+
+    def needs_full_encode(self, start: int, n: int) -> bool:
+        """True when a slot in [start, start + n) has more negative features than the gathered path holds
+        (such forwards run eagerly: the compiled step holds the gathered path only)."""
+        rows = slice(start, start + n)
+        return any(layer.needs_full_encode(rows) for layer in self.layers.values())
 
     def write(self, slot: int, rows: Mapping[int, LayerRow]) -> None:
         """Steer `slot` with `rows` (layer -> `LayerRow`); layers not named are unsteered."""

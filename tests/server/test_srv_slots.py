@@ -94,11 +94,11 @@ def configs() -> list[SteerSpec]:
     ]
 
 
-def _engine(arch: str, coder: SparseCoder, slots: int = 8) -> Engine:
+def _engine(arch: str, coder: SparseCoder, slots: int = 8, max_neg: int = 256) -> Engine:
     torch.manual_seed(0)
     model = MODELS[arch]().eval()
     model.generation_config.eos_token_id = None  # compare fixed-length runs
-    return Engine(model, Tokens(), {LAYER: coder}, max_context=64, max_batch=slots)
+    return Engine(model, Tokens(), {LAYER: coder}, max_context=64, max_batch=slots, max_neg_features=max_neg)
 
 
 @contextmanager
@@ -164,6 +164,19 @@ def test_joins_and_leaves_match_hf_generate(arch: str, coder: SparseCoder, confi
         assert s.output_ids == hf_tokens(engine, coder, ids[i], configs[i], lengths[i]), f"row {i}"
     plain = [hf_tokens(engine, coder, ids[i], SteerSpec(), lengths[i]) for i in (1, 2, 5)]
     assert sum(seqs[i].output_ids != p for i, p in zip((1, 2, 5), plain, strict=True)) >= 2  # steering acts
+
+
+def test_rows_beyond_the_gathered_buffers_take_the_full_encode(
+    coder: SparseCoder, configs: list[SteerSpec]
+) -> None:
+    """With room for 4 negative features per slot, the 20-negative vectors steer exactly through the full encode."""
+    engine = _engine("llama", coder, max_neg=4)
+    ids = prompts(6)
+    seqs = [Sequence(ids[i], SamplingParams(max_new_tokens=6), configs[i]) for i in range(6)]
+    engine.generate(seqs)
+    assert not engine.runner.steering.needs_full_encode(0, 8)  # every slot freed
+    for i, s in enumerate(seqs):
+        assert s.output_ids == hf_tokens(engine, coder, ids[i], configs[i], 6), f"row {i}"
 
 
 def test_32_rows_with_32_configs(coder: SparseCoder) -> None:

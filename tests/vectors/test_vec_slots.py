@@ -148,16 +148,31 @@ def test_buffers_never_move(coders64: dict[str, SparseCoder]) -> None:
     table.clear(0)
     assert torch.equal(table.steer(h, slice(0, 4))[0], h[0])
     assert [(t.data_ptr(), t.shape) for t in table.buffers()] == before
-    with pytest.raises(ValueError, match="STEER_MAX_NEG_FEATURES"):
-        table.write(0, _too_many(coder))
-
-
-def _too_many(coder: SparseCoder) -> LayerRow:
-    """A row with 41 negative features, for a 40-feature buffer."""
-    vec = SteeringVector.from_code(
-        sae_meta("t/many", d_sae=coder.d_sae), random_code(coder.d_sae, 41, seed=9, sign="negative")
+    # more negative features than the gathered buffers hold: the exact full-encode path, in the same buffers' slot
+    many, code = _too_many(coder)
+    table.write(2, many)
+    table.active[:4, 0, 0].copy_(table.on["prompt"][:4])  # what `SlotSteering.select` does before a forward
+    assert table.needs_full_encode(slice(0, 4)) and not table.needs_full_encode(slice(0, 2))
+    torch.testing.assert_close(
+        table.steer(h, slice(0, 4))[2], reference_steer(h[2], coder, code), atol=1e-9, rtol=0
     )
-    return compose({vec: 1.0}, {LAYER: coder}, D_MODEL)[LAYER]
+    table.move(2, 0)
+    assert table.needs_full_encode(slice(0, 1)) and not table.needs_full_encode(slice(1, 4))
+    torch.testing.assert_close(
+        table.steer(h, slice(0, 4))[0], reference_steer(h[0], coder, code), atol=1e-9, rtol=0
+    )
+    table.clear(0)
+    assert not table.full_slots and torch.equal(table.steer(h, slice(0, 4))[0], h[0])
+    assert [(t.data_ptr(), t.shape) for t in table.buffers()] == before
+
+
+def _too_many(coder: SparseCoder) -> tuple[LayerRow, torch.Tensor]:
+    """A row with more negative features than a 40-feature buffer holds (and some positive ones); and its u."""
+    code = random_code(coder.d_sae, 50, seed=9, sign="negative") + random_code(
+        coder.d_sae, 6, seed=8, sign="positive"
+    )
+    vec = SteeringVector.from_code(sae_meta("t/many", d_sae=coder.d_sae), code)
+    return compose({vec: 1.0}, {LAYER: coder}, D_MODEL)[LAYER], vec.code_vector().double()
 
 
 def test_invalid_configs(coders64: dict[str, SparseCoder]) -> None:
