@@ -153,6 +153,11 @@ def test_openai_chat_completions(ready: ServeProcess) -> None:
             model=model, messages=[{"role": "assistant", "content": "hi"}], max_tokens=4
         )
     assert err.value.body["param"] == "messages"
-    # The pooled connection is still usable after the error.
-    again = client.chat.completions.create(model=model, messages=messages[1:], max_tokens=2)
+    # The pooled connection is still usable after the error; the hub id (vLLM's default served name) is an
+    # alias of the served model, and steers as a steered model id too.
+    again = client.chat.completions.create(model=GEMMA_ID, messages=messages[1:], max_tokens=2)
     assert again.choices[0].finish_reason in ("stop", "length")
+    steered = client.chat.completions.create(
+        model=f"{GEMMA_ID}:{VECTOR}@1", messages=messages[1:], max_tokens=2, temperature=0
+    )
+    assert steered.choices[0].finish_reason in ("stop", "length")
