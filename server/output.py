@@ -46,6 +46,7 @@ class Handle:
     admitted: float | None = None
     first_token: float | None = None
     error: BaseException | None = None  # the first failure of any row: the request fails whole
+    streaming: bool = True  # False: one event per row, at its end
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     _open: int = 0
 
@@ -110,18 +111,28 @@ class OutputStage:
         seq.output_ids.append(token)
         if logprob is not None:
             seq.output_logprobs.append(logprob)
+        live = (
+            seq.owner is None or seq.owner.streaming or bool(seq.sampling.stop)
+        )  # text needed at every token
         if token in self.eos_ids:
             seq.finish_reason = "stop"
-        else:
-            full = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-            cut = _first_stop(full, seq.sampling.stop)
-            seq.text = full if cut is None else full[:cut]
-            if cut is not None:
-                seq.finish_reason = "stop"
+        elif live:
+            self._decode(seq, seq.output_ids)
         if not seq.finished and len(seq.output_ids) >= seq.sampling.max_new_tokens:
             seq.finish_reason = "length"
+        if seq.finished and not live:
+            self._decode(seq, seq.output_ids[:-1] if seq.output_ids[-1] in self.eos_ids else seq.output_ids)
         self._count_token(seq)
-        self._emit(seq)
+        if live or seq.finished:
+            self._emit(seq)
+
+    def _decode(self, seq: Sequence, ids: list[int]) -> None:
+        """The row's text so far, cut at the first stop string (which then ends the row)."""
+        full = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = _first_stop(full, seq.sampling.stop)
+        seq.text = full if cut is None else full[:cut]
+        if cut is not None:
+            seq.finish_reason = "stop"
 
     def finish(self, seq: Sequence, reason: FinishReason, error: BaseException | None = None) -> None:
         """End a row from outside the token path: scored only ("length"), cancelled, or failed."""

@@ -107,11 +107,11 @@ class Scheduler:
         return len(self._waiting) + len(self._running)
 
     # --- event-loop side ------------------------------------------------------------------------------------
-    def submit(self, seqs: list[Sequence]) -> Handle:
+    def submit(self, seqs: list[Sequence], *, stream: bool = True) -> Handle:
         """Queue a request (call from the event loop). Raises `NotAccepting` or `QueueFull`."""
         if len(seqs) > self.limits.max_batch:
             raise ValueError(f"request needs {len(seqs)} rows, max_batch is {self.limits.max_batch}")
-        handle = Handle(seqs=seqs, loop=asyncio.get_running_loop())
+        handle = Handle(seqs=seqs, loop=asyncio.get_running_loop(), streaming=stream)
         with self._cond:
             self.check_room(len(seqs))
             self._waiting.append(handle)

@@ -406,10 +406,11 @@ class Service:
         with self._admission_errors():
             self.scheduler.check_room(rows)
 
-    def submit(self, prepared: Prepared) -> Handle:
-        """Queue the rows; 429 when the queue is full, 503 while draining."""
+    def submit(self, prepared: Prepared, *, stream: bool = True) -> Handle:
+        """Queue the rows; 429 when the queue is full, 503 while draining. Without `stream` the request gets
+        one event per row, at its end (no per-token text on the engine thread, no per-token event-loop wake-up)."""
         with self._admission_errors():
-            return self.scheduler.submit(prepared.seqs)
+            return self.scheduler.submit(prepared.seqs, stream=stream)
 
     @contextlib.contextmanager
     def _admission_errors(self) -> Iterator[None]:
@@ -424,7 +425,7 @@ class Service:
 
     async def run(self, prepared: Prepared, is_disconnected: Callable[[], Any]) -> Outcome:
         """Queue, wait for the end (cancelling the rows if the client goes away or time runs out), summarise."""
-        handle = self.submit(prepared)
+        handle = self.submit(prepared, stream=False)
         await self.wait(handle, is_disconnected)
         return self.outcome(prepared, handle)
 

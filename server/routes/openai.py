@@ -121,7 +121,7 @@ async def completions(body: CompletionRequest, request: Request) -> CompletionRe
         for p in body.prompts
     ]
     prepared = await asyncio.to_thread(service.prepare_choices, inputs, body.n)
-    handle = service.submit(prepared)
+    handle = service.submit(prepared, stream=body.stream)
     if body.stream:
         chunks = CompletionChunks(model=body.model, ident=f"cmpl-{uuid.uuid4().hex}")
         return sse_response(_stream(service, prepared, handle, chunks, body.include_usage))
@@ -162,7 +162,7 @@ async def chat_completions(
     top = body.top_logprobs if body.logprobs else None
     inputs = [_input(body, steer, field, max_tokens, messages=body.chat, logprobs=top)]
     prepared = await asyncio.to_thread(service.prepare_choices, inputs, body.n)
-    handle = service.submit(prepared)
+    handle = service.submit(prepared, stream=body.stream)
     if body.stream:
         chunks = ChatChunks(model=body.model, ident=f"chatcmpl-{uuid.uuid4().hex}")
         return sse_response(_stream(service, prepared, handle, chunks, body.include_usage))
