@@ -87,8 +87,9 @@ def _residual_norm(res: Resources, rows: list, n: int, layer: int) -> float:
 
 
 def measure_effect(res: Resources, vector: SteeringVector, encoded: Sequence[EncodedPair]) -> Effect:
-    """The vector's `Effect` on the first `SAMPLE_PAIRS` training pairs (deterministic)."""
-    sample = list(encoded[:SAMPLE_PAIRS])
+    """The vector's `Effect` on up to `SAMPLE_PAIRS` training pairs spread evenly over the data (deterministic)."""
+    stride = max(1, -(-len(encoded) // SAMPLE_PAIRS))
+    sample = list(encoded[::stride])
     rows = pair_rows(sample)
     n = len(sample)
     base = _margins(res, rows, n)

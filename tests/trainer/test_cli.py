@@ -65,7 +65,7 @@ def test_train_then_eval_cli(tiny_res, tmp_path, capsys):
     effect = summary[
         "effect"
     ]  # steer train says what the vector does at strength 1, and if that is too little
-    assert effect["pairs"] == len(rows) and effect["shift_norm"] > 0 and effect["residual_norm"] > 0
+    assert 0 < effect["pairs"] <= len(rows) and effect["shift_norm"] > 0 and effect["residual_norm"] > 0
     assert effect["weak"] == (effect["margin_gain"] < 0.1)
     assert "effect at strength 1" in captured.err and ("too weak" in captured.err) == effect["weak"]
     meta = read_metadata(catalog / "culture" / "egypt.safetensors")

@@ -64,7 +64,7 @@ class WorldConfig:
             n_topics=8,
             n_test_topics=2,
             n_val_topics=1,
-            n_neutral=48,
+            n_neutral=24,
             vocab_size=384,
             context_size=48,
             hidden_size=64,
