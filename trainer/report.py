@@ -248,16 +248,7 @@ def summarise(
             lost[m][c] = {f"{s:g}": entry.by_strength[s].lost for s in ev.strengths}
             paper[m][c] = entry.by_strength[1.0].paper.get(split) if 1.0 in entry.by_strength else None
     paper["base"] = {c: ev.unsteered[c].paper.get(split) for c in countries}
-    served = {
-        m: {
-            c: {
-                "default_strength": ev.vectors[vector_name(m, c)].default_strength,
-                "strength_range": list(ev.vectors[vector_name(m, c)].strength_range),
-            }
-            for c in countries
-        }
-        for m in runs
-    }
+    served = {m: {c: _served(ev.vectors[vector_name(m, c)]) for c in countries} for m in runs}
     chooser = first.selected_on
     selection = {  # what settings are chosen on: non-localized accuracy on validation topics at the default
         "base": {c: base[c].acc(chooser, "nonlocalized") for c in countries},
@@ -299,6 +290,19 @@ def summarise(
         "effect": {m: {c: asdict(runs[m][c].effect) for c in countries if runs[m][c].effect} for m in runs},
         "pairs_per_second": {m: {c: runs[m][c].pairs_per_second for c in countries} for m in runs},
         "targets": _targets(tables, by_threshold["0.1"], countries, ev),
+    }
+
+
+def _served(entry: VectorEval) -> dict[str, Any]:
+    """A vector as the server serves it: default strength, range, and retention there with its 95 % interval."""
+    s = entry.default_strength
+    facts = entry.record.retention_facts
+    return {
+        "default_strength": s,
+        "strength_range": list(entry.strength_range),
+        "retention": entry.by_strength[s].retention,
+        "retention_ci95": list(facts.ci95[s]) if facts else None,
+        "facts_lost": entry.by_strength[s].lost,
     }
 
 
@@ -441,6 +445,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 "Strengths: "
                 + "; ".join(f"{LABELS[m]} " + ", ".join(f"{used[m][c]:g}" for c in countries) for m in used),
             ]
+        if view == "default" and report["retention"].get("facts"):
+            lines += ["", "Retention there (%, 95 % Wilson interval, facts lost):", ""]
+            for m, per_country in report["served"].items():
+                cells = [
+                    f"{c} {_pct(v['retention'])} ({_pct(v['retention_ci95'][0])}–{_pct(v['retention_ci95'][1])}, "
+                    f"{v['facts_lost']})"
+                    for c, v in per_country.items()
+                ]
+                lines.append(f"- {LABELS[m]}: " + "; ".join(cells))
         lines.append("")
     cfg = report.get("config", {})
     n_facts = report["retention"].get("facts")
