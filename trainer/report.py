@@ -63,7 +63,8 @@ class DemoConfig:
     retain_weight: float = 1.0
     retain_batch_size: int = 16
     retain_margin: float | None = 3.0
-    strengths: list[float] = field(default_factory=lambda: [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0])
+    # a 0.25 grid up to 1.5: the default strength is one of these, chosen on validation topics
+    strengths: list[float] = field(default_factory=lambda: [-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0])
     # val: where default strengths are chosen; test: where they are scored
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
     progress: bool = True
