@@ -58,6 +58,7 @@ FINGERPRINT_KEYS = (
     "retain_weight",
     "retain_batch_size",
     "retain_margin",
+    "retain_strengths",
 )
 
 
@@ -288,6 +289,8 @@ class PreferenceRun:
         )
         self.opt.zero_grad(set_to_none=True)
         (loss + cfg.retain_weight * penalty).backward()
+        if m and cfg.retain_strengths:
+            penalty = penalty.detach() + self._retain_at(idx[b:], d)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([self.steer.v], cfg.grad_clip)
         lr = cfg.lr * lr_factor(step, self.total, self.warmup)
@@ -299,6 +302,27 @@ class PreferenceRun:
                 soft_threshold_(self.steer.v, lr * cfg.l1)
         ranked = float((d * margin.detach() > 0).float().mean())
         return StepStats(step, float(loss.detach()), ranked, float(penalty.detach()), lr)
+
+    def _retain_at(self, rows: list[int], d: float) -> torch.Tensor:
+        """The retention penalty of the step's retention rows at each of `retain_strengths` (direction d), its
+        gradient added to the step's; returns the summed penalty."""
+        cfg, total = self.cfg, self.n + self.m
+        batch = batch_for(self.rows, rows, total, self.res.device)
+        rw, rl = self.ref_w[rows], self.ref_l[rows]
+        out = torch.zeros(())
+        for s in cfg.retain_strengths:
+            if self.cache is not None:
+                self.cache.assemble([*rows, *(total + i for i in rows)], batch.input_ids.shape[1])
+                if isinstance(self.steer, YapoSteer):
+                    self.steer.codes = self.cache.current_codes
+            self.steer.direction = d * s
+            logp = response_logprobs(self.res.model, batch)
+            k = len(rows)
+            penalty = retention_penalty(logp[:k], logp[k:], rw.to(logp), rl.to(logp), cfg.retain_margin)
+            (cfg.retain_weight * penalty).backward()
+            out = out + penalty.detach().cpu()
+        self.steer.direction = d
+        return out
 
     def record(self, stats: StepStats, end: int, elapsed: float) -> None:
         """Bookkeeping after a step: the loss, every `log_every` steps a history entry and the log file, every

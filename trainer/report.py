@@ -63,6 +63,9 @@ class DemoConfig:
     retain_weight: float = 1.0
     retain_batch_size: int = 16
     retain_margin: float | None = 3.0
+    retain_strengths: tuple[
+        float, ...
+    ] = ()  # the penalty also at these strengths (`TrainConfig.retain_strengths`)
     # a 0.25 grid up to 1.5: the default strength is one of these, chosen on validation topics
     strengths: list[float] = field(default_factory=lambda: [-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0])
     # val: where default strengths are chosen; test: where they are scored
@@ -143,6 +146,7 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
                 retain_weight=cfg.retain_weight,
                 retain_batch_size=cfg.retain_batch_size,
                 retain_margin=cfg.retain_margin,
+                retain_strengths=tuple(cfg.retain_strengths),
                 checkpoint_every=10**9,
                 progress=cfg.progress,
             )
