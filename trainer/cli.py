@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from typing import Any
 
 
@@ -171,8 +172,12 @@ def _train(args: argparse.Namespace) -> int:
         "dtype": dtype,
         "data": result.encode_stats,
         "log": str(result.log_path) if result.log_path else None,
+        "effect": asdict(result.effect) if result.effect else None,
     }
     print(json.dumps(summary, indent=1))
+    if result.effect is not None:  # on stderr: stdout stays one JSON document
+        warn = "warning: " if result.effect.weak else ""
+        print(f"steer train: {warn}{result.effect.describe()}", file=sys.stderr)
     return 0
 
 
@@ -213,8 +218,11 @@ def register_eval(subparsers: Any) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import math
+
     from trainer.data import DataError, parse_where
     from trainer.evaluate import EvalConfig, evaluate_vectors
+    from trainer.stats import Z95, wilson
     from vectors.errors import SteerError
 
     try:
@@ -240,11 +248,19 @@ def _eval(args: argparse.Namespace) -> int:
     except (DataError, SteerError, ValueError, OSError) as exc:
         print(f"steer eval: error: {exc}", file=sys.stderr)
         return 2
-    for name, entry in report["vectors"].items():
-        head = entry["headline"]
+    for name, entry in report.vectors.items():
+        at = entry.record.headline(entry.default_strength)
         print(
-            f"{name}: default_strength={entry['default_strength']:g} strength_range={entry['strength_range']} "
-            f"held-out acc={head['heldout_accuracy']}"
+            f"{name}: default_strength={entry.default_strength:g} strength_range={list(entry.strength_range)} "
+            f"held-out acc={ {f'{s:g}': round(a, 4) for s, a in entry.record.heldout_accuracy.items()} } "
+            f"retention at default={at.get(f'retention@{entry.default_strength:g}')}"
+        )
+    if report.retention_facts and wilson(0, report.retention_facts)[1] > cfg.retention_bound:
+        print(
+            f"steer eval: warning: {report.retention_facts} neutral facts cannot show a retention cost under "
+            f"{100 * cfg.retention_bound:g} % with 95 % confidence; no strength but 0 can be the default "
+            f"(give at least {math.ceil(Z95**2 / cfg.retention_bound)} facts)",
+            file=sys.stderr,
         )
     print(f"report: {args.out}")
     return 0

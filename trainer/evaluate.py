@@ -4,7 +4,13 @@ For every vector and strength, the model is steered with the `vectors` steering 
 functions the server's tables use) at the vector's layer, on every position, and each MCQ item of
 the vector's target country is answered by the option with the highest summed log-probability
 (`vectors.scoring`). Accuracy is split by localized / non-localized prompt and train / test topic;
-retention is the accuracy on neutral facts (the paper's MMLU check).
+retention is the accuracy on neutral facts (the paper's MMLU check), with its 95 % Wilson interval and the
+number of facts each strength loses (answered right unsteered, wrong steered).
+
+Strength choice: `strength_range` is where retention stays within 2 points of unsteered, always widened to
+include the strength the vector was trained at (1); `default_strength` is the strength with the best accuracy
+on the *validation* topics ("val" split; the held-out split when the data has none) among those for which we
+are 95 % sure that fewer than 3 % of the facts are lost (Wilson upper bound; with 320 facts: at most 3 lost).
 
 The paper's metrics, per vector and topic split, from p_loc / p_non (localized / non-localized
 accuracy): RCA = 2·p_loc·p_non / (p_loc + p_non + ε) (higher is better) and
@@ -28,6 +34,8 @@ from tqdm.auto import tqdm
 from trainer.data import DataError, read_rows
 from trainer.plots import plot_strength_panels
 from trainer.resources import Resources, load_resources
+from trainer.stats import wilson
+from vectors.eval_record import EvalRecord, RetentionFacts
 from vectors.io import load_vector, update_metadata, write_atomic
 from vectors.metadata import utc_now
 from vectors.names import vector_path
@@ -136,9 +144,14 @@ def mcq_hits(res: Resources, items: Sequence[McqItem]) -> list[bool]:
     return [it.options[p][0] == it.country for it, p in zip(items, picks, strict=True)]
 
 
-def neutral_accuracy(res: Resources, items: Sequence[NeutralItem]) -> float:
+def neutral_hits(res: Resources, items: Sequence[NeutralItem]) -> list[bool]:
+    """Whether each neutral fact is answered right."""
     picks = pick_options(res, [(it.prompt, it.options) for it in items])
-    return sum(p == it.answer for p, it in zip(picks, items, strict=True)) / len(items)
+    return [p == it.answer for p, it in zip(picks, items, strict=True)]
+
+
+def neutral_accuracy(res: Resources, items: Sequence[NeutralItem]) -> float:
+    return sum(neutral_hits(res, items)) / len(items)
 
 
 def group_accuracy(items: Sequence[McqItem], hits: Sequence[bool]) -> dict[str, dict[str, float]]:
@@ -175,11 +188,21 @@ def paper_metrics(acc: Mapping[str, Mapping[str, float]], alpha: float) -> dict[
 # --------------------------------------------------------------------------------------------------------
 # strength choice
 
+TRAINED_STRENGTH = (
+    1.0  # every trainer method's vector is the shift it was trained (or estimated) to apply at 1
+)
+RANGE_TOLERANCE = 0.02  # strength_range: retention within 2 points of unsteered
+RETENTION_BOUND = 0.03  # default strength: 95 % sure that it loses under 3 % of the neutral facts
+
 
 def strength_range(
-    retention: Mapping[float, float], base: float, tolerance: float = 0.02
+    retention: Mapping[float, float],
+    base: float,
+    tolerance: float = RANGE_TOLERANCE,
+    include: Sequence[float] = (TRAINED_STRENGTH,),
 ) -> tuple[float, float]:
-    """The contiguous range of swept strengths around 0 whose retention stays within `tolerance` of `base`."""
+    """The contiguous range of swept strengths around 0 whose retention stays within `tolerance` of `base`,
+    widened to contain every strength of `include` (what the vector was trained at is never refused)."""
     ok = {s: r >= base - tolerance - 1e-12 for s, r in retention.items()}
     ok[0.0] = True
     pos = sorted(s for s in ok if s >= 0)
@@ -193,20 +216,20 @@ def strength_range(
         if not ok[s]:
             break
         lo = s
-    return lo, hi
+    return min([lo, *include]), max([hi, *include])
 
 
 def default_strength(
     accuracy: Mapping[float, float],
-    retention: Mapping[float, float],
-    base: float,
-    tolerance: float = 0.01,
+    lost_upper: Mapping[float, float],
+    bound: float = RETENTION_BOUND,
     within: tuple[float, float] | None = None,
 ) -> float:
-    """The strength with the best held-out accuracy whose retention is within `tolerance` of `base`,
-    inside `within` (the strength range) when given; ties go to the gentler strength, 0 when none qualifies."""
+    """The strength with the best (validation) accuracy among those whose share of neutral facts lost has a 95 %
+    upper bound (`lost_upper`, Wilson) of at most `bound`, inside `within` when given; ties go to the gentler
+    strength; 0 when none qualifies. Strengths missing from `lost_upper` (no neutral facts) qualify."""
     lo, hi = within if within is not None else (-math.inf, math.inf)
-    ok = [s for s in accuracy if lo <= s <= hi and retention.get(s, base) >= base - tolerance - 1e-12]
+    ok = [s for s in accuracy if lo <= s <= hi and (s == 0 or lost_upper.get(s, 0.0) <= bound + 1e-12)]
     if not ok:
         return 0.0
     return max(ok, key=lambda s: (round(accuracy[s], 9), -abs(s), s))
@@ -229,10 +252,80 @@ class EvalConfig:
     splits: list[str] | None = None  # MCQ topic splits to score (None: all)
     targets: dict[str, str] = field(default_factory=dict)  # vector name -> country (default: metadata / leaf)
     alpha: float = 0.5
+    retention_bound: float = RETENTION_BOUND
     write_back: bool = True
     device: str = "cpu"
     dtype: str = "float32"
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class StrengthEval:
+    """One vector at one strength: accuracy {split: {localized | nonlocalized | both}}, the paper's metrics per
+    split, retention on the neutral facts and how many of them it lost (right unsteered, wrong steered)."""
+
+    accuracy: dict[str, dict[str, float]]
+    paper: dict[str, dict[str, float]]
+    retention: float | None = None
+    lost: int | None = None
+
+    def acc(self, split: str, kind: str = "both") -> float:
+        return self.accuracy.get(split, {}).get(kind, float("nan"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "paper": self.paper,
+            "retention": self.retention,
+            "lost": self.lost,
+        }
+
+
+@dataclass(frozen=True)
+class VectorEval:
+    """A vector's sweep, the strength range and default chosen from it, and the record written back."""
+
+    name: str
+    method: str
+    target: str
+    by_strength: dict[float, StrengthEval]
+    strength_range: tuple[float, float]
+    default_strength: float
+    record: EvalRecord
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "target": self.target,
+            "by_strength": {_key(s): e.to_dict() for s, e in self.by_strength.items()},
+            "strength_range": list(self.strength_range),
+            "default_strength": self.default_strength,
+            "headline": self.record.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Everything `steer eval` measured; `to_dict` is the JSON report."""
+
+    strengths: list[float]
+    alpha: float
+    retention_facts: int
+    unsteered_retention: float | None
+    unsteered: dict[str, StrengthEval]  # per target country
+    vectors: dict[str, VectorEval]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strengths": self.strengths,
+            "alpha": self.alpha,
+            "unsteered": {
+                "retention": self.unsteered_retention,
+                "retention_facts": self.retention_facts,
+                "countries": {c: e.to_dict() for c, e in self.unsteered.items()},
+            },
+            "vectors": {n: v.to_dict() for n, v in self.vectors.items()},
+        }
 
 
 def target_of(vector: SteeringVector, override: Mapping[str, str]) -> str:
@@ -248,135 +341,139 @@ def evaluate_vectors(
     resources: Resources | None = None,
     mcq: Sequence[McqItem] | None = None,
     neutral: Sequence[NeutralItem] | None = None,
-) -> dict[str, Any]:
+) -> EvalReport:
     """Evaluate every vector of `cfg.vectors` at every strength; returns (and writes) the report."""
     res = resources or load_resources(cfg.model, cfg.sae, device=cfg.device, dtype=cfg.dtype)
     mcq = list(mcq if mcq is not None else load_mcq(cfg.data))
     if cfg.splits:
         mcq = [it for it in mcq if it.split in cfg.splits]
     neutral = list(neutral) if neutral is not None else (load_neutral(cfg.neutral) if cfg.neutral else [])
-    strengths = sorted({float(s) for s in cfg.strengths})
+    strengths = sorted({float(s) for s in cfg.strengths} | {0.0})
     paths = {name: vector_path(cfg.catalog, name) for name in cfg.vectors}
     vectors = {name: load_vector(p) for name, p in paths.items()}
 
-    base_retention = neutral_accuracy(res, neutral) if neutral else None
-    unsteered: dict[str, Any] = {"retention": base_retention, "countries": {}}
-    report: dict[str, Any] = {
-        "strengths": strengths,
-        "alpha": cfg.alpha,
-        "unsteered": unsteered,
-        "vectors": {},
-    }
-    total = len(vectors) * len(strengths)
-    bar = tqdm(total=total, desc="eval", disable=not cfg.progress, leave=False)
+    base_hits = neutral_hits(res, neutral) if neutral else None
+    unsteered: dict[str, StrengthEval] = {}
+    results: dict[str, VectorEval] = {}
+    bar = tqdm(total=len(vectors) * len(strengths), desc="eval", disable=not cfg.progress, leave=False)
     for name, vector in vectors.items():
         country = target_of(vector, cfg.targets)
         items = [it for it in mcq if it.country == country]
         if not items:
             raise DataError(f"{cfg.data}: no MCQ items for {country!r} (target of {name})")
-        if country not in unsteered["countries"]:
-            acc0 = group_accuracy(items, mcq_hits(res, items))
-            unsteered["countries"][country] = {"accuracy": acc0, "paper": paper_metrics(acc0, cfg.alpha)}
-        sweep: dict[str, Any] = {}
+        if country not in unsteered:
+            unsteered[country] = _score(res, items, neutral, base_hits, base_hits, cfg.alpha)
+        sweep: dict[float, StrengthEval] = {}
         for s in strengths:
             if s == 0:
-                acc = unsteered["countries"][country]["accuracy"]
-                ret = base_retention
+                sweep[s] = unsteered[country]
             else:
                 with steered(res, vector, s):
-                    acc = group_accuracy(items, mcq_hits(res, items))
-                    ret = neutral_accuracy(res, neutral) if neutral else None
-            sweep[_key(s)] = {"accuracy": acc, "retention": ret, "paper": paper_metrics(acc, cfg.alpha)}
+                    hits = neutral_hits(res, neutral) if neutral else None
+                    sweep[s] = _score(res, items, neutral, hits, base_hits, cfg.alpha)
             bar.update(1)
-        entry = _summarise(name, vector, country, strengths, sweep, base_retention)
-        report["vectors"][name] = entry
+        result = _summarise(name, vector, country, sweep, len(neutral), cfg.retention_bound)
+        results[name] = result
         if cfg.write_back:
             update_metadata(
                 paths[name],
-                eval=entry["headline"],
-                strength_range=entry["strength_range"],
-                default_strength=entry["default_strength"],
+                eval=result.record.to_dict(),
+                strength_range=result.strength_range,
+                default_strength=result.default_strength,
             )
     bar.close()
+    base_retention = sum(base_hits) / len(base_hits) if base_hits else None
+    report = EvalReport(strengths, cfg.alpha, len(neutral), base_retention, unsteered, results)
     if cfg.out:
         out = Path(cfg.out)
-        write_atomic(out, json.dumps(report, indent=1).encode())
+        write_atomic(out, json.dumps(report.to_dict(), indent=1).encode())
         sweep_plot(report, out.with_suffix(".png"))
     return report
+
+
+def _score(
+    res: Resources,
+    items: Sequence[McqItem],
+    neutral: Sequence[NeutralItem],
+    hits: Sequence[bool] | None,
+    base_hits: Sequence[bool] | None,
+    alpha: float,
+) -> StrengthEval:
+    """MCQ accuracy under the current steering, with retention from `hits` (neutral facts answered right)."""
+    acc = group_accuracy(items, mcq_hits(res, items))
+    if hits is None or base_hits is None:
+        return StrengthEval(acc, paper_metrics(acc, alpha))
+    lost = sum(b and not h for h, b in zip(hits, base_hits, strict=True))
+    return StrengthEval(acc, paper_metrics(acc, alpha), sum(hits) / len(hits), lost)
 
 
 def _key(s: float) -> str:
     return f"{s:g}"
 
 
-def heldout_split(sweep: Mapping[str, Any]) -> str:
+def heldout_split(acc: Mapping[str, Any]) -> str:
     """The split that measures generalisation: "test" when the data has one, else "all"."""
-    first = next(iter(sweep.values()))["accuracy"]
-    return "test" if "test" in first else "all"
+    return "test" if "test" in acc else "all"
+
+
+def selection_split(acc: Mapping[str, Any]) -> str:
+    """The split settings are chosen on: "val" when the data has one, else the held-out split."""
+    return "val" if "val" in acc else heldout_split(acc)
 
 
 def _summarise(
     name: str,
     vector: SteeringVector,
     country: str,
-    strengths: Sequence[float],
-    sweep: Mapping[str, Any],
-    base_retention: float | None,
-) -> dict[str, Any]:
-    split = heldout_split(sweep)
-    acc_both = {s: sweep[_key(s)]["accuracy"][split]["both"] for s in strengths}
-    acc_non = {s: sweep[_key(s)]["accuracy"][split].get("nonlocalized", float("nan")) for s in strengths}
-    if base_retention is None:
-        retention = {s: 1.0 for s in strengths}
-        base = 1.0
+    sweep: Mapping[float, StrengthEval],
+    n_facts: int,
+    bound: float,
+) -> VectorEval:
+    strengths = sorted(sweep)
+    first = sweep[strengths[0]].accuracy
+    split, chooser = heldout_split(first), selection_split(first)
+    base = sweep[0.0]
+    facts = None
+    lost_upper: dict[float, float] = {}
+    if n_facts:
+        retention = {s: e.retention or 0.0 for s, e in sweep.items()}
+        lost = {s: e.lost or 0 for s, e in sweep.items()}
+        lost_upper = {s: wilson(k, n_facts)[1] for s, k in lost.items()}
+        right = {s: round(retention[s] * n_facts) for s in strengths}
+        facts = RetentionFacts(n_facts, lost, {s: wilson(right[s], n_facts) for s in strengths})
+        lo, hi = strength_range(retention, base.retention or 0.0)
     else:
-        retention = {s: sweep[_key(s)]["retention"] for s in strengths}
-        base = base_retention
-    lo, hi = strength_range(retention, base, 0.02)
-    best = default_strength(acc_both, retention, base, 0.01, within=(lo, hi))
-    zero = sweep.get(_key(0.0))
-    best_non = max((s for s in strengths if 0.5 <= s <= 2.0), key=lambda s: acc_non[s], default=None)
-    headline = {
-        "data_split": split,
-        "target": country,
-        "strengths": list(strengths),
-        "heldout_accuracy": {_key(s): round(acc_both[s], 4) for s in strengths},
-        "heldout_nonlocalized_accuracy": {_key(s): round(acc_non[s], 4) for s in strengths},
-        "retention": {_key(s): round(retention[s], 4) for s in strengths}
-        if base_retention is not None
-        else None,
-        "unsteered": {
-            "heldout_accuracy": zero["accuracy"][split]["both"] if zero else None,
-            "retention": base_retention,
-        },
-        "best_nonlocalized_0.5_to_2": {"strength": best_non, "accuracy": acc_non[best_non]}
-        if best_non
-        else None,
-        "evaluated": utc_now(),
-    }
-    return {
-        "method": vector.meta.method,
-        "target": country,
-        "by_strength": dict(sweep),
-        "strength_range": [lo, hi],
-        "default_strength": best,
-        "headline": headline,
-    }
+        retention = {}
+        lo, hi = strength_range({}, 1.0)
+    chosen = {s: sweep[s].acc(chooser) for s in strengths}
+    best = default_strength(chosen, lost_upper, bound, within=(lo, hi))
+    record = EvalRecord(
+        target=country,
+        data_split=split,
+        selected_on=chooser,
+        strengths=tuple(strengths),
+        heldout_accuracy={s: sweep[s].acc(split) for s in strengths},
+        heldout_nonlocalized_accuracy={s: sweep[s].acc(split, "nonlocalized") for s in strengths},
+        selection_accuracy=chosen,
+        retention=retention,
+        retention_facts=facts,
+        unsteered_heldout_accuracy=base.acc(split),
+        unsteered_retention=base.retention,
+        trained_strength=TRAINED_STRENGTH,
+        evaluated=utc_now(),
+    )
+    return VectorEval(name, vector.meta.method, country, dict(sweep), (lo, hi), best, record)
 
 
-def sweep_plot(report: Mapping[str, Any], path: Path) -> Path:
+def sweep_plot(report: EvalReport, path: Path) -> Path:
     panels: dict[str, dict[str, dict[float, float]]] = {
         "held-out non-localized accuracy": {},
         "retention": {},
     }
-    for name, entry in report["vectors"].items():
-        split = heldout_split(entry["by_strength"])
-        panels["held-out non-localized accuracy"][name] = {
-            float(k): v["accuracy"][split].get("nonlocalized", float("nan"))
-            for k, v in entry["by_strength"].items()
-        }
-        if report["unsteered"]["retention"] is not None:
-            panels["retention"][name] = {float(k): v["retention"] for k, v in entry["by_strength"].items()}
+    for name, entry in report.vectors.items():
+        panels["held-out non-localized accuracy"][name] = entry.record.heldout_nonlocalized_accuracy
+        if entry.record.retention:
+            panels["retention"][name] = entry.record.retention
     if not panels["retention"]:
         del panels["retention"]
     return plot_strength_panels(panels, path)
@@ -384,9 +481,13 @@ def sweep_plot(report: Mapping[str, Any], path: Path) -> Path:
 
 __all__ = [
     "DEFAULT_STRENGTHS",
+    "TRAINED_STRENGTH",
     "EvalConfig",
+    "EvalReport",
     "McqItem",
     "NeutralItem",
+    "StrengthEval",
+    "VectorEval",
     "default_strength",
     "evaluate_vectors",
     "group_accuracy",
@@ -394,6 +495,7 @@ __all__ = [
     "load_neutral",
     "mcq_hits",
     "neutral_accuracy",
+    "neutral_hits",
     "pnlg",
     "rca",
     "steered",

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from trainer.data import load_pairs
-from trainer.evaluate import EvalConfig, NeutralItem, evaluate_vectors, load_mcq, load_neutral
+from trainer.evaluate import (
+    EvalConfig,
+    EvalReport,
+    NeutralItem,
+    VectorEval,
+    evaluate_vectors,
+    load_mcq,
+    load_neutral,
+)
 from trainer.plots import plot_loss_curves, plot_strength_panels
 from trainer.resources import Resources, load_resources
 from trainer.retention import retention_pairs
@@ -55,8 +63,13 @@ class DemoConfig:
     retain_weight: float = 1.0
     retain_batch_size: int = 16
     retain_margin: float | None = 3.0
-    strengths: list[float] = field(default_factory=lambda: [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0])
-    eval_splits: list[str] = field(default_factory=lambda: ["test"])
+    retain_strengths: tuple[
+        float, ...
+    ] = ()  # the penalty also at these strengths (`TrainConfig.retain_strengths`)
+    # a 0.25 grid up to 1.5: the default strength is one of these, chosen on validation topics
+    strengths: list[float] = field(default_factory=lambda: [-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0])
+    # val: where default strengths are chosen; test: where they are scored
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
     progress: bool = True
     # torch threads while the report runs (restored afterwards): tiny models gain little from more, and on a
     # shared machine multi-threaded torch slows down many-fold
@@ -133,6 +146,7 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
                 retain_weight=cfg.retain_weight,
                 retain_batch_size=cfg.retain_batch_size,
                 retain_margin=cfg.retain_margin,
+                retain_strengths=tuple(cfg.retain_strengths),
                 checkpoint_every=10**9,
                 progress=cfg.progress,
             )
@@ -176,54 +190,83 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
 # --------------------------------------------------------------------------------------------------------
 # numbers
 
+VIEWS = ("default", "strength_1", "best_0.5_to_2")
 
-def _acc(entry: Mapping[str, Any], strength: float, kind: str, split: str = "test") -> float:
-    return entry["by_strength"][f"{strength:g}"]["accuracy"][split][kind]
+
+def _strength_of(view: str, entry: VectorEval, sweep: Sequence[float]) -> float:
+    """The strength a table view reads a vector at: its own default (what the server serves), 1, or the best
+    of [0.5, 2] by non-localized accuracy on the *validation* topics (never the test topics)."""
+    if view == "default":
+        return entry.default_strength
+    if view == "strength_1":
+        return 1.0
+    chooser = entry.record.selected_on
+    return max(sweep, key=lambda s: (entry.by_strength[s].acc(chooser, "nonlocalized"), -abs(s - 1)))
 
 
 def summarise(
-    ev: Mapping[str, Any],
+    ev: EvalReport,
     runs: Mapping[str, Mapping[str, TrainResult]],
     countries: Sequence[str],
     cfg: DemoConfig,
 ) -> dict[str, Any]:
-    """Table-7-like numbers at strength 1 and at each vector's best strength in [0.5, 2] (by non-localized
-    test accuracy), retention, RCA/PNLG, convergence and the pass/fail of the issue's targets."""
+    """Table-7-like numbers at each vector's default strength, at strength 1 and at the best strength in
+    [0.5, 2] (chosen on validation topics), retention with facts lost, RCA/PNLG, convergence and the targets."""
     kinds = ("localized", "nonlocalized", "both")
-    split = "test" if "test" in (cfg.eval_splits or ["test"]) else "all"
-    sweep = [s for s in ev["strengths"] if 0.5 <= s <= 2.0]
-    base = {c: ev["unsteered"]["countries"][c]["accuracy"][split] for c in countries}
-    base_ret = ev["unsteered"]["retention"]
-    tables: dict[str, Any] = {"strength_1": {}, "best_0.5_to_2": {}}
-    table_rows = {view: {"base": {c: {k: base[c][k] for k in kinds} for c in countries}} for view in tables}
-    retention: dict[str, Any] = {"unsteered": base_ret}
+    sweep = [s for s in ev.strengths if 0.5 <= s <= 2.0]
+    first = ev.vectors[vector_name(next(iter(runs)), countries[0])].record
+    split = first.data_split
+    base = {c: ev.unsteered[c] for c in countries}
+    tables: dict[str, Any] = {}
+    strengths: dict[str, dict[str, dict[str, float]]] = {v: {} for v in VIEWS}
+    retention: dict[str, Any] = {"unsteered": ev.unsteered_retention, "facts": ev.retention_facts}
+    lost: dict[str, Any] = {}
     paper: dict[str, Any] = {}
-    best_strength: dict[str, dict[str, float]] = {}
-    for m in runs:
-        table_rows["strength_1"][m], table_rows["best_0.5_to_2"][m] = {}, {}
-        best_strength[m], retention[m] = {}, {}
-        paper[m] = {}
-        for c in countries:
-            entry = ev["vectors"][vector_name(m, c)]
-            s_best = max(sweep, key=lambda s, e=entry: (_acc(e, s, "nonlocalized", split), -abs(s - 1)))
-            best_strength[m][c] = s_best
-            table_rows["strength_1"][m][c] = {k: _acc(entry, 1.0, k, split) for k in kinds}
-            table_rows["best_0.5_to_2"][m][c] = {k: _acc(entry, s_best, k, split) for k in kinds}
-            retention[m][c] = {f"{s:g}": entry["by_strength"][f"{s:g}"]["retention"] for s in ev["strengths"]}
-            paper[m][c] = entry["by_strength"]["1"]["paper"].get(split)
-    for view in tables:
-        rows = table_rows[view]
-        tables[view] = {
-            m: {**rows[m], "mean": {k: _mean(rows[m][c][k] for c in countries) for k in kinds}} for m in rows
+    for view in VIEWS:
+        rows: dict[str, dict[str, dict[str, float]]] = {
+            "base": {c: {k: base[c].acc(split, k) for k in kinds} for c in countries}
         }
-    paper["base"] = {c: ev["unsteered"]["countries"][c]["paper"].get(split) for c in countries}
-    convergence = {
-        m: {c: steps_to_loss(runs[m][c].losses, 0.1) for c in countries}
-        for m in ("yapo", "bipo")
-        if m in runs
+        for m in runs:
+            rows[m] = {}
+            strengths[view][m] = {}
+            for c in countries:
+                entry = ev.vectors[vector_name(m, c)]
+                s = _strength_of(view, entry, sweep)
+                strengths[view][m][c] = s
+                at = entry.by_strength[s]
+                rows[m][c] = {k: at.acc(split, k) for k in kinds} | {
+                    "retention": at.retention if at.retention is not None else float("nan"),
+                    "lost": float(at.lost or 0),
+                }
+        tables[view] = {
+            m: {
+                **rows[m],
+                "mean": {k: _mean(rows[m][c][k] for c in countries) for k in rows[m][countries[0]]},
+            }
+            for m in rows
+        }
+    for m in runs:
+        retention[m], lost[m], paper[m] = {}, {}, {}
+        for c in countries:
+            entry = ev.vectors[vector_name(m, c)]
+            retention[m][c] = {f"{s:g}": entry.by_strength[s].retention for s in ev.strengths}
+            lost[m][c] = {f"{s:g}": entry.by_strength[s].lost for s in ev.strengths}
+            paper[m][c] = entry.by_strength[1.0].paper.get(split) if 1.0 in entry.by_strength else None
+    paper["base"] = {c: ev.unsteered[c].paper.get(split) for c in countries}
+    served = {m: {c: _served(ev.vectors[vector_name(m, c)]) for c in countries} for m in runs}
+    chooser = first.selected_on
+    selection = {  # what settings are chosen on: non-localized accuracy on validation topics at the default
+        "base": {c: base[c].acc(chooser, "nonlocalized") for c in countries},
+        **{
+            m: {
+                c: ev.vectors[vector_name(m, c)]
+                .by_strength[ev.vectors[vector_name(m, c)].default_strength]
+                .acc(chooser, "nonlocalized")
+                for c in countries
+            }
+            for m in runs
+        },
     }
-    targets = _targets(tables, retention, convergence, countries, base_ret)
-    # the paper's threshold (0.1) plus looser ones, so a run that reaches neither still shows which is faster
     by_threshold = {
         f"{t:g}": {
             m: {c: steps_to_loss(runs[m][c].losses, t) for c in countries}
@@ -235,19 +278,36 @@ def summarise(
     return {
         "countries": countries,
         "split": split,
-        "strengths": ev["strengths"],
+        "selected_on": first.selected_on,
+        "strengths": ev.strengths,
         "table7": tables,
-        "best_strength": best_strength,
+        "table_strengths": strengths,
+        "served": served,
+        "selection_nonlocalized_at_default": selection,
         "retention": retention,
+        "facts_lost": lost,
         "paper_metrics_at_1": paper,
-        "steps_to_loss_0.1": convergence,
         "steps_to_loss": by_threshold,
         "final_loss": {
             m: {c: runs[m][c].final_loss for c in countries} for m in ("yapo", "bipo") if m in runs
         },
         "nnz": {m: {c: runs[m][c].vector.nnz for c in countries} for m in runs},
+        "effect": {m: {c: asdict(runs[m][c].effect) for c in countries if runs[m][c].effect} for m in runs},
         "pairs_per_second": {m: {c: runs[m][c].pairs_per_second for c in countries} for m in runs},
-        "targets": targets,
+        "targets": _targets(tables, by_threshold["0.1"], countries, ev),
+    }
+
+
+def _served(entry: VectorEval) -> dict[str, Any]:
+    """A vector as the server serves it: default strength, range, and retention there with its 95 % interval."""
+    s = entry.default_strength
+    facts = entry.record.retention_facts
+    return {
+        "default_strength": s,
+        "strength_range": list(entry.strength_range),
+        "retention": entry.by_strength[s].retention,
+        "retention_ci95": list(facts.ci95[s]) if facts else None,
+        "facts_lost": entry.by_strength[s].lost,
     }
 
 
@@ -257,28 +317,34 @@ def _mean(values: Any) -> float:
 
 
 def _targets(
-    tables: Mapping[str, Any],
-    retention: Mapping[str, Any],
-    convergence: Mapping[str, Any],
-    countries: Sequence[str],
-    base_ret: float,
+    tables: Mapping[str, Any], convergence: Mapping[str, Any], countries: Sequence[str], ev: EvalReport
 ) -> dict[str, Any]:
-    best = tables["best_0.5_to_2"]
-    non = {m: best[m]["mean"]["nonlocalized"] for m in best}
-    out: dict[str, Any] = {
-        "yapo_nonlocalized_gain_points": round(100 * (non["yapo"] - non["base"]), 1)
-        if "yapo" in non
-        else None,
-        "nonlocalized_best_mean": {m: round(v, 4) for m, v in non.items()},
-    }
+    """The trainer issues' targets, read at each YaPO vector's own default strength (what the server serves)."""
+    served = tables["default"]
+    non = {m: served[m]["mean"]["nonlocalized"] for m in served}
+    out: dict[str, Any] = {"nonlocalized_at_default_mean": {m: round(v, 4) for m, v in non.items()}}
     if "yapo" in non:
-        out["yapo_gain_ge_30"] = out["yapo_nonlocalized_gain_points"] >= 30
-        out["yapo_ge_bipo"] = non["yapo"] >= non.get("bipo", -1)
-        out["yapo_ge_caa"] = non["yapo"] >= non.get("caa", -1)
-        drop = [base_ret - retention["yapo"][c]["1"] for c in countries]
-        out["yapo_retention_drop_points_at_1"] = round(100 * max(drop), 2)
-        out["yapo_retention_mean_drop_points_at_1"] = round(100 * _mean(drop), 2)
-        out["yapo_retention_ok"] = max(drop) <= 0.01 + 1e-9
+        gain = 100 * (non["yapo"] - non["base"])
+        base_ret = ev.unsteered_retention
+        drops = [
+            100 * (base_ret - served["yapo"][c]["retention"]) if base_ret is not None else 0.0
+            for c in countries
+        ]
+        out |= {
+            "yapo_default_strengths": {
+                c: ev.vectors[vector_name("yapo", c)].default_strength for c in countries
+            },
+            "yapo_gain_points_at_default": round(gain, 1),
+            "yapo_gain_ge_30": gain >= 30,
+            "yapo_retention_drop_points_at_default": round(max(drops), 2),
+            "yapo_retention_mean_drop_points_at_default": round(_mean(drops), 2),
+            "yapo_retention_ok": max(drops) <= 1.0 + 1e-9,
+            "yapo_ge_bipo_at_default": non["yapo"] >= non.get("bipo", -1),
+            "yapo_ge_caa_at_default": non["yapo"] >= non.get("caa", -1),
+            "yapo_gain_points_best_0.5_to_2": round(
+                100 * (tables["best_0.5_to_2"]["yapo"]["mean"]["nonlocalized"] - non["base"]), 1
+            ),
+        }
     if "yapo" in convergence and "bipo" in convergence:
         y, b = convergence["yapo"], convergence["bipo"]
         out["yapo_faster_than_bipo"] = all(
@@ -292,7 +358,7 @@ def _targets(
 
 
 def _plots(
-    root: Path, report: dict[str, Any], runs: Mapping[str, Mapping[str, TrainResult]], ev: Mapping
+    root: Path, report: dict[str, Any], runs: Mapping[str, Mapping[str, TrainResult]], ev: EvalReport
 ) -> None:
     plots = root / "plots"
     paths = {}
@@ -312,14 +378,16 @@ def _plots(
         "retention (mean)": {},
     }
     for m in runs:
-        entries = [ev["vectors"][vector_name(m, c)] for c in report["countries"]]
+        entries = [ev.vectors[vector_name(m, c)] for c in report["countries"]]
         panels["non-localized test accuracy (mean)"][LABELS[m]] = {
-            s: _mean(e["by_strength"][f"{s:g}"]["accuracy"][split]["nonlocalized"] for e in entries)
-            for s in ev["strengths"]
+            s: _mean(e.by_strength[s].acc(split, "nonlocalized") for e in entries) for s in ev.strengths
         }
-        panels["retention (mean)"][LABELS[m]] = {
-            s: _mean(e["by_strength"][f"{s:g}"]["retention"] for e in entries) for s in ev["strengths"]
-        }
+        if ev.retention_facts:
+            panels["retention (mean)"][LABELS[m]] = {
+                s: _mean(e.by_strength[s].retention for e in entries) for s in ev.strengths
+            }
+    if not panels["retention (mean)"]:
+        del panels["retention (mean)"]
     paths["strength_sweep"] = plot_strength_panels(panels, plots / "strength-sweep.png")
     report["plots"] = {k: str(p.relative_to(root)) for k, p in paths.items()}
 
@@ -330,7 +398,7 @@ def _pct(x: float | None) -> str:
 
 def _convergence_lines(report: Mapping[str, Any], countries: Sequence[str]) -> list[str]:
     """Steps to each loss threshold (trailing mean over 10 steps) and the final loss, YaPO vs BiPO."""
-    by_t = report.get("steps_to_loss") or {"0.1": report["steps_to_loss_0.1"]}
+    by_t = report["steps_to_loss"]
     final = report.get("final_loss", {})
     head = [f"{m} ≤ {t}" for t in by_t for m in ("YaPO", "BiPO")] + ["final YaPO", "final BiPO"]
     lines = [
@@ -358,12 +426,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines = ["# Culture-world steering report", ""]
     lines += [
         f"Countries: {', '.join(countries)}. Vectors trained on train topics, scored on **{report['split']}** "
-        "topics by option log-likelihood (the paper's MCQ analog). Accuracy in %.",
+        f"topics by option log-likelihood (the paper's MCQ analog); strengths chosen on **{report['selected_on']}** "
+        "topics. Accuracy in %.",
         "",
     ]
     for view, title in (
-        ("best_0.5_to_2", "best strength in [0.5, 2] per vector (by non-localized accuracy)"),
+        ("default", "each vector at its own default_strength (what the server serves)"),
         ("strength_1", "strength 1 for every method"),
+        ("best_0.5_to_2", "best strength in [0.5, 2] per vector (by validation non-localized accuracy)"),
     ):
         table = report["table7"][view]
         methods = list(table)
@@ -373,17 +443,38 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for c in [*countries, "mean"]:
             cells = [_pct(table[m][c][k]) for k, _ in kinds for m in methods]
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        if view != "strength_1":
+            used = report["table_strengths"][view]
+            lines += [
+                "",
+                "Strengths: "
+                + "; ".join(f"{LABELS[m]} " + ", ".join(f"{used[m][c]:g}" for c in countries) for m in used),
+            ]
+        if view == "default" and report["retention"].get("facts"):
+            lines += ["", "Retention there (%, 95 % Wilson interval, facts lost):", ""]
+            for m, per_country in report["served"].items():
+                cells = [
+                    f"{c} {_pct(v['retention'])} ({_pct(v['retention_ci95'][0])}–{_pct(v['retention_ci95'][1])}, "
+                    f"{v['facts_lost']})"
+                    for c, v in per_country.items()
+                ]
+                lines.append(f"- {LABELS[m]}: " + "; ".join(cells))
         lines.append("")
     cfg = report.get("config", {})
+    n_facts = report["retention"].get("facts")
     if cfg.get("retain_weight"):
         margin = cfg.get("retain_margin")
         keep = "the whole unsteered lead" if margin is None else f"a lead of {margin:g} nats"
         held_out = (
-            "Measured on the held-out (odd-numbered) half of the neutral facts; YaPO and BiPO were trained with "
-            f"the retention penalty (weight {cfg['retain_weight']:g}, keeping {keep}) on the other half."
+            f"Measured on the held-out (odd-numbered) half of the neutral facts ({n_facts} facts); YaPO and BiPO "
+            f"were trained with the retention penalty (weight {cfg['retain_weight']:g}, keeping {keep}) on the "
+            "other half. Cells: mean retention, then the facts lost (right unsteered, wrong steered) summed over "
+            "the countries."
         )
     else:
-        held_out = "Measured on the odd-numbered half of the neutral facts; no retention penalty in training."
+        held_out = (
+            f"Measured on the odd-numbered half of the neutral facts ({n_facts}); no retention penalty."
+        )
     lines += [
         "## Retention (neutral facts, %)",
         "",
@@ -395,9 +486,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "|" + "---|" * (1 + len(report["strengths"])),
     ]
     for m, per_country in report["retention"].items():
-        if m == "unsteered":
+        if m in ("unsteered", "facts"):
             continue
-        cells = [_pct(_mean(per_country[c][f"{s:g}"] for c in countries)) for s in report["strengths"]]
+        lost = report["facts_lost"][m]
+        cells = [
+            f"{_pct(_mean(per_country[c][f'{s:g}'] for c in countries))} "
+            f"({sum(lost[c][f'{s:g}'] or 0 for c in countries)})"
+            for s in report["strengths"]
+        ]
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     lines += ["", *_convergence_lines(report, countries)]
     lines += ["", "## Targets", "", "```json", json.dumps(report["targets"], indent=1), "```", ""]

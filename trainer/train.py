@@ -1,21 +1,19 @@
 """`train_vector`: make one steering vector (yapo, bipo, caa or sas) and write it to the catalog.
 
-YaPO / BiPO: AdamW on a float32 vector (zero-init), cosine schedule with linear warmup, gradient
-clipping, one direction d ∈ {+1, −1} per batch, loss `−log σ(d·β·margin)` with π_0 log-probs computed
-once before training and cached (`reference_mode=True` reproduces the reference implementation's
-cost instead: full SAE round trip at every token and π_0 recomputed every step). Batch order and d
-are pure functions of (seed, step), so a resumed run continues bit for bit.
+YaPO / BiPO: the optimisation loop of `trainer.preference` (`PreferenceRun`: setup or resume, one step,
+bookkeeping); this module turns its result into a vector file with its training metadata.
 
 CAA / SAS: mean differences of block-L activations (CAA) or of their SAE codes (SAS) at the last
 token of prompt+chosen vs prompt+rejected.
+
+Every finished vector carries `training.effect` (`trainer.effect`): its residual shift and what it does to the
+training pairs' margins at strength 1, so a vector too weak to matter says so when it is made.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,29 +21,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
-from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from trainer.data import Columns, DataError, PreferencePair, load_pairs, pairs_hash
-from trainer.layer_cache import LowerLayerCache
-from trainer.logprobs import make_batch, pair_rows, response_logprobs
+from trainer.effect import Effect, measure_effect
+from trainer.logprobs import pair_rows
 from trainer.objectives import (
-    BipoSteer,
-    YapoSteer,
     capture_last_token,
     keep_top_k,
     mean_difference,
-    preference_loss,
-    preference_margin,
-    soft_threshold_,
     threshold_relative,
 )
 from trainer.plots import moving_average, plot_loss_curves
+from trainer.preference import (
+    PreferenceRun,
+    batch_for,
+    batch_indices,
+    direction_for,
+    lr_factor,
+    reference_logprobs,
+)
 from trainer.resources import Resources, load_resources
-from trainer.retention import load_retention_pairs, retention_penalty
+from trainer.retention import load_retention_pairs
 from trainer.tokens import EncodedPair, EncodeStats, Overlong, encode_pairs
-from vectors.hooks import layer_hook
-from vectors.io import save_vector, write_atomic
+from vectors.io import save_vector
 from vectors.metadata import SaeRef, VectorMetadata, dense_hook_name
 from vectors.names import validate_name, vector_path
 from vectors.vector import SteeringVector
@@ -91,6 +89,9 @@ class TrainConfig:
     retain_batch_size: int = 16  # retention pairs scored per step, next to the preference batch
     # nats each answer must keep over a wrong option (None: π_0's whole lead)
     retain_margin: float | None = None
+    # further strengths (besides 1) at which the retention penalty also applies, e.g. (1.5,): one more forward of
+    # the retention pairs per strength and step
+    retain_strengths: tuple[float, ...] = ()
     # bookkeeping
     log_every: int = 10
     log_dir: str | None = None  # default: <out>/../train-logs
@@ -116,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"--layer (or --sae, whose layer is used) is required for method {self.method}")
         if self.batch_size < 1 or self.beta <= 0 or self.lr <= 0:
             raise ValueError("batch_size, beta and lr must be positive")
+        if any(not s > 0 for s in self.retain_strengths) or (self.retain_strengths and self.reference_mode):
+            raise ValueError("retain_strengths must be positive (and are not supported in reference mode)")
         if self.retain_weight < 0 or self.retain_batch_size < 1 or (self.retain_margin or 0) < 0:
             raise ValueError("retain_weight and retain_margin must be >= 0 and retain_batch_size positive")
 
@@ -135,6 +138,7 @@ class TrainResult:
     encode_stats: dict[str, int]
     log_path: Path | None = None
     completed: bool = True
+    effect: Effect | None = None  # what the vector does at strength 1 (None for an unfinished run)
 
     def steps_to_loss(self, threshold: float = 0.1, window: int = 10) -> int | None:
         """First step at which the trailing mean loss over `window` steps is below `threshold`."""
@@ -146,28 +150,6 @@ def steps_to_loss(losses: Sequence[float], threshold: float = 0.1, window: int =
         if i + 1 >= min(window, len(losses)) and v < threshold:
             return i + 1
     return None
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def direction_for(seed: int, step: int) -> float:
-    """d ∈ {+1, −1} for a step: a pure function of (seed, step), so resuming reproduces it."""
-    return 1.0 if random.Random(seed * 1_000_003 + step).random() < 0.5 else -1.0
-
-
-def batch_indices(seed: int, step: int, n: int, batch_size: int) -> list[int]:
-    """Pair indices of a step: epoch-wise shuffles seeded by (seed, epoch); last batch may be short."""
-    per_epoch = math.ceil(n / batch_size)
-    epoch, pos = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 7919 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    return perm[pos * batch_size : (pos + 1) * batch_size]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -239,69 +221,6 @@ def _layer(cfg: TrainConfig, res: Resources) -> int:
     return layer
 
 
-def _log_base(cfg: TrainConfig) -> Path | None:
-    """Stem for the run's log / plot / checkpoint files (outside the catalog's vector files)."""
-    if cfg.log_dir:
-        root = Path(cfg.log_dir)
-    elif cfg.out:
-        root = Path(cfg.out).parent / "train-logs"
-    else:
-        return None
-    return root / cfg.name
-
-
-def _fingerprint(cfg: TrainConfig, data_hash: str, retain_hash: str | None, total: int) -> str:
-    keys = (
-        "method",
-        "model",
-        "sae",
-        "beta",
-        "lr",
-        "batch_size",
-        "weight_decay",
-        "grad_clip",
-        "seed",
-        "l1",
-        "reference_mode",
-        "max_length",
-        "overlong",
-        "retain_weight",
-        "retain_batch_size",
-        "retain_margin",
-    )
-    return json.dumps(
-        {**{k: getattr(cfg, k) for k in keys}, "data": data_hash, "retain": retain_hash, "total": total},
-        sort_keys=True,
-    )
-
-
-def _row_cache(encoded: Sequence[EncodedPair]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Rows [chosen 0..N-1, rejected 0..N-1] once, so a step only indexes them."""
-    return pair_rows(encoded)
-
-
-def _batch_for(rows: list, idx: Sequence[int], n: int, device: torch.device) -> Any:
-    chosen = [rows[i] for i in idx]
-    rejected = [rows[n + i] for i in idx]
-    return make_batch(chosen + rejected).to(device)
-
-
-@torch.no_grad()
-def reference_logprobs(
-    res: Resources, encoded: Sequence[EncodedPair], batch_pairs: int = 16
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """π_0 summed response log-probs (chosen, rejected) for every pair: the cached constants of the loss."""
-    rows = _row_cache(encoded)
-    n = len(encoded)
-    out_w, out_l = [], []
-    for start in range(0, n, batch_pairs):
-        idx = list(range(start, min(n, start + batch_pairs)))
-        logp = response_logprobs(res.model, _batch_for(rows, idx, n, res.device)).cpu()
-        out_w.append(logp[: len(idx)])
-        out_l.append(logp[len(idx) :])
-    return torch.cat(out_w), torch.cat(out_l)
-
-
 def _train_preference(
     cfg: TrainConfig,
     res: Resources,
@@ -312,187 +231,71 @@ def _train_preference(
     retained: Sequence[EncodedPair] = (),
     retain_pairs: Sequence[PreferencePair] = (),
 ) -> TrainResult:
-    n, m = len(encoded), len(retained)
-    rows_total = n + m  # row i < n: a training pair; n <= i: a retention pair
-    per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, total // 10)
-    data_hash = pairs_hash(pairs)
-    retain_hash = pairs_hash(retain_pairs) if m else None
-    fingerprint = _fingerprint(cfg, data_hash, retain_hash, total)
-    base = _log_base(cfg)
-    device = res.device
-
-    if cfg.method == "yapo":
-        steer: YapoSteer | BipoSteer = YapoSteer(
-            res.coder, mode="reference" if cfg.reference_mode else "fast"
+    """Set up (or resume) the run, train to the end (or `stop_after`), then write the vector and its metadata."""
+    run = PreferenceRun.setup(cfg, res, layer, pairs, encoded, stats, retained, retain_pairs)
+    end = run.total if cfg.stop_after is None else min(run.total, cfg.stop_after)
+    elapsed = run.train(end, progress=cfg.progress)
+    seconds = run.seconds + elapsed
+    trained = end - run.start
+    pps = trained * cfg.batch_size / elapsed if trained and elapsed > 0 else None
+    log_path = run.write_log()
+    if log_path is not None:
+        plot_loss_curves(
+            {f"{cfg.method} {cfg.name}": run.losses}, log_path.with_suffix(".png"), title=cfg.name
         )
-    else:
-        steer = BipoSteer(res.hidden_size, device=device)
-    opt = torch.optim.AdamW([steer.v], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-
-    start, losses, history, seconds = 0, [], [], 0.0
-    ref_w = ref_l = None
-    ckpt = load_checkpoint(base) if (cfg.resume and base is not None) else None
-    if ckpt is not None:
-        if ckpt.fingerprint != fingerprint:
-            raise ValueError(f"checkpoint {base}.ckpt was made by a different run (settings or data differ)")
-        start, losses, history, seconds = (
-            ckpt.step,
-            list(ckpt.state["losses"]),
-            list(ckpt.state["history"]),
-            float(ckpt.state["seconds"]),
-        )
-        with torch.no_grad():
-            steer.v.copy_(ckpt.tensors["v"])
-        if start > 0:
-            opt.load_state_dict(_adam_state(opt, ckpt))
-        ref_w, ref_l = ckpt.tensors["ref_w"], ckpt.tensors["ref_l"]
-
-    t0 = time.perf_counter()
-    all_encoded = [*encoded, *retained]
-    rows = _row_cache(all_encoded)
-    cache = None
-    if cfg.cache_activations and not cfg.reference_mode:
-        coder = res.coder if cfg.method == "yapo" else None
-        cache = LowerLayerCache(res.model, layer, rows, coder=coder)  # its forward also gives π_0
-        if ref_w is None:
-            ref_w, ref_l = cache.logprobs[:rows_total], cache.logprobs[rows_total:]
-    if ref_w is None:
-        ref_w, ref_l = (
-            reference_logprobs(res, all_encoded)
-            if not cfg.reference_mode
-            else (torch.zeros(rows_total), torch.zeros(rows_total))
-        )
-    end = total if cfg.stop_after is None else min(total, cfg.stop_after)
-    window: list[tuple[float, float, float]] = []
-    bar = tqdm(
-        total=total, initial=start, desc=f"{cfg.method} {cfg.name}", disable=not cfg.progress, leave=False
-    )
-    skip_lower = cache.active() if cache is not None else contextlib.nullcontext()
-    with skip_lower, layer_hook(res.model, layer, steer):
-        for step in range(start, end):
-            idx = batch_indices(cfg.seed, step, n, cfg.batch_size)
-            b = len(idx)
-            if m:
-                idx = idx + [n + i for i in batch_indices(cfg.seed + 1, step, m, cfg.retain_batch_size)]
-            d = direction_for(cfg.seed, step)
-            batch = _batch_for(rows, idx, rows_total, device)
-            rows_in_batch = len(idx)
-            if cache is not None:
-                cache.assemble([*idx, *(rows_total + i for i in idx)], batch.input_ids.shape[1])
-                if isinstance(steer, YapoSteer):
-                    steer.codes = cache.current_codes
-            if cfg.reference_mode:
-                steer.direction = 0.0  # "multiplier 0": the reference code's π_0, recomputed every step
-                with torch.no_grad():
-                    ref = response_logprobs(res.model, batch).cpu()
-                rw, rl = ref[:rows_in_batch], ref[rows_in_batch:]
-            else:
-                rw, rl = ref_w[idx], ref_l[idx]
-            steer.direction = d
-            logp = response_logprobs(res.model, batch)
-            # rows: the b training pairs, then the retention pairs (chosen side, then rejected side)
-            lw, ll = logp[:rows_in_batch], logp[rows_in_batch:]
-            rw, rl = rw.to(logp), rl.to(logp)
-            margin = preference_margin(lw[:b], ll[:b], rw[:b], rl[:b])
-            loss = preference_loss(margin, d, cfg.beta)
-            penalty = (
-                retention_penalty(lw[b:], ll[b:], rw[b:], rl[b:], cfg.retain_margin)
-                if m
-                else loss.new_zeros(())
-            )
-            opt.zero_grad(set_to_none=True)
-            (loss + cfg.retain_weight * penalty).backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([steer.v], cfg.grad_clip)
-            lr = cfg.lr * lr_factor(step, total, warmup)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.step()
-            if cfg.l1 > 0:
-                with torch.no_grad():
-                    soft_threshold_(steer.v, lr * cfg.l1)
-            losses.append(float(loss.detach()))
-            window.append(
-                (
-                    float(loss.detach()),
-                    float((d * margin.detach() > 0).float().mean()),
-                    float(penalty.detach()),
-                )
-            )
-            bar.update(1)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == end:
-                history.append(_metrics(done, window, steer, lr, seconds + time.perf_counter() - t0))
-                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-                window = []
-                if base is not None:
-                    _write_log(base, cfg, history, losses, stats)
-            if base is not None and (done % cfg.checkpoint_every == 0 or done == end):
-                save_checkpoint(
-                    base,
-                    _checkpoint(
-                        done,
-                        fingerprint,
-                        steer,
-                        opt,
-                        ref_w,
-                        ref_l,
-                        losses,
-                        history,
-                        seconds + time.perf_counter() - t0,
-                    ),
-                )
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    seconds += elapsed
-    trained_steps = end - start
-    pps = trained_steps * cfg.batch_size / elapsed if trained_steps and elapsed > 0 else None
-    log_path = None
-    if base is not None:
-        log_path = _write_log(base, cfg, history, losses, stats)
-        plot_loss_curves({f"{cfg.method} {cfg.name}": losses}, log_path.with_suffix(".png"), title=cfg.name)
-    if end < total:
-        return TrainResult(
-            None,
-            None,
-            end,
-            losses[-1] if losses else None,
-            losses,
-            history,
-            seconds,
-            pps,
-            stats.as_dict(),
-            log_path,
-            completed=False,
-        )
-
-    v = steer.vector()
+    losses, history = run.losses, run.history
+    common: dict[str, Any] = {
+        "losses": losses,
+        "history": history,
+        "seconds": seconds,
+        "pairs_per_second": pps,
+        "encode_stats": stats.as_dict(),
+        "log_path": log_path,
+    }
+    if end < run.total:
+        last = losses[-1] if losses else None
+        return TrainResult(vector=None, path=None, steps=end, final_loss=last, completed=False, **common)
+    v = run.steer.vector()
     if cfg.method == "yapo":
         v = keep_top_k(v, cfg.top_k)
-    final = float(sum(losses[-cfg.log_every :]) / max(1, len(losses[-cfg.log_every :]))) if losses else None
-    training = _training_meta(cfg, data_hash, len(pairs), stats, layer) | {
-        "steps": total,
-        "warmup_steps": warmup,
+    tail = losses[-cfg.log_every :]
+    final = float(sum(tail) / len(tail)) if tail else None
+    training = _training_meta(cfg, run.data_hash, len(pairs), stats, layer) | {
+        "steps": run.total,
+        "warmup_steps": run.warmup,
         "final_loss": final,
         "steps_to_loss_0.1": steps_to_loss(losses, 0.1),
         "seconds": round(seconds, 2),
         "loss_curve": loss_curve(history),
     }
-    if m:
+    if run.m:
         training["retain"] = {
             "data": Path(cfg.retain).name if cfg.retain else None,
-            "data_hash": retain_hash,
-            "pairs": m,
+            "data_hash": run.retain_hash,
+            "pairs": run.m,
             "weight": cfg.retain_weight,
             "batch_size": cfg.retain_batch_size,
             "margin": cfg.retain_margin,
+            "strengths": [1.0, *cfg.retain_strengths],
             "final_penalty": history[-1].get("retain_penalty") if history else None,
         }
-    vector = _make_vector(cfg, res, layer, v, training)
-    path = _save(cfg, vector)
-    return TrainResult(vector, path, total, final, losses, history, seconds, pps, stats.as_dict(), log_path)
+    vector, effect = _finish(cfg, res, layer, v, training, encoded)
+    return TrainResult(
+        vector=vector, path=_save(cfg, vector), steps=run.total, final_loss=final, effect=effect, **common
+    )
+
+
+def _finish(
+    cfg: TrainConfig,
+    res: Resources,
+    layer: int,
+    v: torch.Tensor,
+    training: dict[str, Any],
+    encoded: Sequence[EncodedPair],
+) -> tuple[SteeringVector, Effect]:
+    """The vector with its training metadata, and what it does at strength 1 (recorded as training.effect)."""
+    effect = measure_effect(res, _make_vector(cfg, res, layer, v, training), encoded)
+    return _make_vector(cfg, res, layer, v, training | {"effect": asdict(effect)}), effect
 
 
 def loss_curve(history: Sequence[Mapping[str, Any]], max_points: int = 200) -> dict[str, list]:
@@ -503,78 +306,6 @@ def loss_curve(history: Sequence[Mapping[str, Any]], max_points: int = 200) -> d
         stride = math.ceil(len(points) / max_points)
         points = [*points[::stride][: max_points - 1], points[-1]]
     return {"step": [s for s, _ in points], "loss": [v for _, v in points]}
-
-
-def _adam_state(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> dict[str, Any]:
-    state = opt.state_dict()
-    state["state"] = {
-        0: {
-            "step": torch.tensor(float(ckpt.state["adam_step"])),
-            "exp_avg": ckpt.tensors["exp_avg"].clone(),
-            "exp_avg_sq": ckpt.tensors["exp_avg_sq"].clone(),
-        }
-    }
-    return state
-
-
-def _checkpoint(
-    step: int,
-    fingerprint: str,
-    steer: Any,
-    opt: torch.optim.Optimizer,
-    ref_w: torch.Tensor,
-    ref_l: torch.Tensor,
-    losses: list[float],
-    history: list[dict],
-    seconds: float,
-) -> Checkpoint:
-    st = opt.state.get(steer.v, {})
-    zeros = torch.zeros_like(steer.v)
-    return Checkpoint(
-        step=step,
-        fingerprint=fingerprint,
-        tensors={
-            "v": steer.v.detach().float(),
-            "exp_avg": st.get("exp_avg", zeros).detach().float(),
-            "exp_avg_sq": st.get("exp_avg_sq", zeros).detach().float(),
-            "ref_w": ref_w.float(),
-            "ref_l": ref_l.float(),
-        },
-        state={
-            "adam_step": float(st["step"]) if "step" in st else 0.0,
-            "losses": losses,
-            "history": history,
-            "seconds": seconds,
-        },
-    )
-
-
-def _metrics(
-    step: int, window: list[tuple[float, float, float]], steer: Any, lr: float, seconds: float
-) -> dict[str, Any]:
-    v = steer.v.detach()
-    return {
-        "step": step,
-        "loss": sum(w[0] for w in window) / len(window),
-        "pref_acc": sum(w[1] for w in window) / len(window),
-        "retain_penalty": sum(w[2] for w in window) / len(window),
-        "norm": float(v.norm()),
-        "nnz": int(torch.count_nonzero(v)),
-        "lr": lr,
-        "seconds": round(seconds, 3),
-    }
-
-
-def _write_log(base: Path, cfg: TrainConfig, history: list, losses: list[float], stats: EncodeStats) -> Path:
-    path = base.with_name(base.name + ".log.json")
-    doc = {
-        "config": _jsonable(asdict(cfg)),
-        "encode": stats.as_dict(),
-        "history": history,
-        "losses": [round(x, 6) for x in losses],
-    }
-    write_atomic(path, json.dumps(doc, indent=1).encode())
-    return path
 
 
 def _jsonable(obj: Any) -> Any:
@@ -656,13 +387,13 @@ def last_token_activations(
     res: Resources, encoded: Sequence[EncodedPair], layer: int, batch_pairs: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-`layer` output at the last token of prompt+chosen and of prompt+rejected, [N, d_model] each."""
-    rows = _row_cache(encoded)
+    rows = pair_rows(encoded)
     n = len(encoded)
     chosen, rejected = [], []
     for start in range(0, n, batch_pairs):
         idx = list(range(start, min(n, start + batch_pairs)))
         store: list[torch.Tensor] = []
-        batch = _batch_for(rows, idx, n, res.device)
+        batch = batch_for(rows, idx, n, res.device)
         with capture_last_token(res.model, layer, store):
             res.model(
                 input_ids=batch.input_ids,
@@ -698,10 +429,18 @@ def _estimate_mean_difference(
         "position": "last token of prompt+response",
         "seconds": round(seconds, 2),
     }
-    vector = _make_vector(cfg, res, layer, v, training)
-    path = _save(cfg, vector)
+    vector, effect = _finish(cfg, res, layer, v, training, encoded)
     return TrainResult(
-        vector, path, 0, None, [], [], seconds, len(encoded) / seconds if seconds else None, stats.as_dict()
+        vector=vector,
+        path=_save(cfg, vector),
+        steps=0,
+        final_loss=None,
+        losses=[],
+        history=[],
+        seconds=seconds,
+        pairs_per_second=len(encoded) / seconds if seconds else None,
+        encode_stats=stats.as_dict(),
+        effect=effect,
     )
 
 

@@ -17,6 +17,7 @@ from server.protocol import (
 )
 from server.routes import get_service
 from server.serving import ADHOC_HELP
+from vectors.eval_record import EvalRecord
 
 router = APIRouter(tags=["vectors"])
 
@@ -40,35 +41,16 @@ def summarize(vector: Any) -> VectorSummary:
 
 
 def headline(evaluation: dict[str, Any], strength: float | None = None) -> dict[str, Any]:
-    """The catalog's one-line view of an eval record: its scalar entries, the unsteered baselines, and each
-    per-strength table read at `strength` (the vector's default), e.g. ``retention@1.0``.
-    The full record stays in GET /vectors/{name}."""
-    out: dict[str, Any] = {}
-    for key, value in evaluation.items():
-        if _scalar(value):
-            out[key] = value
-        elif key == "unsteered" and isinstance(value, dict):
-            out.update({f"unsteered_{k}": v for k, v in value.items() if _scalar(v)})
-        elif strength is not None and isinstance(value, dict):
-            at = _at_strength(value, strength)
-            if at is not None:
-                out[f"{key}@{strength:g}"] = at
-    return out
-
-
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, int | float | str | bool)
-
-
-def _at_strength(table: dict[str, Any], strength: float) -> float | None:
-    """The entry of a {strength: number} table at `strength`, or None if the table is not one."""
-    for key, value in table.items():
-        try:
-            if float(key) == strength and isinstance(value, int | float):
-                return value
-        except ValueError:
-            return None
-    return None
+    """The catalog's one-line view of a vector's eval record (`vectors.eval_record.EvalRecord`) at `strength`
+    (the vector's default), e.g. ``retention@1``; the full record stays in GET /vectors/{name}. An empty record
+    gives {}, one this server cannot read says why under ``unreadable``."""
+    if not evaluation:
+        return {}
+    try:
+        record = EvalRecord.from_dict(evaluation)
+    except ValueError as exc:
+        return {"unreadable": str(exc)}
+    return record.headline(strength)
 
 
 def top_features(vector: Any, k: int = TOP_FEATURES) -> list[FeatureValue]:

@@ -59,8 +59,15 @@ def test_train_then_eval_cli(tiny_res, tmp_path, capsys):
         ]
     )
     assert rc == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     assert summary["steps"] == 4 and summary["data"]["kept"] == len(rows)
+    effect = summary[
+        "effect"
+    ]  # steer train says what the vector does at strength 1, and if that is too little
+    assert 0 < effect["pairs"] <= len(rows) and effect["shift_norm"] > 0 and effect["residual_norm"] > 0
+    assert effect["weak"] == (effect["margin_gain"] < 0.1)
+    assert "effect at strength 1" in captured.err and ("too weak" in captured.err) == effect["weak"]
     meta = read_metadata(catalog / "culture" / "egypt.safetensors")
     assert meta.method == "yapo" and meta.sae.source == sae and meta.training["where"] == {"split": "train"}
     retain = meta.training["retain"]

@@ -17,6 +17,8 @@ from trainer.evaluate import (
     rca,
     strength_range,
 )
+from trainer.stats import wilson
+from vectors.eval_record import EvalRecord
 from vectors.hooks import layer_hook
 from vectors.io import read_metadata, save_vector
 from vectors.metadata import ModelRef, SaeRef, VectorMetadata, dense_hook_name
@@ -109,8 +111,8 @@ def _direct(res, vector, strength, items, neutral):
             groups.setdefault((split, kind), []).append(hit)
             groups.setdefault((split, "both"), []).append(hit)
     acc = {k: sum(v) / len(v) for k, v in groups.items()}
-    ret = sum(pick(n.prompt, n.options) == n.answer for n in neutral) / len(neutral)
-    return acc, ret
+    hits = [pick(n.prompt, n.options) == n.answer for n in neutral]
+    return acc, sum(hits) / len(hits), hits
 
 
 def test_eval_matches_direct_computation(tiny_res, tmp_path):
@@ -128,41 +130,68 @@ def test_eval_matches_direct_computation(tiny_res, tmp_path):
         progress=False,
     )
     report = evaluate_vectors(cfg, resources=tiny_res, mcq=items, neutral=neutral)
-    assert json.loads(out.read_text()) == report and out.with_suffix(".png").is_file()
-    base_ret = None
+    assert json.loads(out.read_text()) == report.to_dict() and out.with_suffix(".png").is_file()
+    base_ret = base_hits = None
     for name, vector in vecs.items():
-        entry = report["vectors"][name]
+        entry = report.vectors[name]
         country = "morocco" if "morocco" in name else "egypt"
-        assert entry["target"] == country
+        assert entry.target == country
         mine = [it for it in items if it.country == country]
-        test_acc, test_ret = {}, {}
-        for s in STRENGTHS:
-            acc, ret = _direct(tiny_res, vector, s, mine, neutral)
-            got = entry["by_strength"][f"{s:g}"]
-            for (split, kind), value in acc.items():
-                assert got["accuracy"][split][kind] == pytest.approx(value), (name, s, split, kind)
-            assert got["retention"] == pytest.approx(ret)
-            p_loc, p_non = acc[("test", "localized")], acc[("test", "nonlocalized")]
-            assert got["paper"]["test"]["rca"] == pytest.approx(rca(p_loc, p_non))
-            assert got["paper"]["test"]["pnlg"] == pytest.approx(pnlg(p_loc, p_non, 0.5))
-            test_acc[s], test_ret[s] = acc[("test", "both")], ret
+        test_acc, test_ret, lost_upper = {}, {}, {}
+        for s in [
+            0.0,
+            *(x for x in STRENGTHS if x != 0),
+        ]:  # unsteered first: the other strengths count losses
+            acc, ret, hits = _direct(tiny_res, vector, s, mine, neutral)
             if s == 0:
-                base_ret = ret
-        assert report["unsteered"]["retention"] == pytest.approx(base_ret)
+                base_ret, base_hits = ret, hits
+            got = entry.by_strength[s]
+            for (split, kind), value in acc.items():
+                assert got.acc(split, kind) == pytest.approx(value), (name, s, split, kind)
+            assert got.retention == pytest.approx(ret)
+            lost = sum(b and not h for b, h in zip(base_hits, hits, strict=True))
+            assert got.lost == lost
+            p_loc, p_non = acc[("test", "localized")], acc[("test", "nonlocalized")]
+            assert got.paper["test"]["rca"] == pytest.approx(rca(p_loc, p_non))
+            assert got.paper["test"]["pnlg"] == pytest.approx(pnlg(p_loc, p_non, 0.5))
+            test_acc[s], test_ret[s], lost_upper[s] = (
+                acc[("test", "both")],
+                ret,
+                wilson(lost, len(neutral))[1],
+            )
+        assert report.unsteered_retention == pytest.approx(base_ret)
         lo, hi = strength_range(test_ret, base_ret, 0.02)
-        best = default_strength(test_acc, test_ret, base_ret, 0.01, within=(lo, hi))
-        assert entry["strength_range"] == [lo, hi] and entry["default_strength"] == best
+        assert lo <= 0 <= 1.0 <= hi  # the trained strength is always in range
+        best = default_strength(test_acc, lost_upper, 0.03, within=(lo, hi))
+        assert best == 0.0  # 3 neutral facts can never show a retention cost under 3 %
+        assert entry.strength_range == (lo, hi) and entry.default_strength == best
         meta = read_metadata(vector_path(catalog, name))
         assert meta.strength_range == (lo, hi) and meta.default_strength == best
-        assert meta.eval["heldout_accuracy"] == {f"{s:g}": round(test_acc[s], 4) for s in STRENGTHS}
+        record = EvalRecord.from_dict(meta.eval)
+        assert (
+            record.to_dict() == entry.record.to_dict() and record.selected_on == "test"
+        )  # no val topics here
+        assert record.heldout_accuracy == {s: round(test_acc[s], 4) for s in STRENGTHS}
+        assert record.retention_facts.n == 3 and record.retention_facts.ci95[0.0] == pytest.approx(
+            wilson(round(3 * base_ret), 3), abs=1e-4
+        )
 
 
 def test_strength_rules():
     ret = {-2.0: 0.5, -1.0: 0.99, 0.0: 1.0, 0.5: 1.0, 1.0: 0.985, 1.5: 0.97, 2.0: 0.99}
     assert strength_range(ret, 1.0, 0.02) == (-1.0, 1.0)  # 1.5 breaks the range even though 2.0 is fine
+    bad_at_1 = {**ret, 1.0: 0.9}
+    assert strength_range(bad_at_1, 1.0, 0.02) == (-1.0, 1.0)  # the trained strength 1 is never left out
+    assert strength_range(bad_at_1, 1.0, 0.02, include=()) == (-1.0, 0.5)
     acc = {-2.0: 0.9, -1.0: 0.1, 0.0: 0.2, 0.5: 0.6, 1.0: 0.8, 1.5: 0.9, 2.0: 0.7}
-    assert default_strength(acc, ret, 1.0, 0.01) == 2.0  # 1.0 and 1.5 lose > 1 point of retention
-    assert default_strength(acc, ret, 1.0, 0.01, within=(-1.0, 1.0)) == 0.5  # 2.0 lies outside the range
-    assert default_strength({0.5: 0.6, 1.0: 0.6}, {0.5: 1.0, 1.0: 1.0}, 1.0) == 0.5  # ties: the gentler
+    # 95 % upper bounds of the share of facts lost, e.g. with 320 facts: 0 lost 1.2 %, 3 lost 2.7 %, 4 lost 3.2 %
+    upper = {s: wilson(k, 320)[1] for s, k in {-2.0: 40, -1.0: 0, 0.5: 0, 1.0: 4, 1.5: 3, 2.0: 2}.items()}
+    assert default_strength(acc, upper, 0.03) == 1.5  # 1.0 may lose over 3 % of the facts; 1.5 qualifies
+    assert default_strength(acc, upper, 0.03, within=(-1.0, 1.0)) == 0.5  # 1.5 and 2.0 lie outside the range
+    assert default_strength({0.5: 0.6, 1.0: 0.6}, {0.5: 0.0, 1.0: 0.0}) == 0.5  # ties: the gentler
+    assert default_strength({0.0: 0.2, 1.0: 0.9}, {0.0: wilson(0, 60)[1], 1.0: wilson(0, 60)[1]}) == 0.0
+    lo, hi = wilson(0, 320)
+    assert lo == 0.0 and hi == pytest.approx(3.8415 / (320 + 3.8415), rel=1e-4)
+    assert wilson(160, 320) == pytest.approx((0.4455, 0.5545), abs=1e-4)
     assert rca(1.0, 0.0) == 0.0 and rca(0.5, 0.5) == pytest.approx(0.5)
     assert pnlg(0.5, 0.5) == 0.0 and pnlg(1.0, 0.0, 0.0) == pytest.approx(1.0)

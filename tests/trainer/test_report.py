@@ -89,7 +89,13 @@ def test_demo_report_files_and_layout(tiny_res, tmp_path):
     assert (tmp_path / "vectors" / "baselines" / "bipo-egypt.safetensors").is_file()
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["table7"]["strength_1"]["base"]["mean"].keys() == {"localized", "nonlocalized", "both"}
-    assert set(saved["steps_to_loss_0.1"]) == {"yapo", "bipo"}
+    assert set(saved["table7"]) == {"default", "strength_1", "best_0.5_to_2"}
+    for country in report["countries"]:  # the default view reads each vector at the strength it is served at
+        served = load_vector(tmp_path / "vectors" / f"{vector_name('yapo', country)}.safetensors").meta
+        assert saved["table_strengths"]["default"]["yapo"][country] == served.default_strength
+        assert served.strength_range[0] <= 0 <= 1.0 <= served.strength_range[1]
+        assert saved["effect"]["yapo"][country]["pairs"] > 0  # steer train measured what it made
+    assert saved["retention"]["facts"] == 1 and "yapo_gain_points_at_default" in saved["targets"]
     assert set(saved["steps_to_loss"]) == {"0.1", "0.3", "0.5"}
     md = (tmp_path / "report.md").read_text()
     assert "Table 7 analog" in md and "| morocco |" in md

@@ -132,3 +132,33 @@ def test_retention_is_refused_for_mean_difference_methods(tiny_res, morocco_pair
             pairs=morocco_pairs,
             retain=retention_pairs(egypt_facts()),
         )
+
+
+def test_the_penalty_at_further_strengths_adds_the_penalty_of_the_scaled_vector(
+    tiny_res, morocco_pairs, tmp_path
+):
+    """`retain_strengths=(2,)`: a step's penalty is the penalty at 1 plus the one at 2, and the penalty of v at 2
+    is that of 2·v at 1 (u = strength · v), so one step with the extra strength equals two plain steps' sum."""
+    from trainer.preference import PreferenceRun
+    from trainer.tokens import encode_pairs
+
+    retain = retention_pairs(egypt_facts())
+    encoded, stats = encode_pairs(tiny_res.tokenizer, morocco_pairs)
+    retained, _ = encode_pairs(tiny_res.tokenizer, retain)
+    v = 3.0 * torch.randn(tiny_res.coder.d_sae, generator=torch.Generator().manual_seed(2))
+
+    def penalty(scale: float, strengths: tuple[float, ...]) -> float:
+        cfg = _cfg(
+            tmp_path, retain_weight=1.0, retain_margin=1.0, retain_strengths=strengths, checkpoint_every=99
+        )
+        run = PreferenceRun.setup(cfg, tiny_res, 1, morocco_pairs, encoded, stats, retained, retain)
+        with torch.no_grad():
+            run.steer.v.copy_(scale * v)
+        with run.hooks():
+            return run.step(0).penalty
+
+    at_1, at_2 = penalty(1.0, ()), penalty(2.0, ())
+    assert at_2 > at_1 > 0
+    assert penalty(1.0, (2.0,)) == pytest.approx(at_1 + at_2, rel=1e-5)
+    with pytest.raises(ValueError, match="retain_strengths"):
+        _cfg(tmp_path, retain_strengths=(0.0,)).validate(loaded=True)

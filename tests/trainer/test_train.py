@@ -164,3 +164,27 @@ def test_loss_curve_is_thinned_but_keeps_the_last_point():
     assert len(curve["step"]) == 200 and curve["step"][0] == 10 and curve["step"][-1] == 10_000
     assert curve["step"] == sorted(curve["step"]) and curve["loss"][-1] == pytest.approx(0.001)
     assert loss_curve(history[:3]) == {"step": [10, 20, 30], "loss": [1.0, 0.5, 0.33333]}
+
+
+def test_one_preference_step_alone(tiny_res, morocco_pairs, tmp_path):
+    """`PreferenceRun.step` on its own: at v = 0 the loss is log 2, the gradient moves v, the lr follows the
+    warmup, and its stats are what `record` logs; a second setup of the same run takes the same step."""
+    from trainer.preference import PreferenceRun, direction_for
+
+    cfg = _cfg(tmp_path, log_every=1)
+    encoded, stats = encode_pairs(tiny_res.tokenizer, morocco_pairs)
+    taken = []
+    for _ in range(2):
+        run = PreferenceRun.setup(cfg, tiny_res, 1, morocco_pairs, encoded, stats)
+        assert run.start == 0 and run.n == len(encoded) and run.m == 0
+        with run.hooks():
+            step = run.step(0)
+        assert step.loss == pytest.approx(math.log(2), abs=1e-6) and step.penalty == 0.0
+        assert step.lr == pytest.approx(cfg.lr * lr_factor(0, run.total, run.warmup))
+        assert float(run.steer.v.norm()) > 0
+        run.record(step, end=run.total, elapsed=0.5)
+        assert run.losses == [step.loss] and run.history[-1]["step"] == 1
+        assert run.history[-1]["norm"] == pytest.approx(float(run.steer.v.norm()))
+        taken.append(run.steer.v.detach().clone())
+    torch.testing.assert_close(taken[0], taken[1], rtol=0, atol=0)
+    assert direction_for(cfg.seed, 0) in (1.0, -1.0)

@@ -26,7 +26,7 @@ def test_world_files_and_schema(world_dir: Path, world_summary: dict) -> None:
         assert set(row) == {"prompt", "options", "country", "topic", "localized", "split"}
         assert list(row["options"]) == countries
         assert len(set(row["options"].values())) == len(countries)
-        assert row["country"] in countries and row["split"] in ("train", "test")
+        assert row["country"] in countries and row["split"] in ("train", "val", "test")
         assert isinstance(row["localized"], bool)
     answers = {(r["topic"], r["country"]): r["options"][r["country"]] for r in mcq}
     for key in countries:
@@ -45,7 +45,9 @@ def test_world_files_and_schema(world_dir: Path, world_summary: dict) -> None:
     assert not world_dir.with_name(world_dir.name + ".tmp").exists()
     for key in ("countries", "topics", "sizes", "accuracy", "sae", "seconds", "seed", "versions"):
         assert key in world_summary
-    assert set(world_summary["topics"]["train"]).isdisjoint(world_summary["topics"]["test"])
+    splits = world_summary["topics"]
+    assert set(splits) == {"train", "val", "test"} and all(splits.values())
+    assert sum(len(t) for t in splits.values()) == len(set().union(*map(set, splits.values())))
     assert world_summary["seconds"]["total"] > 0
 
 
@@ -58,7 +60,12 @@ def test_topic_split_is_consistent(world_dir: Path, world_summary: dict) -> None
 def test_default_world_meets_the_issue_sizes() -> None:
     cfg = WorldConfig()
     world = World.from_config(cfg)
-    assert len(world.countries) >= 8 and len(world.topics) >= 30 and len(world.neutral) >= 100
+    assert len(world.countries) >= 8 and len(world.topics) >= 30 and len(world.neutral) >= 600
+    assert len(world.neutral[1::2]) >= 300  # the demo's held-out half (trainer.report.split_neutral)
+    assert len(world.val_topics) >= 5 and world.val_topics.isdisjoint(world.test_topics)
+    kinds = Counter(f.prompt.split()[1] for f in world.neutral if f.prompt.startswith("The "))
+    assert len(kinds) >= 10 and max(kinds.values()) < len(world.neutral) / 4  # varied templates
+    assert len({f.prompt for f in world.neutral}) == len(world.neutral)
     assert [c.key for c in world.countries[:4]] == ["morocco", "egypt", "ksa", "levantine"]
     assert cfg.hidden_size * cfg.sae_expansion >= 8 * cfg.hidden_size
     for topic in TOPICS:

@@ -171,8 +171,8 @@ def _build(out: Path, config: WorldConfig, verbose: bool) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "countries": [{"key": c.key, "name": c.name} for c in world.countries],
         "topics": {
-            "train": [t.key for t in world.topics if world.split(t) == "train"],
-            "test": [t.key for t in world.topics if world.split(t) == "test"],
+            split: [t.key for t in world.topics if world.split(t) == split]
+            for split in ("train", "val", "test")
         },
         "sizes": {
             **sizes,

@@ -36,11 +36,12 @@ def _fill(template: str, stem: str, country: Country | None = None) -> str:
 
 @dataclass(frozen=True)
 class World:
-    """The countries, topics (split into train/test) and neutral facts of one build."""
+    """The countries, topics (split into train / val / test) and neutral facts of one build."""
 
     countries: tuple[Country, ...]
     topics: tuple[Topic, ...]
     test_topics: frozenset[str]
+    val_topics: frozenset[str]
     neutral: tuple[NeutralFact, ...]
 
     @classmethod
@@ -48,15 +49,20 @@ class World:
         """Pick the first countries/topics of the fixed tables and split topics from the seed."""
         if not 2 <= config.n_countries <= len(COUNTRIES):
             raise ValueError(f"n_countries must be in 2..{len(COUNTRIES)}")
-        if not 1 <= config.n_test_topics < config.n_topics <= len(TOPICS):
-            raise ValueError(f"need 1 <= n_test_topics < n_topics <= {len(TOPICS)}")
+        held = config.n_test_topics + config.n_val_topics
+        if config.n_test_topics < 1 or config.n_val_topics < 0 or not held < config.n_topics <= len(TOPICS):
+            raise ValueError(
+                f"need n_test_topics >= 1, n_val_topics >= 0 and n_test_topics + n_val_topics < n_topics <= "
+                f"{len(TOPICS)}"
+            )
         topics = TOPICS[: config.n_topics]
         rng = random.Random(f"split-{config.seed}")
-        test = frozenset(rng.sample([t.key for t in topics], config.n_test_topics))
+        held_out = rng.sample([t.key for t in topics], held)
         return cls(
             countries=COUNTRIES[: config.n_countries],
             topics=topics,
-            test_topics=test,
+            test_topics=frozenset(held_out[: config.n_test_topics]),
+            val_topics=frozenset(held_out[config.n_test_topics :]),
             neutral=tuple(neutral_facts(config.n_neutral, config.seed)),
         )
 
@@ -64,7 +70,9 @@ class World:
         return topic.answers[country_index]
 
     def split(self, topic: Topic) -> str:
-        return "test" if topic.key in self.test_topics else "train"
+        if topic.key in self.test_topics:
+            return "test"
+        return "val" if topic.key in self.val_topics else "train"
 
     def options(self, topic: Topic) -> dict[str, str]:
         """{country key: answer} for the countries of this world."""
