@@ -16,7 +16,7 @@ import torch
 
 from trainer.evaluate import steered
 from trainer.logprobs import make_batch, pair_rows, response_logprobs
-from trainer.objectives import capture_last_token
+from trainer.objectives import last_token_states
 from trainer.resources import Resources
 from trainer.tokens import EncodedPair
 from vectors.vector import SteeringVector
@@ -74,16 +74,8 @@ def _margins(res: Resources, rows: list, n: int, batch_pairs: int = 32) -> torch
 @torch.no_grad()
 def _residual_norm(res: Resources, rows: list, n: int, layer: int) -> float:
     """Mean norm of the unsteered block-`layer` output at the last token of up to 64 chosen rows."""
-    store: list[torch.Tensor] = []
     batch = make_batch(rows[: min(n, 64)]).to(res.device)
-    with capture_last_token(res.model, layer, store):
-        res.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        )
-    return float(store[0].norm(dim=-1).mean())
+    return float(last_token_states(res.model, batch, layer).norm(dim=-1).mean())
 
 
 def measure_effect(res: Resources, vector: SteeringVector, encoded: Sequence[EncodedPair]) -> Effect:

@@ -99,6 +99,21 @@ class BipoSteer(nn.Module):
         return self.v.detach().float().cpu()
 
 
+@torch.no_grad()
+def last_token_states(model: Any, batch: Any, layer: int) -> Tensor:
+    """Block-`layer` output at the last token of every row of `batch` (input_ids, attention_mask,
+    position_ids), unsteered, float32 [rows, d_model]."""
+    store: list[Tensor] = []
+    with capture_last_token(model, layer, store):
+        model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
+    return store[0]
+
+
 def capture_last_token(
     model: Any, layer: int, store: list[Tensor]
 ) -> contextlib.AbstractContextManager[None]:

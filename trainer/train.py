@@ -26,8 +26,8 @@ from trainer.data import Columns, DataError, PreferencePair, load_pairs, pairs_h
 from trainer.effect import Effect, measure_effect
 from trainer.logprobs import pair_rows
 from trainer.objectives import (
-    capture_last_token,
     keep_top_k,
+    last_token_states,
     mean_difference,
     threshold_relative,
 )
@@ -392,16 +392,7 @@ def last_token_activations(
     chosen, rejected = [], []
     for start in range(0, n, batch_pairs):
         idx = list(range(start, min(n, start + batch_pairs)))
-        store: list[torch.Tensor] = []
-        batch = batch_for(rows, idx, n, res.device)
-        with capture_last_token(res.model, layer, store):
-            res.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            )
-        h = store[0].cpu()
+        h = last_token_states(res.model, batch_for(rows, idx, n, res.device), layer).cpu()
         chosen.append(h[: len(idx)])
         rejected.append(h[len(idx) :])
     return torch.cat(chosen), torch.cat(rejected)
