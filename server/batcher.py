@@ -49,7 +49,6 @@ class Batcher:
         self.metrics = metrics
         self.rows: list[Sequence] = []  # rows[i] holds slot i
         self._decoding: Seq[Sequence] = ()
-        self.runner.after_forward = self._inject_step_faults
 
     @property
     def free(self) -> int:
@@ -107,6 +106,7 @@ class Batcher:
 
     def _decode(self, start: int, rows: Seq[Sequence]) -> StepOutput:
         self._decoding = rows
+        self.runner.after_forward = self._inject_step_faults  # the runner may be shared with other batchers
         try:
             return self.runner.decode(start, len(rows))
         finally:

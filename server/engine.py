@@ -9,6 +9,7 @@ vectors and the steering admission check live here; batching lives in `server.ba
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from server.batcher import Batcher
+from server.compiled import EngineMode, EngineStatus
 from server.output import OutputStage
 from server.runner import ModelRunner
 from server.sequence import Sequence, SteerSpec
@@ -71,6 +73,9 @@ class Engine:
         self.context_length = min(max_context, model_ctx) if max_context else model_ctx
         self.eos_ids = _eos_ids(model, tokenizer)
         self._rows_cache: dict[tuple[Any, ...], Any] = {}
+        # One driver at a time: a scheduler holds it while its rows occupy slots; start-up and `generate`
+        # hold it for their call (tests run several servers over one engine; their turns must not overlap).
+        self.turn = threading.Lock()
         self.runner: ModelRunner = None  # type: ignore[assignment]
         self.reserve(max_batch, max_neg_features)
 
@@ -114,6 +119,10 @@ class Engine:
 
     def reserve(self, max_batch: int, max_neg_features: int) -> None:
         """Allocate the runner for at least `max_batch` slots (a no-op when the current one is big enough)."""
+        with self.turn:
+            self._reserve(max_batch, max_neg_features)
+
+    def _reserve(self, max_batch: int, max_neg_features: int) -> None:
         old = self.runner
         if old is not None and old.slots >= max_batch and old.max_neg >= max_neg_features:
             return
@@ -132,6 +141,11 @@ class Engine:
             self.context_length,
             self.runner.cache_bytes / 2**20,
         )
+
+    def compile(self, requested: EngineMode, backend: str, buckets: list[int] | None) -> EngineStatus:
+        """Compile and verify the decode step (`ModelRunner.compile`) in the engine's turn."""
+        with self.turn:
+            return self.runner.compile(requested, backend, buckets)
 
     def close(self) -> None:
         """Remove the engine's hooks from the model (another engine may then drive it)."""
@@ -213,7 +227,8 @@ class Engine:
     # --- generation -----------------------------------------------------------------------------------------
     def generate(self, seqs: list[Sequence]) -> list[Sequence]:
         """Run rows to completion together (synchronous; tests and warm-up)."""
-        return Batcher(self, OutputStage(self.tokenizer, self.eos_ids)).run(seqs)
+        with self.turn:
+            return Batcher(self, OutputStage(self.tokenizer, self.eos_ids)).run(seqs)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

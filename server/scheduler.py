@@ -141,18 +141,32 @@ class Scheduler:
 
     # --- worker thread --------------------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stop and not self._waiting and not self.batcher.rows:
-                    self._cond.wait(0.5)
-                if self._stop:
-                    break
-                admitted = self._admit()
-            try:
-                self._iterate(admitted)
-            except Exception:  # never let the worker die
-                log.exception("engine loop failed")
-        self._fail_all(RuntimeError("server stopped"))
+        turn = self.engine.turn
+        held = False  # the engine's turn, held from the first admission until the slots are empty again
+        try:
+            while True:
+                with self._cond:
+                    while not self._stop and not self._waiting and not self.batcher.rows:
+                        self._cond.wait(0.5)
+                    if self._stop:
+                        break
+                if not held:
+                    held = turn.acquire(timeout=0.5)
+                    if not held:
+                        continue  # another driver of this engine is busy; look at `_stop` again
+                with self._cond:
+                    admitted = self._admit()
+                try:
+                    self._iterate(admitted)
+                except Exception:  # never let the worker die
+                    log.exception("engine loop failed")
+                if not self.batcher.rows:
+                    turn.release()
+                    held = False
+        finally:
+            self._fail_all(RuntimeError("server stopped"))  # rows are in slots only while the turn is held
+            if held:
+                turn.release()
 
     def _admit(self) -> list[Handle]:
         """Move waiting requests into the batch while rows and steering configs allow (holding the lock)."""

@@ -76,7 +76,7 @@ class ServerState:
                 self.detail = "compiling the decode step"
                 set_compile_cache(s.compile_cache_dir)
             status = await asyncio.to_thread(
-                engine.runner.compile, s.engine, s.compile_backend, s.compile_buckets or None
+                engine.compile, s.engine, s.compile_backend, s.compile_buckets or None
             )
             self.metrics.set_engine(status)
             if status.reason and s.engine != "eager":

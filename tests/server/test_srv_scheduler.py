@@ -130,3 +130,25 @@ def test_persistent_batch_failure_fails_every_row_once_and_the_worker_goes_on(
     assert counter(sched, "steer_rows_rescued_total") == 3
     assert counter(sched, "steer_request_failures_total", reason="error") == 3
     assert later[0].output_ids == expected_later and later[0].finish_reason == "length"
+
+
+def test_two_schedulers_on_one_engine_take_turns(tiny_engine: Engine, tiny_world: object) -> None:
+    """Both queue steered rows at once: the second waits for the first's slots to empty (the engine's turn),
+    so neither writes into the other's slots, and every row is its solo answer."""
+    first, second = rows(tiny_engine, tiny_world), rows(tiny_engine, tiny_world)[::-1]
+    expected = [solo(tiny_engine, s) for s in first + second]
+
+    async def main() -> None:
+        scheds = [Scheduler(tiny_engine, SchedulerLimits(max_batch=8, max_configs_per_batch=8)) for _ in "ab"]
+        handles = [scheds[0].submit(first), scheds[1].submit(second)]
+        for sched in scheds:
+            sched.start()
+        try:
+            for h in handles:
+                await h.wait()
+        finally:
+            for sched in scheds:
+                sched.shutdown()
+
+    asyncio.run(main())
+    assert [s.output_ids for s in first + second] == expected
