@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from vectors.hooks import text_config
 from vectors.prompts import format_prompt, has_chat_template
 
 
@@ -51,29 +52,24 @@ def option_logprobs_many(
     tokenizer: Any,
     questions: Sequence[tuple[str, Sequence[str]]],
     *,
-    batch_rows: int = 256,
+    batch_rows: int = 64,
 ) -> list[list[float]]:
-    """`option_logprobs` for many (prompt, options) pairs, packing up to `batch_rows` rows per forward."""
-    rows: list[tuple[list[int], list[int]]] = []
+    """`option_logprobs` for many (prompt, options) pairs: one packed row per question, `batch_rows` per forward."""
+    packed: list[tuple[list[int], list[list[int]]]] = []
     for prompt, options in questions:
         if not options:
             raise ValueError(f"question {prompt!r} has no options")
         prefix = format_prompt(tokenizer, prompt=prompt)
         if not prefix:
             raise ValueError("an empty prompt without BOS has nothing to condition on")
-        for option in options:
-            suffix = option_ids(tokenizer, prompt, option)
+        suffixes = [option_ids(tokenizer, prompt, option) for option in options]
+        for option, suffix in zip(options, suffixes, strict=True):
             if not suffix:
                 raise ValueError(f"option {option!r} encodes to no tokens")
-            rows.append((prefix, suffix))
-    scores: list[float] = []
-    for start in range(0, len(rows), batch_rows):
-        scores.extend(_score_rows(model, rows[start : start + batch_rows]))
+        packed.append((prefix, suffixes))
     out: list[list[float]] = []
-    pos = 0
-    for _, options in questions:
-        out.append(scores[pos : pos + len(options)])
-        pos += len(options)
+    for start in range(0, len(packed), batch_rows):
+        out.extend(score_options(model, packed[start : start + batch_rows]))
     return out
 
 
@@ -92,30 +88,75 @@ def option_accuracy(model: Any, tokenizer: Any, questions: Sequence[Question]) -
 
 
 @torch.no_grad()
-def _score_rows(model: Any, rows: Sequence[tuple[list[int], list[int]]]) -> list[float]:
-    """Summed log-prob of each row's suffix given its prefix; rows are right-padded into one batch.
+def score_options(model: Any, rows: Sequence[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
+    """Summed log-prob of each option's token ids after its prompt's, the prompt run once per question.
 
-    Only the positions that predict a suffix token reach the lm_head (`logits_to_keep` as a boolean
-    mask): full-vocabulary logits over every prompt position of 256 rows were ~10 GB at Gemma's size.
+    A row is the prompt followed by all its options; a 4-D mask lets each option token see the prompt and its
+    own earlier tokens only, and its position ids continue from the prompt, so every option is scored exactly
+    as if it followed the prompt alone. Only the positions that predict an option token reach the lm_head
+    (`logits_to_keep` as a boolean mask): full-vocabulary logits over every position were ~10 GB at Gemma's size.
     """
     device = next(model.parameters()).device
-    lengths = [len(p) + len(s) for p, s in rows]
+    dtype = next(model.parameters()).dtype
+    lengths = [len(p) + sum(len(o) for o in opts) for p, opts in rows]
     width = max(lengths)
-    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    positions = torch.zeros(len(rows), width, dtype=torch.long)
+    group = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: the prompt; j: option j; -2: padding
     keep = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, (prefix, suffix) in enumerate(rows):
-        input_ids[i, : lengths[i]] = torch.tensor(prefix + suffix)
-        mask[i, : lengths[i]] = 1
-        keep[i, len(prefix) - 1 : lengths[i] - 1] = True
-    targets = torch.tensor([t for _, suffix in rows for t in suffix], device=device)
-    kwargs: dict[str, Any] = {}
+    predictors: list[int] = []  # flat index (row · width + column) of the position predicting each target
+    targets: list[int] = []
+    for i, (prefix, options) in enumerate(rows):
+        p = len(prefix)
+        ids[i, :p] = torch.tensor(prefix)
+        positions[i, :p] = torch.arange(p)
+        group[i, lengths[i] :] = -2
+        col = p
+        for j, suffix in enumerate(options):
+            n = len(suffix)
+            ids[i, col : col + n] = torch.tensor(suffix)
+            positions[i, col : col + n] = torch.arange(p, p + n)
+            group[i, col : col + n] = j
+            for m, token in enumerate(suffix):
+                predictors.append(i * width + (p - 1 if m == 0 else col + m - 1))
+                targets.append(token)
+            col += n
+        keep.view(-1)[torch.tensor(predictors[-sum(len(o) for o in options) :])] = True
+    q, k = group[:, :, None], group[:, None, :]
+    cols = torch.arange(width)
+    causal = cols[None, :, None] >= cols[None, None, :]
+    allowed = causal & ((k == -1) | (k == q)) & (q != -2)
+    allowed |= torch.eye(width, dtype=torch.bool)[None]  # padding sees itself (no empty softmax)
+    mask = _additive(allowed, dtype).to(device)
+    window = getattr(text_config(model), "sliding_window", None)
+    attention: Any = mask
+    if window and width > window:  # a sliding window shorter than a row: measured in positions
+        near = positions[:, :, None] - positions[:, None, :] < window
+        attention = {"full_attention": mask, "sliding_attention": _additive(allowed & near, dtype).to(device)}
+    kwargs: dict[str, Any] = {"position_ids": positions.to(device), "attention_mask": attention}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = keep.to(device)
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits
-    kept = logits if kwargs else logits[keep.to(device)]  # [sum of suffix lengths, vocab], row-major
-    token_logp = torch.log_softmax(kept.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1).cpu()
-    return [float(part.sum()) for part in token_logp.split([len(s) for _, s in rows])]
+    logits = model(input_ids=ids.to(device), **kwargs).logits
+    flat_keep = keep.view(-1)
+    kept = logits if "logits_to_keep" in kwargs else logits[keep.to(device)]  # [kept positions, vocab]
+    index = (flat_keep.cumsum(0) - 1)[torch.tensor(predictors)]  # each target's row in `kept`
+    flat = kept.reshape(-1, kept.shape[-1])
+    logp = torch.log_softmax(flat.to(torch.promote_types(flat.dtype, torch.float32)), dim=-1)  # ≥ fp32
+    token_logp = logp[index.to(device), torch.tensor(targets, device=device)].cpu()
+    sizes = [len(o) for _, opts in rows for o in opts]
+    sums = [float(part.sum()) for part in token_logp.split(sizes)]
+    out: list[list[float]] = []
+    pos = 0
+    for _, opts in rows:
+        out.append(sums[pos : pos + len(opts)])
+        pos += len(opts)
+    return out
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[n, q, k] booleans → additive [n, 1, q, k] mask in `dtype`."""
+    low = torch.tensor(torch.finfo(dtype).min, dtype=dtype)
+    return torch.where(allowed, torch.zeros((), dtype=dtype), low)[:, None]
 
 
 __all__ = [
@@ -125,4 +166,5 @@ __all__ = [
     "option_logprobs",
     "option_logprobs_many",
     "predict_options",
+    "score_options",
 ]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vectors.scoring import Question, option_accuracy, option_logprobs, option_logprobs_many
+from tests.model_families import MODELS
+from vectors.scoring import (
+    Question,
+    option_accuracy,
+    option_logprobs,
+    option_logprobs_many,
+    score_options,
+)
 
 
 def _manual_logprob(model, tokenizer, prompt: str, option: str) -> float:
@@ -55,3 +62,22 @@ def test_rejects_empty_options(world_lm) -> None:
     model, tok = world_lm
     with pytest.raises(ValueError):
         option_logprobs(model, tok, "hello", [])
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_packed_options_equal_each_option_run_alone(family: str) -> None:
+    """Options packed after one prompt (4-D mask, positions continued) score exactly as separate forwards, in
+    float64, for every supported family — Gemma-2 with a prompt longer than its sliding window of 16 (its RMSNorm
+    computes in float32 whatever the model dtype, so there float64 agreement is float32's)."""
+    torch.manual_seed(0)
+    model = MODELS[family]().double().eval()
+    prompts = [list(range(3, 23)), [5, 9, 2]]  # 20 tokens, and a short prompt padded in the same batch
+    options = [[[7], [8, 9, 10], [11, 12]], [[40], [41, 42]]]
+    got = score_options(model, list(zip(prompts, options, strict=True)))
+    for prompt, opts, scores in zip(prompts, options, got, strict=True):
+        for option, score in zip(opts, scores, strict=True):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt + option])).logits[0]
+            logp = torch.log_softmax(logits, -1)
+            want = sum(float(logp[len(prompt) + m - 1, t]) for m, t in enumerate(option))
+            assert score == pytest.approx(want, abs=1e-5 if family == "gemma2" else 1e-9)
