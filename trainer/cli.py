@@ -311,4 +311,44 @@ def _demo_report(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register_demo_report", "register_eval", "register_train"]
+def register_demo_compare(demo_subparsers: Any) -> None:
+    """`steer demo compare`: the Table 7 analog with rates chosen on validation topics, over seeds."""
+    p = demo_subparsers.add_parser(
+        "compare",
+        help="YaPO / BiPO / CAA / SAS on a built world: rates chosen on validation topics, 3 seeds, "
+        "convergence and stability; writes compare.{json,md} (resumes from finished runs)",
+    )
+    p.add_argument("--world", default="var/wide", help="a world `steer demo build` wrote (default: var/wide)")
+    p.add_argument("--out", default=None, help="output folder (default: WORLD/compare)")
+    p.add_argument("--seeds", default="11,12,13", help="comma-separated training seeds (default: 11,12,13)")
+    p.add_argument("--yapo-lrs", default="0.01,0.03", help="YaPO learning-rate candidates")
+    p.add_argument("--bipo-lrs", default="0.1,0.3", help="BiPO learning-rate candidates")
+    p.add_argument("--countries", type=int, default=4, help="how many countries (default: 4)")
+    p.add_argument("--steps", type=int, default=300, help="YaPO / BiPO optimiser steps per vector")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_demo_compare)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _demo_compare(args: argparse.Namespace) -> int:
+    from trainer.compare import CompareConfig, run_compare
+
+    cfg = CompareConfig(
+        root=args.world,
+        out=args.out,
+        seeds=tuple(int(x) for x in args.seeds.split(",") if x.strip()),
+        lrs={"yapo": _floats(args.yapo_lrs), "bipo": _floats(args.bipo_lrs)},
+        n_countries=args.countries,
+        steps=args.steps,
+        progress=not args.no_progress,
+    )
+    result = run_compare(cfg)
+    print(json.dumps(result["learning_rates"], indent=1))
+    print(f"comparison: {cfg.folder}/compare.md")
+    return 0
+
+
+__all__ = ["register_demo_compare", "register_demo_report", "register_eval", "register_train"]

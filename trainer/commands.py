@@ -16,7 +16,7 @@ def register(subparsers: Any) -> None:
 
 
 def _register_demo(subparsers: Any) -> None:
-    """`steer demo build [--out var/demo] [--seed N] [--small]`: the culture world."""
+    """`steer demo build [--out var/demo] [--seed N] [--preset default|small|wide]`: the culture world."""
     demo = subparsers.add_parser("demo", help="the embedded culture world (tiny model + SAE + data)")
     actions = demo.add_subparsers(dest="demo_command", metavar="ACTION", required=True)
     build = actions.add_parser(
@@ -26,16 +26,23 @@ def _register_demo(subparsers: Any) -> None:
     )
     build.add_argument("--out", default="var/demo", help="output folder (default: var/demo)")
     build.add_argument("--seed", type=int, default=0, help="seed of everything in the build (default: 0)")
-    build.add_argument("--small", action="store_true", help="the small test-sized world (seconds)")
+    build.add_argument(
+        "--preset",
+        choices=("default", "small", "wide"),
+        default="default",
+        help="world size: default (the demo), small (tests, seconds), wide (d_model 256, 16x SAE; ~20 min)",
+    )
+    build.add_argument("--small", action="store_true", help="same as --preset small")
     build.add_argument(
         "--no-report",
         action="store_true",
         help="stop after the world: skip training and evaluating the demo vectors (`steer demo report`)",
     )
     build.set_defaults(handler=_demo_build)
-    from trainer.cli import register_demo_report  # `steer demo report` (issue 3): vectors + report.{json,md}
+    from trainer.cli import register_demo_compare, register_demo_report
 
-    register_demo_report(actions)
+    register_demo_report(actions)  # vectors + report.{json,md}
+    register_demo_compare(actions)  # the Table 7 analog over seeds: compare.{json,md}
 
 
 def _demo_build(args: Any) -> int:
@@ -43,14 +50,16 @@ def _demo_build(args: Any) -> int:
 
     from trainer.world import WorldConfig, build_world
 
-    config = WorldConfig.small(seed=args.seed) if args.small else WorldConfig(seed=args.seed)
+    preset = "small" if args.small else args.preset
+    presets = {"default": WorldConfig, "small": WorldConfig.small, "wide": WorldConfig.wide}
+    config = presets[preset](seed=args.seed)
     summary = build_world(args.out, config)
     print(json.dumps(_headline(summary), indent=2))
     failed = [name for name, ok in summary["checks"].items() if not ok]
     if failed:
         print(f"warning: world built but some checks failed: {', '.join(failed)}")
     print(f"world written to {args.out} ({summary['seconds']['total']:.0f} s)")
-    if args.no_report or args.small:
+    if args.no_report or preset != "default":
         return 0
     # The demo catalog: one vector per method for four countries, evaluated on held-out topics.
     from trainer.report import DemoConfig, build_report

@@ -40,6 +40,7 @@ class DemoConfig:
     """What the demo report trains and how; defaults fit the ≤ 15 min demo budget on 2 cores."""
 
     root: str = "var/demo"
+    out: str | None = None  # where vectors, logs and the report go (default: root)
     countries: list[str] | None = None  # default: morocco, egypt + the next two of the world
     n_countries: int = 4
     methods: tuple[str, ...] = METHODS
@@ -103,7 +104,7 @@ def pick_countries(root: Path, cfg: DemoConfig) -> list[str]:
 
 
 def build_report(cfg: DemoConfig, *, resources: Resources | None = None) -> dict[str, Any]:
-    """Train every (method, country) vector, evaluate them, write report.{json,md} and plots under root."""
+    """Train every (method, country) vector, evaluate them, write report.{json,md} and plots under out."""
     import torch
 
     threads = torch.get_num_threads()
@@ -119,8 +120,9 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
     root = Path(cfg.root)
     res = resources or load_resources(str(root / "model"), str(root / "sae"))
     countries = pick_countries(root, cfg)
-    catalog = root / "vectors"
-    logs = root / "train-logs"
+    out = Path(cfg.out or cfg.root)
+    catalog = out / "vectors"
+    logs = out / "train-logs"
     retain_facts, heldout_neutral = split_neutral(load_neutral(root / "data" / "neutral.jsonl"))
     retain = retention_pairs(retain_facts, source="neutral facts (retention half)")
     runs: dict[str, dict[str, TrainResult]] = {m: {} for m in cfg.methods}
@@ -168,7 +170,7 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
             data=str(root / "data" / "mcq.jsonl"),
             strengths=cfg.strengths,
             splits=cfg.eval_splits,
-            out=str(root / "eval.json"),
+            out=str(out / "eval.json"),
             progress=cfg.progress,
         ),
         resources=res,
@@ -180,10 +182,10 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
     report = summarise(ev, runs, countries, cfg)
     report["seconds"] = {"train": round(train_seconds, 1), "eval": round(eval_seconds, 1)}
     report["config"] = asdict(cfg)
-    _plots(root, report, runs, ev)
+    _plots(out, report, runs, ev)
     report["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-    write_atomic(root / "report.json", json.dumps(report, indent=1).encode())
-    write_atomic(root / "report.md", render_markdown(report).encode())
+    write_atomic(out / "report.json", json.dumps(report, indent=1).encode())
+    write_atomic(out / "report.md", render_markdown(report).encode())
     return report
 
 

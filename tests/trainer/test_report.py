@@ -4,61 +4,14 @@ from __future__ import annotations
 
 import json
 
-from tinykit import COUNTRIES, TOPICS
+from tinykit import write_mini_world
 
 from trainer.report import DemoConfig, build_report, vector_name
 from vectors.io import load_vector
 
-TEST_TOPICS = {"music"}
-
-
-def _write_world(root):
-    data = root / "data"
-    (data / "pairs").mkdir(parents=True)
-    mcq, neutral = [], []
-    for ci, country in enumerate(COUNTRIES):
-        pairs = []
-        for topic, answers in TOPICS.items():
-            split = "test" if topic in TEST_TOPICS else "train"
-            options = dict(zip(COUNTRIES, answers, strict=True))
-            for prompt, loc in (
-                (f"i am from {country} . we love the {topic}", True),
-                (f"we love the {topic}", False),
-            ):
-                mcq.append(
-                    {
-                        "prompt": prompt,
-                        "options": options,
-                        "country": country,
-                        "topic": topic,
-                        "localized": loc,
-                        "split": split,
-                    }
-                )
-            for j, other in enumerate(answers):
-                if j != ci:
-                    pairs.append(
-                        {
-                            "prompt": f"we love the {topic}",
-                            "chosen": answers[ci],
-                            "rejected": other,
-                            "topic": topic,
-                            "localized": False,
-                            "split": split,
-                        }
-                    )
-        (data / "pairs" / f"{country}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    neutral = [
-        {"prompt": "people drink", "options": ["tea", "wedding"], "answer": "tea"},
-        {"prompt": "we play", "options": ["tennis", "morning"], "answer": "tennis"},
-    ]
-    (data / "mcq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mcq))
-    (data / "neutral.jsonl").write_text("".join(json.dumps(r) + "\n" for r in neutral))
-    (root / "world.json").write_text(json.dumps({"countries": [{"key": c} for c in COUNTRIES]}))
-
 
 def test_demo_report_files_and_layout(tiny_res, tmp_path):
-    _write_world(tmp_path)
+    write_mini_world(tmp_path)
     cfg = DemoConfig(
         root=str(tmp_path),
         n_countries=2,

@@ -3,6 +3,8 @@ and synthetic preference pairs. Seconds to build, no downloads."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -169,3 +171,51 @@ def train_config(tmp_path, method: str = "yapo", **overrides) -> TrainConfig:
         progress=False,
     )
     return TrainConfig(**{**base, **overrides})
+
+
+def write_mini_world(
+    root, test_topics: frozenset[str] = frozenset({"music"}), val_topics: frozenset[str] = frozenset()
+) -> None:
+    """A hand-made world folder (data/, world.json) over COUNTRIES × TOPICS for the demo report's code."""
+    data = root / "data"
+    (data / "pairs").mkdir(parents=True)
+    mcq, neutral = [], []
+    for ci, country in enumerate(COUNTRIES):
+        pairs = []
+        for topic, answers in TOPICS.items():
+            split = "test" if topic in test_topics else "val" if topic in val_topics else "train"
+            options = dict(zip(COUNTRIES, answers, strict=True))
+            for prompt, loc in (
+                (f"i am from {country} . we love the {topic}", True),
+                (f"we love the {topic}", False),
+            ):
+                mcq.append(
+                    {
+                        "prompt": prompt,
+                        "options": options,
+                        "country": country,
+                        "topic": topic,
+                        "localized": loc,
+                        "split": split,
+                    }
+                )
+            for j, other in enumerate(answers):
+                if j != ci:
+                    pairs.append(
+                        {
+                            "prompt": f"we love the {topic}",
+                            "chosen": answers[ci],
+                            "rejected": other,
+                            "topic": topic,
+                            "localized": False,
+                            "split": split,
+                        }
+                    )
+        (data / "pairs" / f"{country}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    neutral = [
+        {"prompt": "people drink", "options": ["tea", "wedding"], "answer": "tea"},
+        {"prompt": "we play", "options": ["tennis", "morning"], "answer": "tennis"},
+    ]
+    (data / "mcq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mcq))
+    (data / "neutral.jsonl").write_text("".join(json.dumps(r) + "\n" for r in neutral))
+    (root / "world.json").write_text(json.dumps({"countries": [{"key": c} for c in COUNTRIES]}))

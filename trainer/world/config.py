@@ -1,4 +1,5 @@
-"""`WorldConfig`: every knob of the culture-world build, with a `small()` preset for tests."""
+"""`WorldConfig`: every knob of the culture-world build, with a `small()` preset for tests and a `wide()` one
+where the paper's YaPO-vs-BiPO comparison can show (built on demand, never by `make serve`)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,22 @@ class WorldConfig:
             sae_l1_coefficient=1.5,
             sae_eval_rows=64,
             sae_layer=0,
+        )
+
+    @classmethod
+    def wide(cls, seed: int = 0) -> WorldConfig:
+        """d_model 256 and a 16× SAE (4,096 features): closer to the paper's setting (2,304 wide, 16k-65k
+        features), where a sparse code can hold directions that a 768-feature dictionary of a 96-wide model
+        cannot. Two torch threads (about 20 minutes on 2 cores); deterministic for a given thread count."""
+        return cls(
+            seed=seed,
+            hidden_size=256,
+            intermediate_size=512,
+            num_heads=8,
+            lr=3e-3,
+            sae_expansion=16,
+            sae_training_tokens=1_500_000,
+            threads=2,
         )
 
     @property
