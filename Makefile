@@ -9,15 +9,21 @@ PORT   ?= 8000
 
 .PHONY: setup test lint format serve demo bench clean
 
+# What `make serve` needs: the package and its runtime dependencies.
 $(BIN)/steer: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# Pin torch first: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install "torch==$(TORCH_VERSION)" -e ".[dev]"
+	$(BIN)/pip install "torch==$(TORCH_VERSION)" -e .
 	touch $(BIN)/steer
 
-setup: $(BIN)/steer
+# What `make test` adds: test tools, linters and the real clients the tests drive.
+$(VENV)/.dev: $(BIN)/steer
+	$(BIN)/pip install "torch==$(TORCH_VERSION)" -e ".[dev]"
+	touch $(VENV)/.dev
+
+setup: $(VENV)/.dev
 
 lint: setup
 	$(BIN)/ruff format --check .
@@ -32,7 +38,7 @@ test: lint
 
 # The world (model, SAE, data) and the demo catalog (vectors + report) are built once; each stage
 # leaves its marker file only when complete, so an interrupted build resumes where it stopped.
-$(DEMO)/world.json: | setup
+$(DEMO)/world.json: | $(BIN)/steer
 	HF_HUB_OFFLINE=1 $(BIN)/steer demo build --out $(DEMO) --no-report
 
 $(DEMO)/report.json: $(DEMO)/world.json
@@ -42,11 +48,11 @@ demo: $(DEMO)/report.json
 
 # The decode step is compiled per batch-size bucket at start-up (STEER_ENGINE=auto); inductor's cache under var/
 # makes a restart compile in seconds.
-serve: setup $(DEMO)/report.json
+serve: $(BIN)/steer $(DEMO)/report.json
 	HF_HUB_OFFLINE=1 STEER_COMPILE_CACHE_DIR=$${STEER_COMPILE_CACHE_DIR:-var/cache/inductor} $(BIN)/steer serve --model $(DEMO)/model --sae $(DEMO)/sae \
 		--vectors $(DEMO)/vectors --host $(HOST) --port $(PORT)
 
-bench: setup $(DEMO)/report.json
+bench: $(BIN)/steer $(DEMO)/report.json
 	HF_HUB_OFFLINE=1 $(BIN)/steer bench --quick
 
 clean:

@@ -49,6 +49,7 @@ class CompareConfig:
     lrs: Mapping[str, tuple[float, ...]] | None = None  # default: YaPO 1e-2, 3e-2; BiPO 0.1, 0.3
     n_countries: int = 4
     steps: int = 300
+    threads: int = 2  # torch threads of each run (the wide world's model is 5x the demo's)
     progress: bool = True
 
     @property
@@ -64,7 +65,13 @@ def run_compare(cfg: CompareConfig, *, resources: Resources | None = None) -> di
     """Run (or reuse) every report the comparison needs, then write compare.{json,md} under the folder."""
     root = Path(cfg.root)
     res = resources or load_resources(str(root / "model"), str(root / "sae"))
-    base = DemoConfig(root=cfg.root, n_countries=cfg.n_countries, steps=cfg.steps, progress=cfg.progress)
+    base = DemoConfig(
+        root=cfg.root,
+        n_countries=cfg.n_countries,
+        steps=cfg.steps,
+        threads=cfg.threads,
+        progress=cfg.progress,
+    )
     lrs = cfg.candidates
     first = cfg.seeds[0]
     tried: list[tuple[str, dict[str, float], dict[str, Any]]] = []  # (folder, lr per method, report)
