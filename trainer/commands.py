@@ -34,6 +34,9 @@ def _register_demo(subparsers: Any) -> None:
     )
     build.add_argument("--small", action="store_true", help="same as --preset small")
     build.add_argument(
+        "--sae-layer", type=int, default=None, help="decoder layer the SAE reads (default: the preset's)"
+    )
+    build.add_argument(
         "--no-report",
         action="store_true",
         help="stop after the world: skip training and evaluating the demo vectors (`steer demo report`)",
@@ -47,12 +50,15 @@ def _register_demo(subparsers: Any) -> None:
 
 def _demo_build(args: Any) -> int:
     import json
+    from dataclasses import replace
 
     from trainer.world import WorldConfig, build_world
 
     preset = "small" if args.small else args.preset
     presets = {"default": WorldConfig, "small": WorldConfig.small, "wide": WorldConfig.wide}
     config = presets[preset](seed=args.seed)
+    if args.sae_layer is not None:
+        config = replace(config, sae_layer=args.sae_layer)
     summary = build_world(args.out, config)
     print(json.dumps(_headline(summary), indent=2))
     failed = [name for name, ok in summary["checks"].items() if not ok]
