@@ -37,6 +37,9 @@ def _register_demo(subparsers: Any) -> None:
         "--sae-layer", type=int, default=None, help="decoder layer the SAE reads (default: the preset's)"
     )
     build.add_argument(
+        "--sae-expansion", type=int, default=None, help="SAE width / d_model (default: the preset's)"
+    )
+    build.add_argument(
         "--no-report",
         action="store_true",
         help="stop after the world: skip training and evaluating the demo vectors (`steer demo report`)",
@@ -59,6 +62,8 @@ def _demo_build(args: Any) -> int:
     config = presets[preset](seed=args.seed)
     if args.sae_layer is not None:
         config = replace(config, sae_layer=args.sae_layer)
+    if args.sae_expansion is not None:
+        config = replace(config, sae_expansion=args.sae_expansion)
     summary = build_world(args.out, config)
     print(json.dumps(_headline(summary), indent=2))
     failed = [name for name, ok in summary["checks"].items() if not ok]
