@@ -178,7 +178,7 @@ def _cells(
     out: dict[str, dict[str, dict[str, float]]] = {}
     for c in [*countries, "mean"]:
         out[c] = {}
-        for k in KINDS:
+        for k in (*KINDS, "lost") if method != "base" else KINDS:
             values = [rep["table7"][view][method][c][k] for rep in reports]
             out[c][k] = _spread(values)
     return out
@@ -211,6 +211,10 @@ def _pct(cell: Mapping[str, float]) -> str:
     return f"{100 * cell['mean']:.1f}"
 
 
+def _count(cell: Mapping[str, float]) -> str:
+    return f"{cell['mean']:.1f}" if cell["n"] > 1 else f"{cell['mean']:.0f}"
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     """compare.md: the Table 7 analog at strength 1 and at the default strength, rates, convergence, stability."""
     countries = list(result["countries"])
@@ -233,11 +237,15 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     for view in VIEWS:
         table = result["table7"][view]
         lines += ["", f"## {titles[view]}", ""]
-        head = [f"{k[:3]}: " + "/".join(LABELS[m] for m in methods) for k in KINDS]
-        lines.append("| country | " + " | ".join(head) + " |")
-        lines.append("|---" * (len(KINDS) + 1) + "|")
+        names = " / ".join(LABELS[m] for m in methods)
+        lost_names = " / ".join(LABELS[m] for m in methods[1:])
+        lines.append(f"Accuracy: {names}; neutral facts lost (of the held-out ones): {lost_names}.")
+        lines.append("")
+        lines.append("| country | localized | non-localized | both | facts lost |")
+        lines.append("|---|---|---|---|---|")
         for c in [*countries, "mean"]:
             cells = [" / ".join(_pct(table[m][c][k]) for m in methods) for k in KINDS]
+            cells.append(" / ".join(_count(table[m][c]["lost"]) for m in methods[1:]))
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines += ["", "## Convergence: steps to a trailing-mean loss (per seed; - = not reached)", ""]
     lines.append(
