@@ -288,6 +288,7 @@ def register_demo_report(demo_subparsers: Any) -> None:
         "(default: DemoConfig.retain_weight)",
     )
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: DemoConfig.threads)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_demo_report)
 
@@ -305,6 +306,8 @@ def _demo_report(args: argparse.Namespace) -> int:
         cfg.steps = args.steps
     if args.retain_weight is not None:
         cfg.retain_weight = args.retain_weight
+    if args.threads is not None:
+        cfg.threads = args.threads
     report = build_report(cfg)
     print(json.dumps({"targets": report["targets"], "seconds": report["seconds"]}, indent=1))
     print(f"report: {args.out}/report.md")

@@ -40,6 +40,12 @@ def _register_demo(subparsers: Any) -> None:
         "--sae-expansion", type=int, default=None, help="SAE width / d_model (default: the preset's)"
     )
     build.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the build and report (default: the preset's; 1 beside other torch jobs)",
+    )
+    build.add_argument(
         "--no-report",
         action="store_true",
         help="stop after the world: skip training and evaluating the demo vectors (`steer demo report`)",
@@ -64,6 +70,8 @@ def _demo_build(args: Any) -> int:
         config = replace(config, sae_layer=args.sae_layer)
     if args.sae_expansion is not None:
         config = replace(config, sae_expansion=args.sae_expansion)
+    if args.threads is not None:
+        config = replace(config, threads=args.threads)
     summary = build_world(args.out, config)
     print(json.dumps(_headline(summary), indent=2))
     failed = [name for name, ok in summary["checks"].items() if not ok]
@@ -75,7 +83,7 @@ def _demo_build(args: Any) -> int:
     # The demo catalog: one vector per method for four countries, evaluated on held-out topics.
     from trainer.report import DemoConfig, build_report
 
-    report = build_report(DemoConfig(root=args.out))
+    report = build_report(DemoConfig(root=args.out, threads=config.threads))
     print(json.dumps({"targets": report["targets"], "seconds": report["seconds"]}, indent=1))
     print(f"vectors in {args.out}/vectors, report in {args.out}/report.md")
     return 0
