@@ -72,9 +72,9 @@ class DemoConfig:
     # val: where default strengths are chosen; test: where they are scored
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
     progress: bool = True
-    # torch threads while the report runs (restored afterwards), as `WorldConfig.threads`: 2 for the 2-core
-    # machine `make serve` runs on; 1 where other torch jobs share the cores (oversubscription is many-fold slower)
-    threads: int = 2
+    # torch threads while the report runs (restored afterwards), as `WorldConfig.threads`: tiny models gain
+    # little from more, and beside other torch jobs oversubscribed threads slow down many-fold
+    threads: int = 1
 
 
 def split_neutral(items: Sequence[NeutralItem]) -> tuple[list[dict[str, Any]], list[NeutralItem]]:
