@@ -30,7 +30,7 @@ def _register_demo(subparsers: Any) -> None:
         "--preset",
         choices=("default", "small", "wide"),
         default="default",
-        help="world size: default (the demo), small (tests, seconds), wide (d_model 256, 16x SAE; ~20 min)",
+        help="world size: default (the demo), small (tests, seconds), wide (d_model 256, 16x SAE; ~16 min)",
     )
     build.add_argument("--small", action="store_true", help="same as --preset small")
     build.add_argument(
@@ -65,13 +65,8 @@ def _demo_build(args: Any) -> int:
 
     preset = "small" if args.small else args.preset
     presets = {"default": WorldConfig, "small": WorldConfig.small, "wide": WorldConfig.wide}
-    config = presets[preset](seed=args.seed)
-    if args.sae_layer is not None:
-        config = replace(config, sae_layer=args.sae_layer)
-    if args.sae_expansion is not None:
-        config = replace(config, sae_expansion=args.sae_expansion)
-    if args.threads is not None:
-        config = replace(config, threads=args.threads)
+    given = {"sae_layer": args.sae_layer, "sae_expansion": args.sae_expansion, "threads": args.threads}
+    config = replace(presets[preset](seed=args.seed), **{k: v for k, v in given.items() if v is not None})
     summary = build_world(args.out, config)
     print(json.dumps(_headline(summary), indent=2))
     failed = [name for name, ok in summary["checks"].items() if not ok]

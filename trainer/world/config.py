@@ -95,7 +95,7 @@ class WorldConfig:
     def wide(cls, seed: int = 0) -> WorldConfig:
         """d_model 256 and a 16× SAE (4,096 features): closer to the paper's setting (2,304 wide, 16k-65k
         features), where a sparse code can hold directions that a 768-feature dictionary of a 96-wide model
-        cannot. Two torch threads (about 20 minutes on 2 cores); deterministic for a given thread count."""
+        cannot. Two torch threads (16 minutes on 2 cores beside other jobs); deterministic for a given thread count."""
         return cls(
             seed=seed,
             hidden_size=256,
