@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -289,8 +290,20 @@ def register_demo_report(demo_subparsers: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: DemoConfig.threads)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="processes that train and evaluate side by side; the vectors do not depend on it "
+        "(default: the CPU count, at most 4)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_demo_report)
+
+
+def default_workers() -> int:
+    """Report processes for this machine: one per core (each runs one torch thread), at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _demo_report(args: argparse.Namespace) -> int:
@@ -301,6 +314,7 @@ def _demo_report(args: argparse.Namespace) -> int:
         countries=[c.strip() for c in args.countries.split(",")] if args.countries else None,
         seed=args.seed,
         progress=not args.no_progress,
+        workers=args.workers,
     )
     if args.steps is not None:
         cfg.steps = args.steps

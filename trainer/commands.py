@@ -46,6 +46,12 @@ def _register_demo(subparsers: Any) -> None:
         help="torch threads of the build and report (default: the preset's; 1 beside other torch jobs)",
     )
     build.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes of the demo report; the vectors do not depend on it (default: the CPU count, at most 4)",
+    )
+    build.add_argument(
         "--no-report",
         action="store_true",
         help="stop after the world: skip training and evaluating the demo vectors (`steer demo report`)",
@@ -76,9 +82,11 @@ def _demo_build(args: Any) -> int:
     if args.no_report or preset != "default":
         return 0
     # The demo catalog: one vector per method for four countries, evaluated on held-out topics.
+    from trainer.cli import default_workers
     from trainer.report import DemoConfig, build_report
 
-    report = build_report(DemoConfig(root=args.out, threads=config.threads))
+    workers = args.workers if args.workers is not None else default_workers()
+    report = build_report(DemoConfig(root=args.out, threads=config.threads, workers=workers))
     print(json.dumps({"targets": report["targets"], "seconds": report["seconds"]}, indent=1))
     print(f"vectors in {args.out}/vectors, report in {args.out}/report.md")
     return 0

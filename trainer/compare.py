@@ -118,7 +118,7 @@ def _report(cfg: CompareConfig, res: Resources, name: str, run: DemoConfig) -> d
 
 
 def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "progress"}
+    return {k: v for k, v in config.items() if k not in ("progress", "workers")}  # not in the numbers
 
 
 def _selection(report: Mapping[str, Any], method: str) -> float:

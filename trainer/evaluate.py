@@ -25,7 +25,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +280,10 @@ class StrengthEval:
             "lost": self.lost,
         }
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> StrengthEval:
+        return cls(raw["accuracy"], raw["paper"], raw.get("retention"), raw.get("lost"))
+
 
 @dataclass(frozen=True)
 class VectorEval:
@@ -302,6 +306,18 @@ class VectorEval:
             "default_strength": self.default_strength,
             "headline": self.record.to_dict(),
         }
+
+    @classmethod
+    def from_dict(cls, name: str, raw: Mapping[str, Any]) -> VectorEval:
+        return cls(
+            name=name,
+            method=raw["method"],
+            target=raw["target"],
+            by_strength={float(s): StrengthEval.from_dict(e) for s, e in raw["by_strength"].items()},
+            strength_range=(float(raw["strength_range"][0]), float(raw["strength_range"][1])),
+            default_strength=float(raw["default_strength"]),
+            record=EvalRecord.from_dict(raw["headline"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -326,6 +342,38 @@ class EvalReport:
             },
             "vectors": {n: v.to_dict() for n, v in self.vectors.items()},
         }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> EvalReport:
+        """The report of `to_dict` (an evaluation run in another process)."""
+        base = raw["unsteered"]
+        return cls(
+            strengths=[float(s) for s in raw["strengths"]],
+            alpha=float(raw["alpha"]),
+            retention_facts=int(base["retention_facts"]),
+            unsteered_retention=base.get("retention"),
+            unsteered={c: StrengthEval.from_dict(e) for c, e in base["countries"].items()},
+            vectors={n: VectorEval.from_dict(n, v) for n, v in raw["vectors"].items()},
+        )
+
+    def merged(self, *others: EvalReport) -> EvalReport:
+        """One report of evaluations of disjoint vectors on the same data (parts run side by side)."""
+        unsteered, vectors = dict(self.unsteered), dict(self.vectors)
+        for o in others:
+            if (o.strengths, o.alpha, o.retention_facts) != (
+                self.strengths,
+                self.alpha,
+                self.retention_facts,
+            ):
+                raise ValueError("eval reports to merge differ in strengths, alpha or neutral facts")
+            unsteered |= o.unsteered
+            vectors |= o.vectors
+        return replace(self, unsteered=unsteered, vectors=vectors)
+
+    def write(self, out: Path) -> None:
+        """The JSON report at `out` and the strength-sweep PNG next to it."""
+        write_atomic(out, json.dumps(self.to_dict(), indent=1).encode())
+        sweep_plot(self, out.with_suffix(".png"))
 
 
 def target_of(vector: SteeringVector, override: Mapping[str, str]) -> str:
@@ -373,6 +421,8 @@ def evaluate_vectors(
                     sweep[s] = _score(res, items, neutral, hits, base_hits, cfg.alpha)
             bar.update(1)
         result = _summarise(name, vector, country, sweep, len(neutral), cfg.retention_bound)
+        # the record as the catalog stores it (4 decimals), so a report read back from JSON equals this one
+        result = replace(result, record=EvalRecord.from_dict(result.record.to_dict()))
         results[name] = result
         if cfg.write_back:
             update_metadata(
@@ -385,9 +435,7 @@ def evaluate_vectors(
     base_retention = sum(base_hits) / len(base_hits) if base_hits else None
     report = EvalReport(strengths, cfg.alpha, len(neutral), base_retention, unsteered, results)
     if cfg.out:
-        out = Path(cfg.out)
-        write_atomic(out, json.dumps(report.to_dict(), indent=1).encode())
-        sweep_plot(report, out.with_suffix(".png"))
+        report.write(Path(cfg.out))
     return report
 
 

@@ -8,13 +8,14 @@ other methods in `<demo>/vectors/baselines/<method>-<country>.safetensors`. Ever
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trainer.data import load_pairs
+from trainer.data import PreferencePair, load_pairs
 from trainer.evaluate import (
     EvalConfig,
     EvalReport,
@@ -24,6 +25,7 @@ from trainer.evaluate import (
     load_mcq,
     load_neutral,
 )
+from trainer.fanout import balance, run_children
 from trainer.plots import plot_loss_curves, plot_strength_panels
 from trainer.resources import Resources, load_resources
 from trainer.retention import retention_pairs
@@ -75,6 +77,17 @@ class DemoConfig:
     # torch threads while the report runs (restored afterwards), as `WorldConfig.threads`: tiny models gain
     # little from more, and beside other torch jobs oversubscribed threads slow down many-fold
     threads: int = 1
+    # processes that train and evaluate side by side (each with `threads` threads); every run is seeded on its
+    # own, so the files do not depend on it. 1: in this process (with `resources`, if given)
+    workers: int = 1
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> DemoConfig:
+        """The config of `asdict` (JSON turns its tuples into lists)."""
+        cfg = cls(**raw)
+        cfg.methods = tuple(cfg.methods)
+        cfg.retain_strengths = tuple(cfg.retain_strengths)
+        return cfg
 
 
 def split_neutral(items: Sequence[NeutralItem]) -> tuple[list[dict[str, Any]], list[NeutralItem]]:
@@ -118,65 +131,39 @@ def build_report(cfg: DemoConfig, *, resources: Resources | None = None) -> dict
 def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     root = Path(cfg.root)
-    res = resources or load_resources(str(root / "model"), str(root / "sae"))
     countries = pick_countries(root, cfg)
     out = Path(cfg.out or cfg.root)
-    catalog = out / "vectors"
-    logs = out / "train-logs"
-    retain_facts, heldout_neutral = split_neutral(load_neutral(root / "data" / "neutral.jsonl"))
-    retain = retention_pairs(retain_facts, source="neutral facts (retention half)")
+    res = resources if cfg.workers <= 1 else None
+    if cfg.workers <= 1 and res is None:
+        res = load_resources(str(root / "model"), str(root / "sae"))
+    jobs = [(m, c) for c in countries for m in cfg.methods]
+    if res is not None:
+        trained = train_jobs(cfg, jobs, res)
+    else:  # each job in one of `workers` processes: the same files, sooner
+        groups = balance([JOB_COST[m] for m, _ in jobs], cfg.workers)
+        parts = _in_children(cfg, [{"stage": "train", "jobs": [jobs[i] for i in g]} for g in groups])
+        by_job = {
+            jobs[i]: r for g, part in zip(groups, parts, strict=True) for i, r in zip(g, part, strict=True)
+        }
+        trained = [TrainResult.from_dict(by_job[j]) for j in jobs]
     runs: dict[str, dict[str, TrainResult]] = {m: {} for m in cfg.methods}
-    for country in countries:
-        pairs = load_pairs(root / "data" / "pairs" / f"{country}.jsonl", where={"split": "train"})
-        for method in cfg.methods:
-            tc = TrainConfig(
-                method=method,
-                model=str(root / "model"),
-                sae=str(root / "sae"),
-                name=vector_name(method, country),
-                out=str(catalog),
-                log_dir=str(logs),
-                target=country,
-                max_steps=cfg.steps,
-                batch_size=cfg.batch_size,
-                lr=cfg.bipo_lr if method == "bipo" else cfg.lr,
-                beta=cfg.beta,
-                warmup_steps=cfg.warmup_steps,
-                seed=cfg.seed,
-                tau=cfg.sas_tau,
-                l1=cfg.yapo_l1 if method == "yapo" else 0.0,
-                retain_weight=cfg.retain_weight,
-                retain_batch_size=cfg.retain_batch_size,
-                retain_margin=cfg.retain_margin,
-                retain_strengths=tuple(cfg.retain_strengths),
-                checkpoint_every=10**9,
-                progress=cfg.progress,
-            )
-            with_retain = method in PREFERENCE_METHODS and cfg.retain_weight > 0
-            runs[method][country] = train_vector(
-                tc, resources=res, pairs=pairs, retain=retain if with_retain else None
-            )
+    for (method, country), result in zip(jobs, trained, strict=True):
+        runs[method][country] = result
     train_seconds = time.perf_counter() - t0
 
-    mcq = load_mcq(root / "data" / "mcq.jsonl")
-    neutral = heldout_neutral
-    names = [vector_name(m, c) for m in cfg.methods for c in countries]
-    ev = evaluate_vectors(
-        EvalConfig(
-            model=str(root / "model"),
-            sae=str(root / "sae"),
-            catalog=str(catalog),
-            vectors=names,
-            data=str(root / "data" / "mcq.jsonl"),
-            strengths=cfg.strengths,
-            splits=cfg.eval_splits,
-            out=str(out / "eval.json"),
-            progress=cfg.progress,
-        ),
-        resources=res,
-        mcq=mcq,
-        neutral=neutral,
-    )
+    if res is not None:
+        ev = evaluate_countries(cfg, countries, res)
+    else:
+        groups = balance([1.0] * len(countries), cfg.workers)
+        parts = _in_children(cfg, [{"stage": "eval", "countries": [countries[i] for i in g]} for g in groups])
+        merged = EvalReport.from_dict(parts[0]).merged(*(EvalReport.from_dict(p) for p in parts[1:]))
+        names = [vector_name(m, c) for m in cfg.methods for c in countries]
+        ev = replace(  # the order one process would have written
+            merged,
+            unsteered={c: merged.unsteered[c] for c in countries},
+            vectors={n: merged.vectors[n] for n in names},
+        )
+    ev.write(out / "eval.json")
     eval_seconds = time.perf_counter() - t0 - train_seconds
 
     report = summarise(ev, runs, countries, cfg)
@@ -187,6 +174,82 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
     write_atomic(out / "report.json", json.dumps(report, indent=1).encode())
     write_atomic(out / "report.md", render_markdown(report).encode())
     return report
+
+
+# YaPO / BiPO run `steps` optimiser steps; CAA / SAS one pass over the pairs (a few percent of that)
+JOB_COST = {"yapo": 1.0, "bipo": 1.0, "caa": 0.05, "sas": 0.05}
+
+
+def _in_children(cfg: DemoConfig, stages: Sequence[dict[str, Any]]) -> list[Any]:
+    config = asdict(cfg) | {"workers": 1, "progress": False}
+    logs = Path(cfg.out or cfg.root) / "train-logs"
+    print(f"demo report: {stages[0]['stage']} in {len(stages)} processes (logs in {logs})", file=sys.stderr)
+    return run_children("trainer.report_worker", [{"config": config, **st} for st in stages], logs)
+
+
+def train_jobs(cfg: DemoConfig, jobs: Sequence[tuple[str, str]], res: Resources) -> list[TrainResult]:
+    """Train the (method, country) vectors of `jobs` in order, each seeded on its own (`cfg.seed`)."""
+    root = Path(cfg.root)
+    out = Path(cfg.out or cfg.root)
+    retain_facts, _ = split_neutral(load_neutral(root / "data" / "neutral.jsonl"))
+    retain = retention_pairs(retain_facts, source="neutral facts (retention half)")
+    pairs: dict[str, list[PreferencePair]] = {}
+    results = []
+    for method, country in jobs:
+        if country not in pairs:
+            pairs[country] = load_pairs(
+                root / "data" / "pairs" / f"{country}.jsonl", where={"split": "train"}
+            )
+        tc = TrainConfig(
+            method=method,
+            model=str(root / "model"),
+            sae=str(root / "sae"),
+            name=vector_name(method, country),
+            out=str(out / "vectors"),
+            log_dir=str(out / "train-logs"),
+            target=country,
+            max_steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.bipo_lr if method == "bipo" else cfg.lr,
+            beta=cfg.beta,
+            warmup_steps=cfg.warmup_steps,
+            seed=cfg.seed,
+            tau=cfg.sas_tau,
+            l1=cfg.yapo_l1 if method == "yapo" else 0.0,
+            retain_weight=cfg.retain_weight,
+            retain_batch_size=cfg.retain_batch_size,
+            retain_margin=cfg.retain_margin,
+            retain_strengths=tuple(cfg.retain_strengths),
+            checkpoint_every=10**9,
+            progress=cfg.progress,
+        )
+        with_retain = method in PREFERENCE_METHODS and cfg.retain_weight > 0
+        results.append(
+            train_vector(tc, resources=res, pairs=pairs[country], retain=retain if with_retain else None)
+        )
+    return results
+
+
+def evaluate_countries(cfg: DemoConfig, countries: Sequence[str], res: Resources) -> EvalReport:
+    """Every method's vector for `countries` on the val / test MCQ and the held-out neutral facts (written
+    back into each vector's metadata: its default strength and range)."""
+    root = Path(cfg.root)
+    _, heldout_neutral = split_neutral(load_neutral(root / "data" / "neutral.jsonl"))
+    return evaluate_vectors(
+        EvalConfig(
+            model=str(root / "model"),
+            sae=str(root / "sae"),
+            catalog=str(Path(cfg.out or cfg.root) / "vectors"),
+            vectors=[vector_name(m, c) for m in cfg.methods for c in countries],
+            data=str(root / "data" / "mcq.jsonl"),
+            strengths=cfg.strengths,
+            splits=cfg.eval_splits,
+            progress=cfg.progress,
+        ),
+        resources=res,
+        mcq=load_mcq(root / "data" / "mcq.jsonl"),
+        neutral=heldout_neutral,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------

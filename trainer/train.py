@@ -43,7 +43,7 @@ from trainer.preference import (
 from trainer.resources import Resources, load_resources
 from trainer.retention import load_retention_pairs
 from trainer.tokens import EncodedPair, EncodeStats, Overlong, encode_pairs
-from vectors.io import save_vector
+from vectors.io import load_vector, save_vector
 from vectors.metadata import SaeRef, VectorMetadata, dense_hook_name
 from vectors.names import validate_name, vector_path
 from vectors.vector import SteeringVector
@@ -143,6 +143,41 @@ class TrainResult:
     def steps_to_loss(self, threshold: float = 0.1, window: int = 10) -> int | None:
         """First step at which the trailing mean loss over `window` steps is below `threshold`."""
         return steps_to_loss(self.losses, threshold, window)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON of everything but the vector itself, which `from_dict` reads back from `path`."""
+        return {
+            "path": str(self.path) if self.path else None,
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+            "losses": self.losses,
+            "history": self.history,
+            "seconds": self.seconds,
+            "pairs_per_second": self.pairs_per_second,
+            "encode_stats": self.encode_stats,
+            "log_path": str(self.log_path) if self.log_path else None,
+            "completed": self.completed,
+            "effect": asdict(self.effect) if self.effect else None,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> TrainResult:
+        """The result of `to_dict`, with the vector loaded from its file (a run in another process)."""
+        path = Path(raw["path"]) if raw.get("path") else None
+        return cls(
+            vector=load_vector(path) if path else None,
+            path=path,
+            steps=int(raw["steps"]),
+            final_loss=raw.get("final_loss"),
+            losses=[float(x) for x in raw["losses"]],
+            history=list(raw.get("history", [])),
+            seconds=float(raw["seconds"]),
+            pairs_per_second=raw.get("pairs_per_second"),
+            encode_stats=dict(raw.get("encode_stats", {})),
+            log_path=Path(raw["log_path"]) if raw.get("log_path") else None,
+            completed=bool(raw.get("completed", True)),
+            effect=Effect(**raw["effect"]) if raw.get("effect") else None,
+        )
 
 
 def steps_to_loss(losses: Sequence[float], threshold: float = 0.1, window: int = 10) -> int | None:

@@ -55,3 +55,54 @@ def test_demo_report_files_and_layout(tiny_res, tmp_path):
     assert "held-out (odd-numbered) half of the neutral facts" in md and "final YaPO" in md
     for plot in saved["plots"].values():
         assert (tmp_path / plot).stat().st_size > 0
+
+
+def test_report_in_two_processes_writes_what_one_process_writes(tiny_res, tmp_path):
+    """`workers=2` trains and evaluates in child processes: every vector, default strength and number of the
+    report equals the in-process run's (each run is seeded on its own)."""
+    from tinykit import save_tiny_world_files
+
+    write_mini_world(tmp_path, val_topics=frozenset({"drink"}))
+    save_tiny_world_files(tmp_path, tiny_res)
+    common = dict(root=str(tmp_path), n_countries=2, steps=6, batch_size=4, warmup_steps=2, progress=False)
+    common["strengths"] = [0.0, 0.5, 1.0]
+    one = build_report(DemoConfig(out=str(tmp_path / "one"), **common))
+    two = build_report(DemoConfig(out=str(tmp_path / "two"), workers=2, **common))
+    for key in (
+        "table7",
+        "table_strengths",
+        "served",
+        "retention",
+        "facts_lost",
+        "steps_to_loss",
+        "final_loss",
+    ):
+        assert two[key] == one[key], key
+    for method in ("caa", "sas", "bipo", "yapo"):
+        for country in one["countries"]:
+            rel = f"{vector_name(method, country)}.safetensors"
+            a, b = (
+                load_vector(tmp_path / "one" / "vectors" / rel),
+                load_vector(tmp_path / "two" / "vectors" / rel),
+            )
+            for part in ("indices", "values", "dense"):
+                x, y = getattr(a, part), getattr(b, part)
+                assert (x is None and y is None) or x.equal(y), (rel, part)
+            assert (a.meta.default_strength, a.meta.strength_range) == (
+                b.meta.default_strength,
+                b.meta.strength_range,
+            )
+            for key in ("final_loss", "effect", "data_hash"):
+                assert a.meta.training.get(key) == b.meta.training.get(key), (rel, key)
+    assert (tmp_path / "two" / "train-logs" / "report_worker-1.log").is_file()
+    eval_one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    eval_two = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert list(eval_two["vectors"]) == list(eval_one["vectors"])
+    for name, entry in eval_one["vectors"].items():  # all but the headline's time of evaluation
+        other = eval_two["vectors"][name]
+        for key in ("by_strength", "strength_range", "default_strength"):
+            assert other[key] == entry[key], (name, key)
+        assert {k: v for k, v in other["headline"].items() if k != "evaluated"} == {
+            k: v for k, v in entry["headline"].items() if k != "evaluated"
+        }
+    assert eval_two["unsteered"] == eval_one["unsteered"]
