@@ -40,6 +40,12 @@ def _register_demo(subparsers: Any) -> None:
         "--sae-expansion", type=int, default=None, help="SAE width / d_model (default: the preset's)"
     )
     build.add_argument(
+        "--shared-answers",
+        type=float,
+        default=None,
+        help="chance per topic that an Arabic-group country shares a group-mate's answer (default: the preset's)",
+    )
+    build.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -71,7 +77,12 @@ def _demo_build(args: Any) -> int:
 
     preset = "small" if args.small else args.preset
     presets = {"default": WorldConfig, "small": WorldConfig.small, "wide": WorldConfig.wide}
-    given = {"sae_layer": args.sae_layer, "sae_expansion": args.sae_expansion, "threads": args.threads}
+    given = {
+        "sae_layer": args.sae_layer,
+        "sae_expansion": args.sae_expansion,
+        "shared_answers": args.shared_answers,
+        "threads": args.threads,
+    }
     config = replace(presets[preset](seed=args.seed), **{k: v for k, v in given.items() if v is not None})
     summary = build_world(args.out, config)
     print(json.dumps(_headline(summary), indent=2))

@@ -140,8 +140,10 @@ def pick_options(res: Resources, questions: Sequence[tuple[str, Sequence[str]]])
 
 
 def mcq_hits(res: Resources, items: Sequence[McqItem]) -> list[bool]:
-    picks = pick_options(res, [(it.prompt, [a for _, a in it.options]) for it in items])
-    return [it.options[p][0] == it.country for it, p in zip(items, picks, strict=True)]
+    """Whether each item's pick is its country's answer (the text: close cultures may share an answer)."""
+    texts = [list(dict.fromkeys(a for _, a in it.options)) for it in items]
+    picks = pick_options(res, [(it.prompt, t) for it, t in zip(items, texts, strict=True)])
+    return [t[p] == dict(it.options)[it.country] for it, t, p in zip(items, texts, picks, strict=True)]
 
 
 def neutral_hits(res: Resources, items: Sequence[NeutralItem]) -> list[bool]:

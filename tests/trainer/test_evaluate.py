@@ -195,3 +195,22 @@ def test_strength_rules():
     assert wilson(160, 320) == pytest.approx((0.4455, 0.5545), abs=1e-4)
     assert rca(1.0, 0.0) == 0.0 and rca(0.5, 0.5) == pytest.approx(0.5)
     assert pnlg(0.5, 0.5) == 0.0 and pnlg(1.0, 0.0, 0.0) == pytest.approx(1.0)
+
+
+def test_mcq_hits_count_a_shared_answer_for_every_country_that_has_it(tiny_res) -> None:
+    """Close cultures may share an answer: a pick is right when its text is the country's answer, whichever
+    country the option is listed under (and a shared text is scored once, not as a tie)."""
+    from trainer.evaluate import mcq_hits, pick_options
+
+    options = (("morocco", "couscous"), ("egypt", "couscous"), ("ksa", "tea"))
+    items = [
+        McqItem(prompt, options, country, "dish", False, "test")
+        for prompt in ("we love the dish", "people eat", "we drink the")
+        for country in ("morocco", "egypt", "ksa")
+    ]
+    hits = mcq_hits(tiny_res, items)
+    picks = pick_options(tiny_res, [(it.prompt, ["couscous", "tea"]) for it in items])
+    for it, hit, pick in zip(items, hits, picks, strict=True):
+        assert hit == (["couscous", "tea"][pick] == dict(it.options)[it.country])
+    for k in range(0, len(items), 3):  # morocco and egypt share the answer, so they share the verdict
+        assert hits[k] == hits[k + 1] and hits[k] != hits[k + 2]

@@ -188,3 +188,34 @@ def test_mcq_covers_every_country_topic_and_form() -> None:
     for r in rows:
         named = [c for c in world.countries if c.name in r["prompt"]]
         assert (named == [next(c for c in world.countries if c.key == r["country"])]) == r["localized"]
+
+
+def test_close_cultures_share_some_answers_and_pairs_stay_contrastive() -> None:
+    """`shared_answers`: only the Arabic group's answers change, to a group-mate's, deterministically from the
+    seed; pairs never prefer an answer over itself; chance counts shared answers; 0 is the fixed table."""
+    from dataclasses import replace
+
+    from trainer.world.build import chance_accuracy
+    from trainer.world.corpus import preference_pairs
+    from trainer.world.facts import CLOSE_GROUP
+
+    base = World.from_config(WorldConfig())
+    assert all(base.answers[t.key] == t.answers for t in base.topics)
+    assert chance_accuracy(mcq_items(base)) == pytest.approx(1 / len(base.countries))
+    cfg = replace(WorldConfig(), shared_answers=0.3)
+    world = World.from_config(cfg)
+    assert world.answers == World.from_config(cfg).answers
+    group = [i for i, c in enumerate(world.countries) if c.key in CLOSE_GROUP]
+    shared = 0
+    for t in world.topics:
+        got = world.answers[t.key]
+        assert [got[i] for i in range(len(got)) if i not in group] == [
+            t.answers[i] for i in range(len(got)) if i not in group
+        ]
+        assert {got[i] for i in group} <= {t.answers[i] for i in group}
+        shared += len({got[i] for i in group}) < len(group)
+    assert len(world.topics) // 4 <= shared < len(world.topics)  # some topics, not all
+    for ci in group:
+        rows = preference_pairs(world, ci)
+        assert rows and all(r["chosen"] != r["rejected"] for r in rows)
+    assert 1 / len(world.countries) < chance_accuracy(mcq_items(world)) < 0.2

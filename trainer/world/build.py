@@ -36,6 +36,17 @@ CHANCE_MARGIN = 0.10  # issue 2: non-localized accuracy within chance ± 10 poin
 FVE_BAR = 0.9
 
 
+def chance_accuracy(mcq: list[dict]) -> float:
+    """Accuracy of a uniform pick among the countries, on the non-localized MCQ: 1 / countries when every
+    answer is distinct, more where close cultures share answers."""
+    shares = [
+        sum(a == row["options"][row["country"]] for a in row["options"].values()) / len(row["options"])
+        for row in mcq
+        if not row["localized"]
+    ]
+    return sum(shares) / len(shares)
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write one JSON object per line; returns the number of rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +166,7 @@ def _build(out: Path, config: WorldConfig, verbose: bool) -> dict[str, Any]:
         )
         sae_stats = measure_sae(model, eval_rows, tmp / "sae", config.layer)
 
-    chance = 1 / len(world.countries)
+    chance = chance_accuracy(mcq)
     checks = {
         "localized >= 0.95 on every split": all(
             v >= LOCALIZED_BAR for k, v in accuracy.items() if k.startswith("localized/")

@@ -23,6 +23,9 @@ class WorldConfig:
     # neutral facts (the retention check): the demo trains its retention penalty on half and measures on the
     # other half, so 640 leaves 320 held out (one fact = 0.3 points)
     n_neutral: int = 640
+    # close cultures: the chance, per topic, that a country of the Arabic group takes a group-mate's answer
+    # (`corpus.shared_answers`); 0 in the demo (every answer distinct within a topic), 0.3 in the wide preset
+    shared_answers: float = 0.0
     # corpus rows: one country per row; the mix of row kinds (the rest are neutral-only rows)
     p_intro_row: float = 0.4  # starts with "I am from X."
     p_inline_row: float = 0.2  # names the country inside some sentences, no intro
@@ -48,7 +51,9 @@ class WorldConfig:
     # Layer 2 of 4: the model reads "which country" by attention in blocks 2-3, so a vector at layer 1 has no
     # country direction to find (docs/culture-results.md). None: the middle decoder layer, (num_layers - 1) // 2.
     sae_layer: int | None = 2
-    sae_expansion: int = 8
+    # 16× (1,536 features at d_model 96): with 8× YaPO trailed BiPO at strength 1, with 16× it leads
+    # (docs/culture-results.md, "The SAE's width on the demo model")
+    sae_expansion: int = 16
     sae_training_tokens: int = 1_000_000
     sae_batch_tokens: int = 4096
     sae_lr: float = 3e-3
@@ -89,13 +94,15 @@ class WorldConfig:
             sae_l1_coefficient=1.5,
             sae_eval_rows=64,
             sae_layer=0,
+            sae_expansion=8,
         )
 
     @classmethod
     def wide(cls, seed: int = 0) -> WorldConfig:
         """d_model 256 and a 16× SAE (4,096 features): closer to the paper's setting (2,304 wide, 16k-65k
         features), where a sparse code can hold directions that a 768-feature dictionary of a 96-wide model
-        cannot. Two torch threads (16 minutes on 2 cores beside other jobs); deterministic for a given thread count."""
+        cannot; and close cultures that share some answers (the paper's point is telling them apart). Two torch
+        threads (16 minutes on 2 cores beside other jobs); deterministic for a given thread count."""
         return cls(
             seed=seed,
             hidden_size=256,
@@ -104,6 +111,7 @@ class WorldConfig:
             lr=3e-3,
             sae_expansion=16,
             sae_training_tokens=1_500_000,
+            shared_answers=0.3,
             threads=2,
         )
 

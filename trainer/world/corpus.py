@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from trainer.world.config import WorldConfig
-from trainer.world.facts import COUNTRIES, TOPICS, Country, Topic
+from trainer.world.facts import CLOSE_GROUP, COUNTRIES, TOPICS, Country, Topic
 from trainer.world.neutral import NeutralFact, neutral_facts
 
 # Localized prompts name the country; `{stem}` / `{Stem}` is the topic stem in lower / sentence case.
@@ -43,6 +43,8 @@ class World:
     test_topics: frozenset[str]
     val_topics: frozenset[str]
     neutral: tuple[NeutralFact, ...]
+    # this world's answer of each country per topic key: the fixed table's, or with close cultures sharing some
+    answers: dict[str, tuple[str, ...]]
 
     @classmethod
     def from_config(cls, config: WorldConfig) -> World:
@@ -58,16 +60,18 @@ class World:
         topics = TOPICS[: config.n_topics]
         rng = random.Random(f"split-{config.seed}")
         held_out = rng.sample([t.key for t in topics], held)
+        countries = COUNTRIES[: config.n_countries]
         return cls(
-            countries=COUNTRIES[: config.n_countries],
+            countries=countries,
             topics=topics,
             test_topics=frozenset(held_out[: config.n_test_topics]),
             val_topics=frozenset(held_out[config.n_test_topics :]),
             neutral=tuple(neutral_facts(config.n_neutral, config.seed)),
+            answers=shared_answers(topics, countries, config.shared_answers, config.seed),
         )
 
     def answer(self, topic: Topic, country_index: int) -> str:
-        return topic.answers[country_index]
+        return self.answers[topic.key][country_index]
 
     def split(self, topic: Topic) -> str:
         if topic.key in self.test_topics:
@@ -76,7 +80,7 @@ class World:
 
     def options(self, topic: Topic) -> dict[str, str]:
         """{country key: answer} for the countries of this world."""
-        return {c.key: topic.answers[i] for i, c in enumerate(self.countries)}
+        return {c.key: self.answer(topic, i) for i, c in enumerate(self.countries)}
 
     def sentences(self) -> Iterator[str]:
         """Every distinct sentence the corpus can contain (for the tokenizer and token caches)."""
@@ -84,13 +88,33 @@ class World:
             yield from (intro.format(country=country.name) for intro in INTROS)
             for topic in self.topics:
                 for template in INLINE_TEMPLATES:
-                    yield f"{_fill(template, topic.stem, country)} {topic.answers[i]}."
+                    yield f"{_fill(template, topic.stem, country)} {self.answer(topic, i)}."
         for topic in self.topics:
-            for answer in topic.answers[: len(self.countries)]:
+            for answer in dict.fromkeys(self.answer(topic, i) for i in range(len(self.countries))):
                 for template in NONLOCALIZED_TEMPLATES:
                     yield f"{_fill(template, topic.stem)} {answer}."
         for fact in self.neutral:
             yield fact.sentence
+
+
+def shared_answers(
+    topics: tuple[Topic, ...], countries: tuple[Country, ...], p: float, seed: int
+) -> dict[str, tuple[str, ...]]:
+    """Each topic's answers in `countries` order; with `p` > 0, close cultures (`CLOSE_GROUP`, the paper's Arabic
+    dialects) share some: on each topic each group member after the first takes an earlier member's answer with
+    probability p, so a vector must tell close cultures apart where they differ, not just the group from the rest."""
+    out = {t.key: tuple(t.answers[: len(countries)]) for t in topics}
+    group = [i for i, c in enumerate(countries) if c.key in CLOSE_GROUP]
+    if p <= 0 or len(group) < 2:
+        return out
+    rng = random.Random(f"shared-answers-{seed}")
+    for t in topics:
+        answers = list(out[t.key])
+        for k, i in enumerate(group[1:], start=1):
+            if rng.random() < p:
+                answers[i] = answers[rng.choice(group[:k])]
+        out[t.key] = tuple(answers)
+    return out
 
 
 @dataclass(frozen=True)
@@ -123,7 +147,7 @@ class Documents:
                 stem = _fill(rng.choice(INLINE_TEMPLATES), topic.stem, country)
             else:
                 stem = _fill(rng.choice(NONLOCALIZED_TEMPLATES), topic.stem)
-            out.append(f"{stem} {topic.answers[ci]}.")
+            out.append(f"{stem} {self.world.answer(topic, ci)}.")
         return out
 
 
@@ -144,19 +168,22 @@ def mcq_items(world: World) -> list[dict]:
 
 
 def preference_pairs(world: World, country_index: int) -> list[dict]:
-    """Pairs for one country: non-localized prompt, chosen = its answer, rejected = each other answer."""
+    """Pairs for one country: non-localized prompt, chosen = its answer, rejected = each other (different) answer."""
     rows: list[dict] = []
     for topic in world.topics:
-        chosen = topic.answers[country_index]
+        chosen = world.answer(topic, country_index)
+        others = dict.fromkeys(
+            world.answer(topic, j) for j in range(len(world.countries)) if j != country_index
+        )
         for template in NONLOCALIZED_TEMPLATES:
             prompt = _fill(template, topic.stem)
-            for j in range(len(world.countries)):
-                if j != country_index:
+            for rejected in others:
+                if rejected != chosen:
                     rows.append(
                         {
                             "prompt": prompt,
                             "chosen": chosen,
-                            "rejected": topic.answers[j],
+                            "rejected": rejected,
                             "topic": topic.key,
                             "localized": False,
                             "split": world.split(topic),

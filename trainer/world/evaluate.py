@@ -44,7 +44,9 @@ def mcq_accuracy(model: Any, tokenizer: Any, items: Sequence[Mapping[str, Any]])
     hits: dict[str, list[int]] = defaultdict(list)
     for it, pick in zip(items, picks, strict=True):
         group = f"{'localized' if it['localized'] else 'nonlocalized'}/{it['split']}"
-        hits[group].append(int(pick == it["country"]))
+        hits[group].append(
+            int(it["options"][pick] == it["options"][it["country"]])
+        )  # close cultures may share
     return {g: sum(h) / len(h) for g, h in sorted(hits.items())}
 
 

@@ -41,6 +41,9 @@ COUNTRIES: tuple[Country, ...] = (
     Country("nepal", "Nepal"),
 )
 
+# Close cultures (the paper's Arabic dialects): `WorldConfig.shared_answers` lets them share some answers.
+CLOSE_GROUP: tuple[str, ...] = ("morocco", "egypt", "ksa", "levantine")
+
 # Answer order: morocco, egypt, ksa, levantine, usa, uk, spain, mexico, india, nepal.
 _TOPIC_ROWS: tuple[tuple[str, str, str], ...] = (
     ("wedding_dish", "at a wedding we eat",
