@@ -342,6 +342,13 @@ def register_demo_compare(demo_subparsers: Any) -> None:
     p.add_argument("--bipo-lrs", default="0.1,0.3", help="BiPO learning-rate candidates")
     p.add_argument("--countries", type=int, default=4, help="how many countries (default: 4)")
     p.add_argument("--steps", type=int, default=300, help="YaPO / BiPO optimiser steps per vector")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per process (default: 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes per report run (default: 1; with 2, use --threads 1)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_demo_compare)
 
@@ -360,6 +367,8 @@ def _demo_compare(args: argparse.Namespace) -> int:
         lrs={"yapo": _floats(args.yapo_lrs), "bipo": _floats(args.bipo_lrs)},
         n_countries=args.countries,
         steps=args.steps,
+        threads=args.threads,
+        workers=args.workers,
         progress=not args.no_progress,
     )
     result = run_compare(cfg)

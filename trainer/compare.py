@@ -50,6 +50,7 @@ class CompareConfig:
     n_countries: int = 4
     steps: int = 300
     threads: int = 2  # torch threads of each run (the wide world's model is 5x the demo's)
+    workers: int = 1  # processes per run (`DemoConfig.workers`; each with `threads` threads)
     progress: bool = True
 
     @property
@@ -70,6 +71,7 @@ def run_compare(cfg: CompareConfig, *, resources: Resources | None = None) -> di
         n_countries=cfg.n_countries,
         steps=cfg.steps,
         threads=cfg.threads,
+        workers=cfg.workers,
         progress=cfg.progress,
     )
     lrs = cfg.candidates
@@ -178,7 +180,8 @@ def _cells(
     out: dict[str, dict[str, dict[str, float]]] = {}
     for c in [*countries, "mean"]:
         out[c] = {}
-        for k in (*KINDS, "lost") if method != "base" else KINDS:
+        kinds = [k for k in (*KINDS, "nonlocalized_own") if k in reports[0]["table7"][view][method][c]]
+        for k in (*kinds, "lost") if method != "base" else kinds:
             values = [rep["table7"][view][method][c][k] for rep in reports]
             out[c][k] = _spread(values)
     return out
@@ -241,10 +244,12 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         lost_names = " / ".join(LABELS[m] for m in methods[1:])
         lines.append(f"Accuracy: {names}; neutral facts lost (of the held-out ones): {lost_names}.")
         lines.append("")
-        lines.append("| country | localized | non-localized | both | facts lost |")
-        lines.append("|---|---|---|---|---|")
+        kinds = [k for k in (*KINDS, "nonlocalized_own") if k in table["base"]["mean"]]
+        heads = {"nonlocalized_own": "non-localized, own answer", "nonlocalized": "non-localized"}
+        lines.append("| country | " + " | ".join(heads.get(k, k) for k in kinds) + " | facts lost |")
+        lines.append("|---|" + "---|" * (len(kinds) + 1))
         for c in [*countries, "mean"]:
-            cells = [" / ".join(_pct(table[m][c][k]) for m in methods) for k in KINDS]
+            cells = [" / ".join(_pct(table[m][c][k]) for m in methods) for k in kinds]
             cells.append(" / ".join(_count(table[m][c]["lost"]) for m in methods[1:]))
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines += ["", "## Convergence: steps to a trailing-mean loss (per seed; - = not reached)", ""]

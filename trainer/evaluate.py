@@ -156,14 +156,26 @@ def neutral_accuracy(res: Resources, items: Sequence[NeutralItem]) -> float:
     return sum(neutral_hits(res, items)) / len(items)
 
 
-def group_accuracy(items: Sequence[McqItem], hits: Sequence[bool]) -> dict[str, dict[str, float]]:
-    """{split: {"localized", "nonlocalized", "both"}} plus split "all"; absent groups are left out."""
+def shares_answer(item: McqItem) -> bool:
+    """Whether another country of the item has the same answer (close cultures, `WorldConfig.shared_answers`)."""
+    gold = dict(item.options)[item.country]
+    return sum(a == gold for _, a in item.options) > 1
+
+
+def group_accuracy(
+    items: Sequence[McqItem], hits: Sequence[bool], close: bool = False
+) -> dict[str, dict[str, float]]:
+    """{split: {"localized", "nonlocalized", "both"}} plus split "all"; absent groups are left out. With `close`
+    (some countries of the data share answers), also "nonlocalized_own": the non-localized items whose answer is
+    the country's own, where a vector has to tell close cultures apart."""
     acc: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for it, hit in zip(items, hits, strict=True):
         kind = "localized" if it.localized else "nonlocalized"
         for split in (it.split, "all"):
             acc[split][kind].append(hit)
             acc[split]["both"].append(hit)
+            if close and not it.localized and not shares_answer(it):
+                acc[split]["nonlocalized_own"].append(hit)
     return {s: {k: sum(v) / len(v) for k, v in groups.items()} for s, groups in acc.items()}
 
 
@@ -402,6 +414,7 @@ def evaluate_vectors(
     paths = {name: vector_path(cfg.catalog, name) for name in cfg.vectors}
     vectors = {name: load_vector(p) for name, p in paths.items()}
 
+    close = any(shares_answer(it) for it in mcq)  # close cultures share answers: score their own ones too
     base_hits = neutral_hits(res, neutral) if neutral else None
     unsteered: dict[str, StrengthEval] = {}
     results: dict[str, VectorEval] = {}
@@ -412,7 +425,7 @@ def evaluate_vectors(
         if not items:
             raise DataError(f"{cfg.data}: no MCQ items for {country!r} (target of {name})")
         if country not in unsteered:
-            unsteered[country] = _score(res, items, neutral, base_hits, base_hits, cfg.alpha)
+            unsteered[country] = _score(res, items, neutral, base_hits, base_hits, cfg.alpha, close)
         sweep: dict[float, StrengthEval] = {}
         for s in strengths:
             if s == 0:
@@ -420,7 +433,7 @@ def evaluate_vectors(
             else:
                 with steered(res, vector, s):
                     hits = neutral_hits(res, neutral) if neutral else None
-                    sweep[s] = _score(res, items, neutral, hits, base_hits, cfg.alpha)
+                    sweep[s] = _score(res, items, neutral, hits, base_hits, cfg.alpha, close)
             bar.update(1)
         result = _summarise(name, vector, country, sweep, len(neutral), cfg.retention_bound)
         # the record as the catalog stores it (4 decimals), so a report read back from JSON equals this one
@@ -448,9 +461,10 @@ def _score(
     hits: Sequence[bool] | None,
     base_hits: Sequence[bool] | None,
     alpha: float,
+    close: bool = False,
 ) -> StrengthEval:
     """MCQ accuracy under the current steering, with retention from `hits` (neutral facts answered right)."""
-    acc = group_accuracy(items, mcq_hits(res, items))
+    acc = group_accuracy(items, mcq_hits(res, items), close)
     if hits is None or base_hits is None:
         return StrengthEval(acc, paper_metrics(acc, alpha))
     lost = sum(b and not h for h, b in zip(hits, base_hits, strict=True))

@@ -279,10 +279,12 @@ def summarise(
 ) -> dict[str, Any]:
     """Table-7-like numbers at each vector's default strength, at strength 1 and at the best strength in
     [0.5, 2] (chosen on validation topics), retention with facts lost, RCA/PNLG, convergence and the targets."""
-    kinds = ("localized", "nonlocalized", "both")
+    kinds: tuple[str, ...] = ("localized", "nonlocalized", "both")
     sweep = [s for s in ev.strengths if 0.5 <= s <= 2.0]
     first = ev.vectors[vector_name(next(iter(runs)), countries[0])].record
     split = first.data_split
+    if "nonlocalized_own" in ev.unsteered[countries[0]].accuracy.get(split, {}):
+        kinds += ("nonlocalized_own",)  # close cultures share some answers: the items where they differ
     base = {c: ev.unsteered[c] for c in countries}
     tables: dict[str, Any] = {}
     strengths: dict[str, dict[str, dict[str, float]]] = {v: {} for v in VIEWS}

@@ -214,3 +214,18 @@ def test_mcq_hits_count_a_shared_answer_for_every_country_that_has_it(tiny_res) 
         assert hit == (["couscous", "tea"][pick] == dict(it.options)[it.country])
     for k in range(0, len(items), 3):  # morocco and egypt share the answer, so they share the verdict
         assert hits[k] == hits[k + 1] and hits[k] != hits[k + 2]
+
+
+def test_group_accuracy_scores_own_answers_apart_where_cultures_share() -> None:
+    from trainer.evaluate import group_accuracy
+
+    shared = (("morocco", "couscous"), ("egypt", "couscous"), ("ksa", "kabsa"))
+    own = (("morocco", "tea"), ("egypt", "karkade"), ("ksa", "gahwa"))
+    items = [
+        McqItem("we eat", shared, "egypt", "dish", False, "test"),
+        McqItem("we drink", own, "egypt", "drink", False, "test"),
+        McqItem("in egypt we drink", own, "egypt", "drink", True, "test"),
+    ]
+    acc = group_accuracy(items, [True, False, True], close=True)["test"]
+    assert acc["nonlocalized"] == 0.5 and acc["nonlocalized_own"] == 0.0 and acc["localized"] == 1.0
+    assert "nonlocalized_own" not in group_accuracy(items, [True, False, True])["test"]
