@@ -288,6 +288,12 @@ def register_demo_report(demo_subparsers: Any) -> None:
         help="YaPO / BiPO retention penalty on half the neutral facts; 0 = the paper's objective "
         "(default: DemoConfig.retain_weight)",
     )
+    p.add_argument(
+        "--yapo-l1",
+        type=float,
+        default=None,
+        help="YaPO's proximal L1 (default: DemoConfig.yapo_l1; 0: none)",
+    )
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: DemoConfig.threads)")
     p.add_argument(
@@ -322,6 +328,8 @@ def _demo_report(args: argparse.Namespace) -> int:
         cfg.retain_weight = args.retain_weight
     if args.threads is not None:
         cfg.threads = args.threads
+    if args.yapo_l1 is not None:
+        cfg.yapo_l1 = args.yapo_l1
     report = build_report(cfg)
     print(json.dumps({"targets": report["targets"], "seconds": report["seconds"]}, indent=1))
     print(f"report: {args.out}/report.md")
