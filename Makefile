@@ -6,6 +6,8 @@ TORCH_VERSION ?= 2.13.0
 DEMO   ?= var/demo
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# inductor's cache for the compiled decode step: the world build fills it while its model trains (prewarm)
+STEER_COMPILE_CACHE_DIR ?= var/cache/inductor
 
 .PHONY: setup test lint format serve demo bench clean
 
@@ -39,18 +41,18 @@ test: lint
 # The world (model, SAE, data) and the demo catalog (vectors + report) are built once; each stage
 # leaves its marker file only when complete, so an interrupted build resumes where it stopped.
 $(DEMO)/world.json: | $(BIN)/steer
-	HF_HUB_OFFLINE=1 $(BIN)/steer demo build --out $(DEMO) --no-report
+	HF_HUB_OFFLINE=1 $(BIN)/steer demo build --out $(DEMO) --no-report --prewarm-cache $(STEER_COMPILE_CACHE_DIR)
 
 $(DEMO)/report.json: $(DEMO)/world.json
 	HF_HUB_OFFLINE=1 $(BIN)/steer demo report --out $(DEMO)
 
 demo: $(DEMO)/report.json
 
-# The decode step is compiled per batch-size bucket at start-up (STEER_ENGINE=auto); inductor's cache under var/
-# makes a restart compile in seconds.
+# The decode step is compiled per batch-size bucket at start-up (STEER_ENGINE=auto); inductor's cache (filled by
+# the world build's prewarm, then by every start-up) makes that take seconds.
 serve: $(BIN)/steer $(DEMO)/report.json
-	HF_HUB_OFFLINE=1 STEER_COMPILE_CACHE_DIR=$${STEER_COMPILE_CACHE_DIR:-var/cache/inductor} $(BIN)/steer serve --model $(DEMO)/model --sae $(DEMO)/sae \
-		--vectors $(DEMO)/vectors --host $(HOST) --port $(PORT)
+	HF_HUB_OFFLINE=1 STEER_COMPILE_CACHE_DIR=$(STEER_COMPILE_CACHE_DIR) $(BIN)/steer serve --model $(DEMO)/model \
+		--sae $(DEMO)/sae --vectors $(DEMO)/vectors --host $(HOST) --port $(PORT)
 
 bench: $(BIN)/steer $(DEMO)/report.json
 	HF_HUB_OFFLINE=1 $(BIN)/steer bench --quick

@@ -52,6 +52,12 @@ def register(subparsers: Any) -> None:
     )
     for flag, _field, kwargs in _FLAGS:
         parser.add_argument(flag, **kwargs)
+    parser.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="load the model and SAE, compile the decode step into STEER_COMPILE_CACHE_DIR and exit "
+        "(a later start-up with the same settings and shapes then compiles in seconds)",
+    )
     parser.set_defaults(handler=serve)
 
 
@@ -78,6 +84,17 @@ def serve(args: argparse.Namespace) -> int:
                 f"steer serve: {field}: {err['msg']} (flag --{field.replace('_', '-')} or STEER_{field.upper()})"
             )
         return 2
+    if args.compile_only:
+        from server.state import compile_only
+
+        status = compile_only(settings)
+        log.info(
+            "compile only: %s, buckets %s%s",
+            status.mode,
+            status.buckets,
+            f" ({status.reason})" * bool(status.reason),
+        )
+        return 0 if status.mode == "compiled" or settings.engine == "eager" else 1
     from server.launcher import run_server
 
     return run_server(settings, log_level=args.log_level)

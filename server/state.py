@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from server.compiled import CompileFailed, set_compile_cache
+from server.compiled import CompileFailed, EngineStatus, set_compile_cache
 from server.engine import Engine, EngineConfig
 from server.metrics import Metrics
 from server.runner import CacheTooLarge
@@ -69,15 +69,11 @@ class ServerState:
                 engine = await asyncio.to_thread(Engine.load, engine_config(s))
             engine.name = s.served_name
             engine.step_delay_s = s.debug_step_delay_s
-            await asyncio.to_thread(engine.reserve, s.max_batch, s.max_neg_features)
-            self.metrics.kv_cache_bytes.set(engine.runner.cache_bytes)
             self.engine = engine
             if s.engine != "eager":
                 self.detail = "compiling the decode step"
-                set_compile_cache(s.compile_cache_dir)
-            status = await asyncio.to_thread(
-                engine.compile, s.engine, s.compile_backend, s.compile_buckets or None
-            )
+            status = await asyncio.to_thread(prepare_engine, engine, s)
+            self.metrics.kv_cache_bytes.set(engine.runner.cache_bytes)
             self.metrics.set_engine(status)
             if status.reason and s.engine != "eager":
                 log.warning("engine: %s (%s)", status.mode, status.reason)
@@ -153,6 +149,25 @@ class ServerState:
                 await task
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.shutdown)
+
+
+def prepare_engine(engine: Engine, s: ServerSettings) -> EngineStatus:
+    """Reserve the KV cache and steering slots for the settings' batch, then compile (and verify) the decode
+    step into the settings' inductor cache: what start-up and `steer serve --compile-only` do."""
+    engine.reserve(s.max_batch, s.max_neg_features)
+    if s.engine != "eager":
+        set_compile_cache(s.compile_cache_dir)
+    return engine.compile(s.engine, s.compile_backend, s.compile_buckets or None)
+
+
+def compile_only(s: ServerSettings) -> EngineStatus:
+    """Load the model and SAE of the settings and compile the decode step, nothing else: fills the inductor
+    cache so that a later start-up with the same settings (and shapes) compiles in seconds."""
+    engine = Engine.load(engine_config(s))
+    try:
+        return prepare_engine(engine, s)
+    finally:
+        engine.close()
 
 
 def warm_up(engine: Engine, settings: ServerSettings) -> None:

@@ -89,8 +89,8 @@ class TrainConfig:
     retain_batch_size: int = 16  # retention pairs scored per step, next to the preference batch
     # nats each answer must keep over a wrong option (None: π_0's whole lead)
     retain_margin: float | None = None
-    # further strengths (besides 1) at which the retention penalty also applies, e.g. (1.5,): one more forward of
-    # the retention pairs per strength and step
+    # further strengths (besides 1) at which the retention penalty also applies, relative to the step's direction
+    # d: (1.5,) also at 1.5·d, (-1,) at both ±1 every step; one more forward of the retention pairs per strength
     retain_strengths: tuple[float, ...] = ()
     # bookkeeping
     log_every: int = 10
@@ -117,8 +117,10 @@ class TrainConfig:
             raise ValueError(f"--layer (or --sae, whose layer is used) is required for method {self.method}")
         if self.batch_size < 1 or self.beta <= 0 or self.lr <= 0:
             raise ValueError("batch_size, beta and lr must be positive")
-        if any(not s > 0 for s in self.retain_strengths) or (self.retain_strengths and self.reference_mode):
-            raise ValueError("retain_strengths must be positive (and are not supported in reference mode)")
+        if any(s == 0 or s == 1 for s in self.retain_strengths) or (
+            self.retain_strengths and self.reference_mode
+        ):
+            raise ValueError("retain_strengths must not be 0 or 1 (and are not supported in reference mode)")
         if self.retain_weight < 0 or self.retain_batch_size < 1 or (self.retain_margin or 0) < 0:
             raise ValueError("retain_weight and retain_margin must be >= 0 and retain_batch_size positive")
 

@@ -120,3 +120,33 @@ def test_ready_and_metrics_say_which_engine_runs(tiny_world: TinyWorld) -> None:
         assert info["mode"] == "eager" and info["mode_reason"] == "STEER_ENGINE=eager"
         again = c.post("/generate", json={"prompt": PROMPTS[0], "max_new_tokens": 6, "steer": {"sae:3": 5.0}})
         assert again.json()["text"] == r.json()["text"]
+
+
+def test_compile_only_fills_a_cache_that_other_weights_of_the_same_shapes_hit(
+    tiny_world: TinyWorld, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`steer serve --compile-only` (`compile_only`) over a model and SAE of other weights but the same shapes —
+    what the world build's prewarm compiles while its model trains — leaves inductor's cache with every graph the
+    real model's start-up then needs: no cache miss the second time."""
+    from conftest import save_tiny_sae
+    from server_testkit import save_tiny_model
+    from torch._dynamo.utils import counters
+
+    from server.state import compile_only
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # set_compile_cache sets it
+    cache = str(tmp_path / "cache")
+    other = TinyWorld(
+        model=save_tiny_model(tmp_path / "model", seed=5),
+        sae=save_tiny_sae(tmp_path / "sae", seed=9),
+        catalog=tiny_world.catalog,
+    )
+    common = {"engine": "compiled", "max_batch": 1, "compile_cache_dir": cache}
+    torch._dynamo.reset()
+    assert compile_only(settings_for(other, **common)).mode == "compiled"
+    torch._dynamo.reset()
+    counters.clear()
+    status = compile_only(settings_for(tiny_world, **common))
+    assert status.mode == "compiled" and status.buckets == {1: "compiled"}, status
+    assert counters["inductor"]["fxgraph_cache_hit"] > 0
+    assert counters["inductor"]["fxgraph_cache_miss"] == 0

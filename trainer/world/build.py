@@ -27,6 +27,7 @@ from trainer.world.config import WorldConfig
 from trainer.world.corpus import Documents, World, mcq_items, neutral_items, preference_pairs
 from trainer.world.evaluate import mcq_accuracy, neutral_accuracy
 from trainer.world.lm import make_model, train_lm
+from trainer.world.prewarm import finish_prewarm, start_prewarm
 from trainer.world.rows import RowEncoder
 from trainer.world.sae_train import measure_sae, train_sae
 from trainer.world.tokenizer import train_tokenizer
@@ -104,19 +105,26 @@ def _write_data(world: World, data: Path, docs: Documents, seed: int) -> dict[st
 
 
 def build_world(
-    out: Path | str, config: WorldConfig | None = None, *, verbose: bool = True
+    out: Path | str,
+    config: WorldConfig | None = None,
+    *,
+    verbose: bool = True,
+    prewarm_cache: str | None = None,
 ) -> dict[str, Any]:
-    """Build the culture world of `config` (default `WorldConfig()`) into `out`; returns the summary."""
+    """Build the culture world of `config` (default `WorldConfig()`) into `out`; returns the summary.
+
+    `prewarm_cache`: an inductor cache folder to compile the server's decode step into while the language model
+    trains (`trainer.world.prewarm`); the world is the same with or without it."""
     config = config or WorldConfig()
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _build(Path(out), config, verbose)
+        return _build(Path(out), config, verbose, prewarm_cache)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(out: Path, config: WorldConfig, verbose: bool) -> dict[str, Any]:
+def _build(out: Path, config: WorldConfig, verbose: bool, prewarm_cache: str | None) -> dict[str, Any]:
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -140,6 +148,9 @@ def _build(out: Path, config: WorldConfig, verbose: bool) -> dict[str, Any]:
     with clock.stage("language model"):
         torch.manual_seed(config.seed)
         model = make_model(config, tokenizer)
+        prewarm = (
+            start_prewarm(model, tokenizer, config, tmp / "prewarm", prewarm_cache) if prewarm_cache else None
+        )
         quick = [it for it in mcq if it["localized"] and it["prompt"].startswith(("I am from", "In "))]
 
         def learned() -> bool:
@@ -166,6 +177,11 @@ def _build(out: Path, config: WorldConfig, verbose: bool) -> dict[str, Any]:
         )
         sae_stats = measure_sae(model, eval_rows, tmp / "sae", config.layer)
 
+    if prewarm is not None:
+        line = finish_prewarm(prewarm, tmp / "prewarm")
+        if verbose:
+            print(f"[world] {line}", file=sys.stderr, flush=True)
+        shutil.rmtree(tmp / "prewarm")
     chance = chance_accuracy(mcq)
     checks = {
         "localized >= 0.95 on every split": all(
