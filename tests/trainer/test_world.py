@@ -219,3 +219,20 @@ def test_close_cultures_share_some_answers_and_pairs_stay_contrastive() -> None:
         rows = preference_pairs(world, ci)
         assert rows and all(r["chosen"] != r["rejected"] for r in rows)
     assert 1 / len(world.countries) < chance_accuracy(mcq_items(world)) < 0.2
+
+
+def test_prewarm_compiles_beside_the_build_and_leaves_the_world_unchanged(
+    world_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`build_world(prewarm_cache=…)` (`make serve`'s world step): a child compiles the server's decode step into
+    the cache while the model trains; the model it trains is the same bytes as a build without it."""
+    from trainer.world import build_world
+
+    monkeypatch.setenv("STEER_MAX_BATCH", "1")  # one bucket: the child compiles once
+    monkeypatch.setenv("STEER_ENGINE", "auto")  # the suite's default is eager
+    cache = tmp_path / "cache"
+    build_world(tmp_path / "world", WorldConfig.small(), verbose=False, prewarm_cache=str(cache))
+    for f in ("model/model.safetensors", "sae/sae_weights.safetensors", "data/mcq.jsonl"):
+        assert (tmp_path / "world" / f).read_bytes() == (world_dir / f).read_bytes(), f
+    assert not (tmp_path / "world" / "prewarm").exists()
+    assert any(p.is_file() for p in cache.rglob("*")), "the child compiled nothing into the cache"

@@ -49,11 +49,10 @@ def start_prewarm(
 
 
 def finish_prewarm(proc: subprocess.Popen, folder: Path) -> str:
-    """Wait for the prewarm; a line saying how it went (with the log's last line if it failed)."""
+    """Wait for the prewarm; a line saying how it went (the child's last log line: its engine status)."""
     rc = proc.wait()
-    if rc == 0:
-        return "decode step compiled into the server's cache"
     lines = (folder / "prewarm.log").read_text(errors="replace").strip().splitlines()
-    return (
-        f"prewarm failed (exit {rc}): {lines[-1] if lines else 'no output'}; the server compiles at start-up"
-    )
+    last = lines[-1].split(": ", 1)[-1] if lines else "no output"
+    if rc == 0:
+        return f"prewarm: {last}"
+    return f"prewarm failed (exit {rc}): {last}; the server compiles at start-up"
