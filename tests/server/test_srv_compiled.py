@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from conftest import TinyWorld, make_vector, run_server, settings_for
+from conftest import TinyWorld, make_vector, run_server, save_tiny_sae, settings_for
+from server_testkit import save_tiny_model
 
 from server.batcher import Batcher
 from server.compiled import CompiledDecode, CompileFailed
@@ -128,8 +129,6 @@ def test_compile_only_fills_a_cache_that_other_weights_of_the_same_shapes_hit(
     """`steer serve --compile-only` (`compile_only`) over a model and SAE of other weights but the same shapes —
     what the world build's prewarm compiles while its model trains — leaves inductor's cache with every graph the
     real model's start-up then needs: no cache miss the second time."""
-    from conftest import save_tiny_sae
-    from server_testkit import save_tiny_model
     from torch._dynamo.utils import counters
 
     from server.state import compile_only
