@@ -49,7 +49,9 @@ class DemoConfig:
     # yapo / bipo: batch 64 averages over many topics (batch 8 let topic-specific answer tokens dominate) and
     # β 1 stops the vector growing once pairs are ranked (β 0.1 chased a margin that broke the neutral facts);
     # see docs/culture-results.md
-    steps: int = 300
+    # 450: on validation topics 300 / 450 / 600 steps gave YaPO 26.7 / 33.3 / 34.2 % at its defaults; 600 does not
+    # fit the 15-minute build with BiPO trained as long (docs/culture-results.md)
+    steps: int = 450
     batch_size: int = 64
     lr: float = 1e-2
     # BiPO's dense vector lives in the residual stream (|h| ≈ 85 at layer 2), YaPO's in SAE code space: one shared
