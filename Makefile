@@ -30,6 +30,7 @@ setup: $(VENV)/.dev
 lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/python tools/import_cycles.py
 
 format: setup
 	$(BIN)/ruff format .

@@ -25,10 +25,10 @@ def served_buckets(slots: int) -> list[int]:
 
 
 def run_engine(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
-    from server.engine import Engine
-    from server.runner import NewRow
-    from server.sampling import SamplingParams
-    from server.sequence import SteerSpec
+    from server.engine.model import Engine
+    from server.engine.request import SteerSpec
+    from server.engine.runner_io import NewRow
+    from server.engine.sampling import SamplingParams
 
     mixed = cfg.mixed_batch
     sae = world.saes[0]
@@ -56,7 +56,7 @@ def run_engine(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
         """Decode tokens/s of b rows for `new_tokens` steps."""
         for slot in range(runner.slots):
             runner.free(slot)
-        rows = [NewRow(prompts[i], params, seed=i, steering=engine.steering_rows(specs[i])) for i in range(b)]
+        rows = [NewRow(prompts[i], params, seed=i, steering=engine.steering.rows(specs[i])) for i in range(b)]
         runner.compiled = compiled if use_compiled else None
         try:
             runner.prefill(0, rows)

@@ -18,11 +18,9 @@ from bench.world import BenchWorld
 
 
 def run_join(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
-    from server.batcher import Batcher
-    from server.engine import Engine
-    from server.output import OutputStage
-    from server.sampling import SamplingParams
-    from server.sequence import Sequence, SteerSpec
+    from server.engine.model import Engine
+    from server.engine.request import Row, SteerSpec
+    from server.engine.sampling import SamplingParams
 
     running = cfg.clients - 1
     ctx = int(getattr(world.model.config, "max_position_embeddings", 512))
@@ -41,7 +39,7 @@ def run_join(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
 
     vector = next(iter(world.saes[0].vectors.values()))
     steer = SteerSpec(((vector, 1.0),))
-    batcher = Batcher(engine, OutputStage(engine.tokenizer, engine.eos_ids))
+    batcher = engine.batcher()
     newcomer = ids(short_len)
 
     def admit(length: int) -> float:
@@ -49,10 +47,8 @@ def run_join(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
         batcher.rows.clear()
         for slot in range(engine.runner.slots):
             engine.runner.free(slot)
-        batcher.add(
-            [Sequence(ids(length), SamplingParams(max_new_tokens=10**6), steer) for _ in range(running)]
-        )
-        seq = Sequence(newcomer, SamplingParams(max_new_tokens=10**6), steer)
+        batcher.add([Row(ids(length), SamplingParams(max_new_tokens=10**6), steer) for _ in range(running)])
+        seq = Row(newcomer, SamplingParams(max_new_tokens=10**6), steer)
         t0 = now()
         batcher.add([seq])
         return now() - t0

@@ -43,8 +43,9 @@ def synthetic_pairs(n: int, seed: int) -> list[Any]:
 def run_train(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
     """pairs/s of `train_vector(method="yapo")` with and without `reference_mode`, interleaved."""
     try:
+        from trainer.config import TrainConfig
         from trainer.resources import Resources
-        from trainer.train import TrainConfig, train_vector
+        from trainer.train import train_vector
     except ImportError as exc:
         return not_available(f"trainer not importable: {exc}")
     if "reference_mode" not in {f.name for f in dataclasses.fields(TrainConfig)}:

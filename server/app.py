@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.engine import Engine
+from server.engine.model import Engine
 from server.errors import (
     ApiError,
     handle_api_error,

@@ -7,12 +7,12 @@ special tokens as empty, so offsets index the text as it is returned. A log-prob
 
 from __future__ import annotations
 
-from collections.abc import Sequence as Seq
+from collections.abc import Sequence
 from typing import Any
 
-from server.logprobs import TokenLogprob
+from server.engine.logprobs import TokenLogprob
+from server.engine.request import Row
 from server.protocol import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
-from server.sequence import Sequence
 
 FLOOR = -9999.0
 WINDOW = 6  # previous tokens a token is decoded after
@@ -22,7 +22,7 @@ def _shown(value: float) -> float:
     return max(value, FLOOR)
 
 
-def _pieces(tokenizer: Any, ids: Seq[int], candidates: Seq[Seq[int]]) -> list[list[str]]:
+def _pieces(tokenizer: Any, ids: Sequence[int], candidates: Sequence[Sequence[int]]) -> list[list[str]]:
     """The text of each candidate token at each position of `ids`, as it reads after the tokens before it.
 
     Decoding a token alone loses what depends on its neighbours (a sentencepiece word's leading space, a
@@ -51,7 +51,7 @@ def _pieces(tokenizer: Any, ids: Seq[int], candidates: Seq[Seq[int]]) -> list[li
     return out
 
 
-def completion_logprobs(tokenizer: Any, seq: Sequence, echo: bool) -> CompletionLogprobs:
+def completion_logprobs(tokenizer: Any, seq: Row, echo: bool) -> CompletionLogprobs:
     """The prompt's tokens (with `echo`; the first has no log-prob) then every generated token."""
     entries: list[TokenLogprob | None] = list(seq.prompt_logprobs) if echo else []
     ids = list(seq.prompt_ids) + list(seq.output_ids)
@@ -79,7 +79,7 @@ def completion_logprobs(tokenizer: Any, seq: Sequence, echo: bool) -> Completion
     )
 
 
-def chat_logprobs(tokenizer: Any, seq: Sequence) -> ChatLogprobs:
+def chat_logprobs(tokenizer: Any, seq: Row) -> ChatLogprobs:
     """One entry per generated token, each with its `top_logprobs` alternatives."""
     entries = list(seq.output_logprobs)
     ids = list(seq.prompt_ids) + list(seq.output_ids)

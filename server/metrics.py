@@ -86,7 +86,7 @@ class Metrics:
         self.vectors_skipped = Gauge("steer_vector_files_skipped", "Catalog files skipped", registry=r)
 
     def set_engine(self, status: Any) -> None:
-        """Which decode path each bucket takes (`server.compiled.EngineStatus`)."""
+        """Which decode path each bucket takes (`server.engine.compiled_step.EngineStatus`)."""
         for bucket, how in status.buckets.items():
             self.engine_compiled.labels(bucket=str(bucket)).set(1 if how == "compiled" else 0)
 

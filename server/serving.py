@@ -19,16 +19,15 @@ from typing import Any
 
 import torch
 
-from server.batcher import FAULT_ERROR, FAULT_OOM, FAULT_STEP
-from server.engine import Engine
+from server.engine.batcher import FAULT_ERROR, FAULT_OOM, FAULT_STEP
+from server.engine.model import Engine
+from server.engine.request import UNSTEERED, Event, Request, Row, SteerSpec
+from server.engine.sampling import SamplingParams
+from server.engine.scheduler import NotAccepting, QueueFull, Scheduler
 from server.errors import ApiError, invalid
 from server.metrics import Metrics
 from server.model_ids import ModelIdError, parse_model_id, steered_id
-from server.output import Event, Handle
 from server.protocol import AppliedVector, ChatMessage, ModelCard, ModelSteering, Usage
-from server.sampling import SamplingParams
-from server.scheduler import NotAccepting, QueueFull, Scheduler
-from server.sequence import UNSTEERED, Sequence, SteerSpec
 from server.settings import ServerSettings
 from vectors.prompts import encode_text
 
@@ -68,7 +67,7 @@ class GenerationInput:
 class Prepared:
     """What to queue: the engine rows and what to report back."""
 
-    seqs: list[Sequence]
+    seqs: list[Row]
     applied: list[AppliedVector]
     prompt_tokens: int
 
@@ -249,7 +248,7 @@ class Service:
                     "compare",
                     f"`compare` needs 2 batch rows; this server's max_batch is {self.settings.max_batch}",
                 )
-            seqs.append(Sequence(row.prompt_ids, row.sampling, UNSTEERED, fault=row.fault))
+            seqs.append(Row(row.prompt_ids, row.sampling, UNSTEERED, fault=row.fault))
         return Prepared(seqs=seqs, applied=applied, prompt_tokens=len(row.prompt_ids))
 
     def prepare_choices(self, reqs: list[GenerationInput], n: int) -> Prepared:
@@ -260,7 +259,7 @@ class Service:
         a single request with that seed. `prompt_tokens` counts each prompt once (as OpenAI bills them).
         """
         spec, applied = self.resolve_steer(reqs[0].steer, reqs[0].apply, reqs[0].steer_field)
-        seqs: list[Sequence] = []
+        seqs: list[Row] = []
         prompt_tokens = 0
         for req in reqs:
             row = self._row(req, spec)
@@ -268,10 +267,10 @@ class Service:
             seqs.append(row)
             for j in range(1, n):
                 sampling = dataclasses.replace(row.sampling, seed=derived_seed(row.sampling.seed, j))
-                seqs.append(Sequence(row.prompt_ids, sampling, spec, fault=row.fault))
+                seqs.append(Row(row.prompt_ids, sampling, spec, fault=row.fault))
         return Prepared(seqs=seqs, applied=applied, prompt_tokens=prompt_tokens)
 
-    def _row(self, req: GenerationInput, spec: SteerSpec) -> Sequence:
+    def _row(self, req: GenerationInput, spec: SteerSpec) -> Row:
         """The one engine row of a prompt or chat: tokens, sampling (limits checked) and steering."""
         stop = self._stops(req.stop)
         if req.prompt_ids is not None:
@@ -301,7 +300,7 @@ class Service:
             logprobs=req.logprobs,
             prompt_logprobs=req.prompt_logprobs,
         )
-        return Sequence(ids, sampling, spec, fault=self._fault(text))
+        return Row(ids, sampling, spec, fault=self._fault(text))
 
     def check_choices(self, prompts: int, n: int) -> int:
         """Rows of an OpenAI request of `prompts` prompts × `n` choices (422 past the limits).
@@ -406,7 +405,7 @@ class Service:
         with self._admission_errors():
             self.scheduler.check_room(rows)
 
-    def submit(self, prepared: Prepared, *, stream: bool = True) -> Handle:
+    def submit(self, prepared: Prepared, *, stream: bool = True) -> Request:
         """Queue the rows; 429 when the queue is full, 503 while draining. Without `stream` the request gets
         one event per row, at its end (no per-token text on the engine thread, no per-token event-loop wake-up)."""
         with self._admission_errors():
@@ -429,7 +428,7 @@ class Service:
         await self.wait(handle, is_disconnected)
         return self.outcome(prepared, handle)
 
-    async def wait(self, handle: Handle, is_disconnected: Callable[[], Any]) -> None:
+    async def wait(self, handle: Request, is_disconnected: Callable[[], Any]) -> None:
         """Until every row ended (or one failed: `ApiError`); rows are cancelled if the client goes away or
         time runs out."""
         waiter = asyncio.ensure_future(_settle(handle))
@@ -450,7 +449,7 @@ class Service:
             raise
         check(handle)
 
-    async def events(self, handle: Handle) -> AsyncIterator[Event]:
+    async def events(self, handle: Request) -> AsyncIterator[Event]:
         """The events of a queued request (every row's deltas and end); the failure of any row, or the 504
         past the deadline, as an `ApiError` (the other rows are then already stopped)."""
         deadline = self.deadline(handle)
@@ -470,12 +469,12 @@ class Service:
             check(handle)
             yield event
 
-    def deadline(self, handle: Handle) -> float | None:
+    def deadline(self, handle: Request) -> float | None:
         """`time.monotonic()` by which the request must be done (None: no limit)."""
         limit = self.settings.request_timeout_s
         return handle.submitted + limit if limit > 0 else None
 
-    def time_out(self, handle: Handle) -> ApiError:
+    def time_out(self, handle: Request) -> ApiError:
         """Stop the rows of a request that ran past the deadline; the 504 to answer with."""
         if not handle.cancelled:
             self.metrics.failures.labels(reason="timeout").inc()
@@ -489,14 +488,14 @@ class Service:
             headers={"Retry-After": str(self.settings.retry_after_s)},
         )
 
-    def cancel(self, handle: Handle) -> None:
+    def cancel(self, handle: Request) -> None:
         """Stop the rows of a request whose client went away."""
         if not handle.cancelled and not all(s.finished for s in handle.seqs):
             self.metrics.disconnects.inc()
         handle.cancel()
 
     @staticmethod
-    def outcome(prepared: Prepared, handle: Handle) -> Outcome:
+    def outcome(prepared: Prepared, handle: Request) -> Outcome:
         """Final result, or the ApiError of a failed row."""
         check(handle)
         main = handle.seqs[0]
@@ -516,7 +515,7 @@ class Service:
         )
 
     @staticmethod
-    def usage(prepared: Prepared, handle: Handle) -> Usage:
+    def usage(prepared: Prepared, handle: Request) -> Usage:
         """Usage of a request of several choices: each prompt once, the tokens of every choice."""
         completion = sum(len(s.output_ids) for s in handle.seqs)
         return Usage(
@@ -531,13 +530,13 @@ def derived_seed(seed: int | None, choice: int) -> int | None:
     return None if seed is None else (seed + choice) % SEED_SPAN
 
 
-def check(handle: Handle) -> None:
+def check(handle: Request) -> None:
     """Raise the ApiError of a request whose row failed: a request answers whole or not at all."""
     if handle.error is not None:
         raise failure(handle.error)
 
 
-async def _settle(handle: Handle) -> None:
+async def _settle(handle: Request) -> None:
     """Until every row ended, or one failed (the output stage has then stopped the others)."""
     async for _ in handle.stream():
         pass
@@ -559,7 +558,7 @@ def failure(error: BaseException | None) -> ApiError:
 
 
 @contextlib.asynccontextmanager
-async def cancel_on_exit(service: Service, handle: Handle) -> AsyncIterator[None]:
+async def cancel_on_exit(service: Service, handle: Request) -> AsyncIterator[None]:
     """Cancel the rows when a stream ends early (client gone, error)."""
     try:
         yield

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from server.compiled import CompileFailed, EngineStatus, set_compile_cache
-from server.engine import Engine, EngineConfig
+from server.engine.compiled_step import CompileFailed, EngineStatus, set_compile_cache
+from server.engine.model import Engine, EngineConfig
+from server.engine.request import Row, SteerSpec
+from server.engine.runner import CacheTooLarge
+from server.engine.sampling import SamplingParams
+from server.engine.scheduler import Scheduler, SchedulerLimits
 from server.metrics import Metrics
-from server.runner import CacheTooLarge
-from server.sampling import SamplingParams
-from server.scheduler import Scheduler, SchedulerLimits
-from server.sequence import Sequence, SteerSpec
 from server.serving import Service
 from server.settings import ServerSettings
 from vectors.errors import SteerError
@@ -176,7 +176,7 @@ def warm_up(engine: Engine, settings: ServerSettings) -> None:
     budget = max(1, min(settings.warmup_tokens, engine.context_length - len(ids)))
     params = SamplingParams(max_new_tokens=budget)
     steer = SteerSpec(((engine.adhoc_vector(0), 1.0),)) if engine.coders else SteerSpec()
-    seqs = [Sequence(ids, params, steer if i % 2 else SteerSpec()) for i in range(settings.max_batch)]
+    seqs = [Row(ids, params, steer if i % 2 else SteerSpec()) for i in range(settings.max_batch)]
     try:
         engine.generate(seqs)
     except Exception as exc:

@@ -113,8 +113,9 @@ def register_train(subparsers: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from trainer.config import TrainConfig
     from trainer.data import Columns, DataError, parse_where
-    from trainer.train import TrainConfig, train_vector
+    from trainer.train import train_vector
     from vectors.errors import SteerError
 
     try:

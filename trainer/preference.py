@@ -17,11 +17,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import TrainConfig
 from trainer.data import PreferencePair, pairs_hash
 from trainer.layer_cache import LowerLayerCache
 from trainer.logprobs import make_batch, pair_rows, response_logprobs
@@ -37,9 +38,6 @@ from trainer.retention import retention_penalty
 from trainer.tokens import EncodedPair, EncodeStats
 from vectors.hooks import layer_hook
 from vectors.io import write_atomic
-
-if TYPE_CHECKING:
-    from trainer.train import TrainConfig
 
 FINGERPRINT_KEYS = (
     "method",

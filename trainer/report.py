@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trainer.config import PREFERENCE_METHODS, TrainConfig
 from trainer.data import PreferencePair, load_pairs
 from trainer.evaluate import (
     EvalConfig,
@@ -29,7 +30,7 @@ from trainer.fanout import balance, run_children
 from trainer.plots import plot_loss_curves, plot_strength_panels
 from trainer.resources import Resources, load_resources
 from trainer.retention import retention_pairs
-from trainer.train import PREFERENCE_METHODS, TrainConfig, TrainResult, steps_to_loss, train_vector
+from trainer.train import TrainResult, steps_to_loss, train_vector
 from vectors.io import write_atomic
 
 METHODS = ("caa", "sas", "bipo", "yapo")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from fastapi import Request as HttpRequest
 from fastapi.responses import StreamingResponse
 
+from server.engine.request import Request
 from server.errors import ApiError, error_payload
 from server.jsonbody import StrictJsonRoute
-from server.output import Handle
 from server.protocol import ErrorResponse, GenerateRequest, GenerateResponse, StreamDone, StreamToken
 from server.routes import get_service
 from server.serving import GenerationInput, Prepared, Service, cancel_on_exit
@@ -38,7 +39,7 @@ def to_input(body: GenerateRequest) -> GenerationInput:
 
 
 @router.post("/generate", response_model=GenerateResponse, responses=ERRORS)
-async def generate(body: GenerateRequest, request: Request) -> GenerateResponse | StreamingResponse:
+async def generate(body: GenerateRequest, request: HttpRequest) -> GenerateResponse | StreamingResponse:
     """Generate text for one prompt or chat, steered per request.
 
     With `"stream": true` the answer is server-sent events: `token` events (`{"text": ...}`), then one `done`
@@ -62,7 +63,7 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse 
     )
 
 
-async def _events(service: Service, prepared: Prepared, handle: Handle) -> AsyncIterator[str]:
+async def _events(service: Service, prepared: Prepared, handle: Request) -> AsyncIterator[str]:
     async with cancel_on_exit(service, handle):
         try:
             async for event in service.events(handle):

@@ -15,14 +15,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from fastapi import Request as HttpRequest
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from server.engine.request import Request
 from server.errors import ApiError, error_payload, invalid
 from server.jsonbody import StrictJsonRoute
 from server.logprob_shapes import chat_logprobs, completion_logprobs
-from server.output import Handle
 from server.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -54,7 +55,7 @@ router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJsonRoute)
 
 
 @router.get("/models", response_model=ModelList)
-async def models(request: Request) -> ModelList:
+async def models(request: HttpRequest) -> ModelList:
     """The base model and one steered id per catalog vector (`<base>:<vector>`, at its default strength)."""
     service = get_service(request)
     return ModelList(data=service.model_cards(int(get_state(request).started)))
@@ -97,7 +98,9 @@ def _no_stream(body: OpenAIBase, field: str, asked: bool) -> None:
 
 
 @router.post("/completions", response_model=CompletionResponse, responses=ERRORS)
-async def completions(body: CompletionRequest, request: Request) -> CompletionResponse | StreamingResponse:
+async def completions(
+    body: CompletionRequest, request: HttpRequest
+) -> CompletionResponse | StreamingResponse:
     """Continue each prompt `n` times (raw text, no chat template; token ids verbatim); choice `index` =
     prompt position × n + choice number. `echo` repeats the prompt (with its log-probs when `logprobs` is set)."""
     service = get_service(request)
@@ -132,7 +135,7 @@ async def completions(body: CompletionRequest, request: Request) -> CompletionRe
     )
 
 
-def _completion_choices(tokenizer: Any, body: CompletionRequest, handle: Handle) -> list[CompletionChoice]:
+def _completion_choices(tokenizer: Any, body: CompletionRequest, handle: Request) -> list[CompletionChoice]:
     """Every choice's text (after the echoed prompt) and log-probs (decoding them is CPU work: off the loop)."""
     choices = []
     for i, seq in enumerate(handle.seqs):
@@ -148,7 +151,7 @@ def _completion_choices(tokenizer: Any, body: CompletionRequest, handle: Handle)
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request
+    body: ChatCompletionRequest, request: HttpRequest
 ) -> ChatCompletionResponse | StreamingResponse:
     """Answer the chat `n` times (the model's chat template)."""
     service = get_service(request)
@@ -184,7 +187,7 @@ async def chat_completions(
     )
 
 
-async def _run(service: Service, handle: Handle, request: Request) -> None:
+async def _run(service: Service, handle: Request, request: HttpRequest) -> None:
     """Wait for every choice; the error of a failed one."""
     await service.wait(handle, request.is_disconnected)
 
@@ -250,7 +253,7 @@ class ChatChunks:
 async def _stream(
     service: Service,
     prepared: Prepared,
-    handle: Handle,
+    handle: Request,
     chunks: CompletionChunks | ChatChunks,
     include_usage: bool,
 ) -> AsyncIterator[str]:

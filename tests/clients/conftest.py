@@ -43,7 +43,8 @@ class Culture:
 @pytest.fixture(scope="module")
 def culture(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Culture]:
     """The small culture world served with a mean-difference (CAA) vector for COUNTRY in a private catalog."""
-    from trainer.train import TrainConfig, train_vector
+    from trainer.config import TrainConfig
+    from trainer.train import train_vector
 
     catalog = tmp_path_factory.mktemp("client-catalog")
     train_vector(

@@ -8,7 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
-from server.engine import Engine
+from server.engine.model import Engine
 
 from .relkit import TinyWorld, build_tiny_world, load_engine
 

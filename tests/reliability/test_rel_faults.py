@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from server.engine import Engine
+from server.engine.model import Engine
 
 from .relkit import (
     PROMPT,

@@ -19,7 +19,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.engine import Engine
+from server.engine.model import Engine
 
 from .relkit import CATALOG, assert_error_body, content_type, idle, run_server, settings_for, wait_for
 

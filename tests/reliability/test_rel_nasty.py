@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.engine import Engine
+from server.engine.model import Engine
 
 from .relkit import PROMPT, TRAVERSALS, assert_error_body, idle, raw_get, run_server, settings_for, wait_for
 

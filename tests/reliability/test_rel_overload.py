@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bench.load import NotLoopback, Reply, check_loopback, classify, percentile
-from server.engine import Engine
+from server.engine.model import Engine
 
 from .relkit import REPO, run_server, settings_for
 

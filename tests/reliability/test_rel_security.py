@@ -26,7 +26,7 @@ import httpx
 import pytest
 import uvicorn
 
-from server.engine import Engine
+from server.engine.model import Engine
 from server.middleware import ApiKeyAuth, is_open, route_table
 
 from .relkit import PROMPT, REPO, TRAVERSALS, assert_error_body, raw_get, run_server, settings_for, wait_for

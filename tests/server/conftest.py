@@ -23,7 +23,7 @@ import uvicorn
 from server_testkit import save_tiny_model
 
 from server.app import create_app
-from server.engine import Engine, EngineConfig
+from server.engine.model import Engine, EngineConfig
 from server.settings import ServerSettings
 from server.state import ServerState
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import CATALOG, TinyWorld, make_vector, run_server, settings_for
 from server_testkit import parse_sse
 
-from server.engine import Engine
+from server.engine.model import Engine
 from server.middleware import route_table
 
 PROMPT = "At a wedding we eat"

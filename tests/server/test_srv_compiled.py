@@ -13,12 +13,10 @@ import torch
 from conftest import TinyWorld, make_vector, run_server, save_tiny_sae, settings_for
 from server_testkit import save_tiny_model
 
-from server.batcher import Batcher
-from server.compiled import CompiledDecode, CompileFailed
-from server.engine import Engine, EngineConfig
-from server.output import OutputStage
-from server.sampling import SamplingParams
-from server.sequence import Sequence, SteerSpec
+from server.engine.compiled_step import CompiledDecode, CompileFailed
+from server.engine.model import Engine, EngineConfig
+from server.engine.request import Row, SteerSpec
+from server.engine.sampling import SamplingParams
 
 PROMPTS = ["At a wedding we eat", "Hello", "In the morning people drink mint tea with", "Children play"]
 
@@ -46,8 +44,8 @@ def scenario(engine: Engine, world: TinyWorld) -> list[list[int]]:
         (PROMPTS[3], SteerSpec(((late, 30.0),)), SamplingParams(max_new_tokens=6)),
         (PROMPTS[1], SteerSpec(((a, 0.0),)), SamplingParams(max_new_tokens=5)),
     ]
-    seqs = [Sequence(engine.encode(prompt=p), params, spec) for p, spec, params in rows]
-    batcher = Batcher(engine, OutputStage(engine.tokenizer, engine.eos_ids))
+    seqs = [Row(engine.encode(prompt=p), params, spec) for p, spec, params in rows]
+    batcher = engine.batcher()
     waiting = list(seqs)
     while waiting or batcher.rows:
         if waiting and batcher.free:

@@ -21,7 +21,8 @@ COUNTRY = "morocco"
 @pytest.fixture(scope="module")
 def culture(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The session's small world, plus a YaPO vector for COUNTRY trained on the train topics into a private catalog."""
-    from trainer.train import TrainConfig, train_vector
+    from trainer.config import TrainConfig
+    from trainer.train import train_vector
 
     root = world_dir
     catalog = tmp_path_factory.mktemp("culture-catalog")

@@ -6,11 +6,9 @@ import pytest
 import torch
 from conftest import CATALOG, make_vector
 
-from server.batcher import Batcher
-from server.engine import Engine
-from server.output import OutputStage
-from server.sampling import SamplingParams
-from server.sequence import Sequence, SteerSpec
+from server.engine.model import Engine
+from server.engine.request import Row, SteerSpec
+from server.engine.sampling import SamplingParams
 
 PROMPTS = [
     "At a wedding we eat",
@@ -36,7 +34,7 @@ def specs(world: object) -> list[SteerSpec]:
 
 
 def run_alone(engine: Engine, ids: list[int], spec: SteerSpec, params: SamplingParams) -> list[int]:
-    seq = Sequence(ids, params, spec)
+    seq = Row(ids, params, spec)
     engine.generate([seq])
     return seq.output_ids
 
@@ -47,7 +45,7 @@ def test_batched_rows_match_solo_runs(tiny_engine: Engine, tiny_world: object) -
     ids = [tiny_engine.encode(prompt=p) for p in PROMPTS]
     rows = [(ids[i], steer[i % len(steer)]) for i in range(8)]
     solo = [run_alone(tiny_engine, i, s, greedy()) for i, s in rows]
-    batch = [Sequence(i, greedy(), s) for i, s in rows]
+    batch = [Row(i, greedy(), s) for i, s in rows]
     tiny_engine.generate(batch)
     assert [s.output_ids for s in batch] == solo
     unsteered = [run_alone(tiny_engine, i, SteerSpec(), greedy()) for i, _ in rows]
@@ -61,8 +59,8 @@ def test_rows_joining_mid_generation_match_solo(tiny_engine: Engine, tiny_world:
     ids = [tiny_engine.encode(prompt=p) for p in PROMPTS[:4]]
     params = [greedy(20), greedy(7), greedy(15), greedy(3)]
     solo = [run_alone(tiny_engine, i, steer[k], params[k]) for k, i in enumerate(ids)]
-    seqs = [Sequence(i, params[k], steer[k]) for k, i in enumerate(ids)]
-    batcher = Batcher(tiny_engine, OutputStage(tiny_engine.tokenizer, tiny_engine.eos_ids))
+    seqs = [Row(i, params[k], steer[k]) for k, i in enumerate(ids)]
+    batcher = tiny_engine.batcher()
     batcher.add([seqs[0]])
     for step in range(40):
         if step in (2, 5, 6):
@@ -79,8 +77,8 @@ def test_strength_zero_is_exactly_unsteered(tiny_engine: Engine, tiny_world: obj
     v = make_vector(tiny_world, "demo/beta", kind="sparse", seed=2)
     ids = tiny_engine.encode(prompt=PROMPTS[0])
     plain = run_alone(tiny_engine, ids, SteerSpec(), greedy())
-    zero = Sequence(ids, greedy(), SteerSpec(((v, 0.0),)))
-    neighbours = [Sequence(ids, greedy(), SteerSpec(((v, s),))) for s in (3.0, -5.0)]
+    zero = Row(ids, greedy(), SteerSpec(((v, 0.0),)))
+    neighbours = [Row(ids, greedy(), SteerSpec(((v, s),))) for s in (3.0, -5.0)]
     tiny_engine.generate([neighbours[0], zero, neighbours[1]])
     assert zero.output_ids == plain
     assert neighbours[0].output_ids != plain
@@ -90,7 +88,7 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(tiny_engine: Engi
     ids = tiny_engine.encode(prompt=PROMPTS[1])
     params = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, top_k=50, seed=7)
     a = run_alone(tiny_engine, ids, SteerSpec(), params)
-    rows = [Sequence(ids, params), Sequence(ids, SamplingParams(max_new_tokens=12, temperature=1.0, seed=8))]
+    rows = [Row(ids, params), Row(ids, SamplingParams(max_new_tokens=12, temperature=1.0, seed=8))]
     tiny_engine.generate(rows)
     assert rows[0].output_ids == a
     assert rows[1].output_ids != a
@@ -98,11 +96,11 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(tiny_engine: Engi
 
 def test_stop_string_truncates_and_finishes(tiny_engine: Engine) -> None:
     ids = tiny_engine.encode(prompt=PROMPTS[2])
-    full = Sequence(ids, greedy(12))
+    full = Row(ids, greedy(12))
     tiny_engine.generate([full])
     stop = full.text[3:6]
     assert stop
-    cut = Sequence(ids, SamplingParams(max_new_tokens=12, stop=(stop,)))
+    cut = Row(ids, SamplingParams(max_new_tokens=12, stop=(stop,)))
     tiny_engine.generate([cut])
     assert cut.finish_reason == "stop"
     assert cut.text == full.text[: full.text.find(stop)]
@@ -110,8 +108,8 @@ def test_stop_string_truncates_and_finishes(tiny_engine: Engine) -> None:
 
 def test_cancel_stops_a_row_at_the_next_step(tiny_engine: Engine) -> None:
     ids = tiny_engine.encode(prompt=PROMPTS[0])
-    keep, drop = Sequence(ids, greedy(10)), Sequence(ids, greedy(10))
-    batcher = Batcher(tiny_engine, OutputStage(tiny_engine.tokenizer, tiny_engine.eos_ids))
+    keep, drop = Row(ids, greedy(10)), Row(ids, greedy(10))
+    batcher = tiny_engine.batcher()
     batcher.add([drop, keep])
     drop.cancel()
     batcher.drop_cancelled()
@@ -142,6 +140,6 @@ def test_hooks_are_installed_once(tiny_engine: Engine, tiny_world: object) -> No
 
     before = count()
     assert before == tiny_engine.num_layers
-    tiny_engine.generate([Sequence(tiny_engine.encode(prompt="Hi"), greedy(3), SteerSpec(((v, 2.0),)))])
+    tiny_engine.generate([Row(tiny_engine.encode(prompt="Hi"), greedy(3), SteerSpec(((v, 2.0),)))])
     assert count() == before
     assert torch.is_inference_mode_enabled() is False

@@ -12,7 +12,7 @@ import uvicorn
 from conftest import TinyWorld, settings_for, wait_until_ready
 
 from server.app import create_app
-from server.engine import Engine
+from server.engine.model import Engine
 from server.launcher import uvicorn_config
 
 

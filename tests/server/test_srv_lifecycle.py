@@ -19,7 +19,7 @@ import pytest
 from conftest import TinyWorld, run_server, settings_for
 from server_testkit import parse_sse
 
-from server.engine import Engine
+from server.engine.model import Engine
 from server.middleware import is_open, route_table
 
 KEY = "s3cret-key"

@@ -12,7 +12,7 @@ import pytest
 from conftest import TinyWorld, make_vector, run_server, settings_for
 from server_testkit import parse_sse
 
-from server.engine import Engine
+from server.engine.model import Engine
 
 PROMPT = "At a wedding we eat"
 

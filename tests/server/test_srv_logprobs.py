@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.engine import Engine
-from server.logprobs import chosen_logprobs, prompt_logprobs
-from server.sampling import SamplingParams
-from server.sequence import Sequence
+from server.engine.logprobs import chosen_logprobs, prompt_logprobs
+from server.engine.model import Engine
+from server.engine.request import Row
+from server.engine.sampling import SamplingParams
 
 PROMPTS = ["At a wedding we eat", "Hello", "Children play football in the street"]
 
@@ -38,9 +38,9 @@ def test_chosen_logprobs_rows_and_top() -> None:
 def test_mixed_batch_logprobs_match_each_rows_own_forward(tiny_engine: Engine) -> None:
     rows = [ids_of(tiny_engine, p) for p in PROMPTS]
     seqs = [
-        Sequence(rows[0], SamplingParams(max_new_tokens=4, logprobs=3, prompt_logprobs=2)),
-        Sequence(rows[1], SamplingParams(max_new_tokens=4)),  # asks for nothing
-        Sequence(rows[2], SamplingParams(max_new_tokens=0, prompt_logprobs=0)),  # scoring only
+        Row(rows[0], SamplingParams(max_new_tokens=4, logprobs=3, prompt_logprobs=2)),
+        Row(rows[1], SamplingParams(max_new_tokens=4)),  # asks for nothing
+        Row(rows[2], SamplingParams(max_new_tokens=0, prompt_logprobs=0)),  # scoring only
     ]
     tiny_engine.generate(seqs)
     scored, plain, scoring = seqs
@@ -58,5 +58,5 @@ def test_mixed_batch_logprobs_match_each_rows_own_forward(tiny_engine: Engine) -
     for j, entry in enumerate(scored.output_logprobs):
         assert entry.logprob == pytest.approx(float(full[n - 1 + j, entry.token]), abs=1e-4)
         assert entry.top[0] == (entry.token, entry.logprob)  # greedy: the chosen token is the top one
-    solo = Sequence(rows[1], SamplingParams(max_new_tokens=4))
+    solo = Row(rows[1], SamplingParams(max_new_tokens=4))
     assert tiny_engine.generate([solo])[0].output_ids == plain.output_ids  # neighbours change nothing

@@ -14,7 +14,7 @@ import pytest
 from conftest import TinyWorld, run_server, settings_for
 from server_testkit import parse_sse
 
-from server.engine import Engine
+from server.engine.model import Engine
 
 PROMPTS = ["At a wedding we eat", "Hello", "Children play"]
 STEER = {"demo/delta": 4.0}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TinyWorld, run_server, settings_for
 
-from server.engine import Engine
+from server.engine.model import Engine
 from vectors.prompts import encode_text, format_prompt
 
 MODEL = "tiny"

@@ -13,32 +13,32 @@ import pytest
 import torch
 from conftest import CATALOG, make_vector
 
-from server.batcher import FAULT_STEP, InjectedFault
-from server.engine import Engine
-from server.sampling import SamplingParams
-from server.scheduler import Scheduler, SchedulerLimits
-from server.sequence import Sequence, SteerSpec
+from server.engine.batcher import FAULT_STEP, InjectedFault
+from server.engine.model import Engine
+from server.engine.request import Row, SteerSpec
+from server.engine.sampling import SamplingParams
+from server.engine.scheduler import Scheduler, SchedulerLimits
 
 PROMPTS = ["At a wedding we eat", "Hello", "Children play"]
 
 
-def rows(engine: Engine, world: object, n_tokens: int = 12) -> list[Sequence]:
+def rows(engine: Engine, world: object, n_tokens: int = 12) -> list[Row]:
     """Three differently steered greedy rows (one unsteered)."""
     vecs = [make_vector(world, name, kind=kind, seed=seed) for name, (kind, seed) in CATALOG.items()]
     steer = [SteerSpec(((vecs[0], 4.0),)), SteerSpec(), SteerSpec(((vecs[1], -3.0),))]
     return [
-        Sequence(engine.encode(prompt=p), SamplingParams(max_new_tokens=n_tokens), s)
+        Row(engine.encode(prompt=p), SamplingParams(max_new_tokens=n_tokens), s)
         for p, s in zip(PROMPTS, steer, strict=True)
     ]
 
 
-def solo(engine: Engine, seq: Sequence) -> list[int]:
-    twin = Sequence(seq.prompt_ids, seq.sampling, seq.steer)
+def solo(engine: Engine, seq: Row) -> list[int]:
+    twin = Row(seq.prompt_ids, seq.sampling, seq.steer)
     engine.generate([twin])
     return twin.output_ids
 
 
-def run(engine: Engine, requests: list[list[Sequence]], then: list[Sequence] | None = None) -> Scheduler:
+def run(engine: Engine, requests: list[list[Row]], then: list[Row] | None = None) -> Scheduler:
     """Queue `requests`, start the worker, wait for all; then run `then` as one more request."""
 
     async def main() -> Scheduler:
@@ -86,9 +86,7 @@ def failing_decode(engine: Engine, fails: Callable[[int, int], bool]) -> Callabl
 def test_step_fault_fails_only_the_culprit(tiny_engine: Engine, tiny_world: object) -> None:
     innocent = rows(tiny_engine, tiny_world)
     expected = [solo(tiny_engine, s) for s in innocent]
-    culprit = Sequence(
-        tiny_engine.encode(prompt="Hello"), SamplingParams(max_new_tokens=12), fault=FAULT_STEP
-    )
+    culprit = Row(tiny_engine.encode(prompt="Hello"), SamplingParams(max_new_tokens=12), fault=FAULT_STEP)
     sched = run(tiny_engine, [[s] for s in innocent] + [[culprit]])
     assert [s.output_ids for s in innocent] == expected
     assert all(s.finish_reason == "length" for s in innocent)

@@ -11,11 +11,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from server.batcher import Batcher
-from server.engine import Engine
-from server.output import OutputStage
-from server.sampling import Sampler, SamplingParams
-from server.sequence import Sequence, SteerSpec
+from server.engine.model import Engine
+from server.engine.request import Row, SteerSpec
+from server.engine.sampling import Sampler, SamplingParams
 from tests.model_families import HIDDEN, MODELS, VOCAB
 from vectors.metadata import ModelRef, SaeRef, VectorMetadata, dense_hook_name
 from vectors.sae import SparseCoder, coder_from_sae_lens
@@ -149,9 +147,9 @@ def test_joins_and_leaves_match_hf_generate(arch: str, coder: SparseCoder, confi
     engine = _engine(arch, coder)
     ids = prompts(6)
     lengths = [12, 5, 9, 14, 7, 10]
-    seqs = [Sequence(ids[i], SamplingParams(max_new_tokens=lengths[i]), configs[i]) for i in range(6)]
+    seqs = [Row(ids[i], SamplingParams(max_new_tokens=lengths[i]), configs[i]) for i in range(6)]
     pointers = [t.data_ptr() for t in engine.runner.buffers()]
-    batcher = Batcher(engine, OutputStage(engine.tokenizer, engine.eos_ids))
+    batcher = engine.batcher()
     joins = {0: [0, 1], 2: [2], 3: [3, 4], 6: [5]}  # rows join mid-generation, others leave at their lengths
     for step in range(40):
         if step in joins:
@@ -172,7 +170,7 @@ def test_rows_beyond_the_gathered_buffers_take_the_full_encode(
     """With room for 4 negative features per slot, the 20-negative vectors steer exactly through the full encode."""
     engine = _engine("llama", coder, max_neg=4)
     ids = prompts(6)
-    seqs = [Sequence(ids[i], SamplingParams(max_new_tokens=6), configs[i]) for i in range(6)]
+    seqs = [Row(ids[i], SamplingParams(max_new_tokens=6), configs[i]) for i in range(6)]
     engine.generate(seqs)
     assert not engine.runner.steering.needs_full_encode(0, 8)  # every slot freed
     for i, s in enumerate(seqs):
@@ -197,7 +195,7 @@ def test_32_rows_with_32_configs(coder: SparseCoder) -> None:
         else:
             specs.append(SteerSpec(((_vector(f"t/g{i}", code, apply="generation"), 1.0),)))
     ids = [prompts(8, seed=i)[i % 8] for i in range(32)]
-    seqs = [Sequence(ids[i], SamplingParams(max_new_tokens=6), specs[i]) for i in range(32)]
+    seqs = [Row(ids[i], SamplingParams(max_new_tokens=6), specs[i]) for i in range(32)]
     engine.generate(seqs)
     for i in (0, 1, 2, 3, 13, 30):
         assert seqs[i].output_ids == hf_tokens(engine, coder, ids[i], specs[i], 6), f"row {i}"
@@ -214,13 +212,13 @@ def test_seeded_sampling_alone_equals_batched(coder: SparseCoder) -> None:
     ]
     alone = []
     for i, p in enumerate(params):
-        seq = Sequence(ids[i], p)
+        seq = Row(ids[i], p)
         engine.generate([seq])
         alone.append(seq.output_ids)
-    batched = [Sequence(ids[i], p) for i, p in enumerate(params)]
+    batched = [Row(ids[i], p) for i, p in enumerate(params)]
     engine.generate(batched[::-1])  # other slots, other neighbours
     assert [s.output_ids for s in batched] == alone
-    unseeded = [Sequence(ids[0], SamplingParams(max_new_tokens=12, temperature=1.0)) for _ in range(2)]
+    unseeded = [Row(ids[0], SamplingParams(max_new_tokens=12, temperature=1.0)) for _ in range(2)]
     engine.generate(unseeded)
     assert unseeded[0].output_ids != unseeded[1].output_ids  # fresh seeds differ
 
@@ -266,7 +264,7 @@ def test_device_sampler_matches_reference_distribution(params: SamplingParams) -
 
 
 def test_cache_too_large_refuses_to_start(coder: SparseCoder, monkeypatch: pytest.MonkeyPatch) -> None:
-    from server import runner
+    from server.engine import runner
 
     monkeypatch.setattr(runner, "_free_bytes", lambda device: 1024)
     with pytest.raises(runner.CacheTooLarge, match="STEER_MAX_BATCH=8 × STEER_MAX_CONTEXT=64"):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+from trainer.config import TrainConfig
 from trainer.data import load_pairs
-from trainer.train import TrainConfig, train_vector
+from trainer.train import train_vector
 from vectors.io import load_vector
 
 

@@ -9,9 +9,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from trainer.config import TrainConfig
 from trainer.data import PreferencePair
 from trainer.resources import Resources
-from trainer.train import TrainConfig
 from vectors.sae import SparseCoder
 
 COUNTRIES = ("morocco", "egypt", "spain", "nepal")

@@ -1,16 +1,16 @@
 """The engine: model, tokenizer and SAE(s), loaded once, and the runner that holds every tensor of generation.
 
 It knows nothing about HTTP. `Engine.load` reads the model and SAEs; `reserve` allocates the runner
-(`server.runner`: slot KV cache, per-slot steering buffers with hooks installed once, device sampling) for
+(`server.engine.runner`: slot KV cache, per-slot steering buffers with hooks installed once, device sampling) for
 `max_batch` rows × `max_context` positions, so memory is known at start-up. Prompt formatting, ad-hoc `sae:`
-vectors and the steering admission check live here; batching lives in `server.batcher`.
+vectors and the steering admission check live here; batching lives in `server.engine.batcher`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence as Seq
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,13 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from server.batcher import Batcher
-from server.compiled import EngineMode, EngineStatus
-from server.output import OutputStage
-from server.runner import ModelRunner
-from server.sequence import Sequence, SteerSpec
+from server.engine.batcher import Batcher
+from server.engine.compiled_step import EngineMode, EngineStatus
+from server.engine.output import OutputStage
+from server.engine.request import Row, SteerSpec
+from server.engine.runner import ModelRunner
+from server.engine.steering import SteeringTable
+from server.metrics import Metrics
 from vectors.device import resolve_device, resolve_dtype
 from vectors.hooks import text_config
 
@@ -72,7 +74,7 @@ class Engine:
         model_ctx = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
         self.context_length = min(max_context, model_ctx) if max_context else model_ctx
         self.eos_ids = _eos_ids(model, tokenizer)
-        self._rows_cache: dict[tuple[Any, ...], Any] = {}
+        self.steering = SteeringTable(self.coders, self.hidden_size)
         # One driver at a time: a scheduler holds it while its rows occupy slots; start-up and `generate`
         # hold it for their call (tests run several servers over one engine; their turns must not overlap).
         self.turn = threading.Lock()
@@ -167,7 +169,9 @@ class Engine:
         return model_info_from_config(self.model.config)
 
     # --- prompts ------------------------------------------------------------------------------------------
-    def encode(self, *, prompt: str | None = None, messages: Seq[dict[str, str]] | None = None) -> list[int]:
+    def encode(
+        self, *, prompt: str | None = None, messages: Sequence[dict[str, str]] | None = None
+    ) -> list[int]:
         """Token ids of a prompt or chat, formatted exactly as the trainer formats them."""
         from vectors.prompts import format_prompt
 
@@ -206,29 +210,20 @@ class Engine:
         )
         return SteeringVector.sparse(meta, torch.tensor([feature]), torch.tensor([1.0]))
 
-    def steering_rows(self, spec: SteerSpec) -> dict[int, Any]:
-        """What `spec` writes into a slot (layer -> `vectors.slots.LayerRow`); identical configs share it."""
-        if not spec.steered:
-            return {}
-        rows = self._rows_cache.get(spec.key)
-        if rows is None:
-            from vectors.slots import compose
-
-            rows = compose(spec.as_config(), self.coders, self.hidden_size, apply_override=spec.apply)  # type: ignore[arg-type]
-            if len(self._rows_cache) >= 256:
-                self._rows_cache.clear()
-            self._rows_cache[spec.key] = rows
-        return rows
-
     def check_steer(self, spec: SteerSpec) -> None:
         """Raise `ValueError` if `spec` cannot be steered with (so it fails its request, never a batch)."""
-        self.runner.steering.check(self.steering_rows(spec))
+        self.runner.steering.check(self.steering.rows(spec))
 
     # --- generation -----------------------------------------------------------------------------------------
-    def generate(self, seqs: list[Sequence]) -> list[Sequence]:
+    def generate(self, seqs: list[Row]) -> list[Row]:
         """Run rows to completion together (synchronous; tests and warm-up)."""
         with self.turn:
-            return Batcher(self, OutputStage(self.tokenizer, self.eos_ids)).run(seqs)
+            return self.batcher().run(seqs)
+
+    def batcher(self, metrics: Metrics | None = None) -> Batcher:
+        """A batcher over this model's runner and steering table (its rows' events go to their requests)."""
+        output = OutputStage(self.tokenizer, self.eos_ids, metrics)
+        return Batcher(self.runner, self.steering, output, metrics, step_delay_s=self.step_delay_s)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

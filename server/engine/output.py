@@ -8,94 +8,14 @@ of the rule "a failed row fails its whole request": the request records the erro
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from server.logprobs import TokenLogprob
+from server.engine.logprobs import TokenLogprob
+from server.engine.request import Event, FinishReason, Row
 from server.metrics import Metrics
-from server.sequence import FinishReason, Sequence
-
-
-@dataclass(frozen=True)
-class Event:
-    """A token chunk of row `index` (`delta`), or that row's end (`done`)."""
-
-    index: int
-    delta: str = ""
-    done: bool = False
-
-
-_ids = itertools.count(1)
-
-
-@dataclass(eq=False)
-class Handle:
-    """One submitted request: its rows (the steered one first; an unsteered twin for compare)."""
-
-    seqs: list[Sequence]
-    loop: asyncio.AbstractEventLoop
-    id: int = field(default_factory=lambda: next(_ids))
-    submitted: float = field(default_factory=time.monotonic)
-    admitted: float | None = None
-    first_token: float | None = None
-    error: BaseException | None = None  # the first failure of any row: the request fails whole
-    streaming: bool = True  # False: one event per row, at its end
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    _open: int = 0
-
-    def __post_init__(self) -> None:
-        self._open = len(self.seqs)
-        for index, s in enumerate(self.seqs):
-            s.owner, s.index = self, index
-
-    @property
-    def rows(self) -> int:
-        return len(self.seqs)
-
-    @property
-    def configs(self) -> set[Any]:
-        return {s.steer.key for s in self.seqs if s.steer.steered}
-
-    @property
-    def done(self) -> bool:
-        return all(s.finished for s in self.seqs)
-
-    def cancel(self) -> None:
-        """Stop every row at the next step (client gone, or a sibling failed)."""
-        for s in self.seqs:
-            s.cancel()
-
-    @property
-    def cancelled(self) -> bool:
-        return any(s.cancelled for s in self.seqs)
-
-    def emit(self, event: Event) -> None:
-        """Hand `event` to the request's event loop (from the engine thread)."""
-        with contextlib.suppress(RuntimeError):  # the event loop is gone (shutdown)
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-
-    async def stream(self) -> AsyncIterator[Event]:
-        """Events until every row is done (or, after a failure, until the failing row's end)."""
-        while self._open:
-            event = await self.events.get()
-            if event.done:
-                self._open -= 1
-            yield event
-            if self.error is not None:
-                return
-
-    async def wait(self) -> list[Sequence]:
-        """Until the stream ends (every row done, or the request failed)."""
-        async for _ in self.stream():
-            pass
-        return self.seqs
 
 
 class OutputStage:
@@ -106,7 +26,7 @@ class OutputStage:
         self.eos_ids = eos_ids
         self.metrics = metrics
 
-    def token(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> None:
+    def token(self, seq: Row, token: int, logprob: TokenLogprob | None) -> None:
         """Record a generated token, update text and finish state, emit the new text."""
         seq.output_ids.append(token)
         if logprob is not None:
@@ -126,7 +46,7 @@ class OutputStage:
         if live or seq.finished:
             self._emit(seq)
 
-    def _decode(self, seq: Sequence, ids: list[int]) -> None:
+    def _decode(self, seq: Row, ids: list[int]) -> None:
         """The row's text so far, cut at the first stop string (which then ends the row)."""
         full = self.tokenizer.decode(ids, skip_special_tokens=True)
         cut = _first_stop(full, seq.sampling.stop)
@@ -134,7 +54,7 @@ class OutputStage:
         if cut is not None:
             seq.finish_reason = "stop"
 
-    def finish(self, seq: Sequence, reason: FinishReason, error: BaseException | None = None) -> None:
+    def finish(self, seq: Row, reason: FinishReason, error: BaseException | None = None) -> None:
         """End a row from outside the token path: scored only ("length"), cancelled, or failed."""
         if seq.finished:
             return
@@ -145,7 +65,7 @@ class OutputStage:
             handle.cancel()  # the other rows' answers are void
         self._emit(seq)
 
-    def _emit(self, seq: Sequence) -> None:
+    def _emit(self, seq: Row) -> None:
         if seq.finished:
             self._count_end(seq)
         safe = seq.text if seq.finished else _holdback(seq.text, seq.sampling.stop)
@@ -157,7 +77,7 @@ class OutputStage:
             seq.owner.emit(Event(seq.index, delta, seq.finished))
 
     # --- metrics ------------------------------------------------------------------------------------------
-    def _count_token(self, seq: Sequence) -> None:
+    def _count_token(self, seq: Row) -> None:
         m, handle = self.metrics, seq.owner
         if m is None:
             return
@@ -166,7 +86,7 @@ class OutputStage:
             handle.first_token = time.monotonic()
             m.ttft.observe(handle.first_token - handle.submitted)
 
-    def _count_end(self, seq: Sequence) -> None:
+    def _count_end(self, seq: Row) -> None:
         m, handle = self.metrics, seq.owner
         if m is None:
             return

@@ -2,7 +2,7 @@
 
 The event loop only enqueues (`submit`) and reads events; all tensor work happens in one worker thread that
 loops: admit waiting requests (row and steering-config caps; their rows prefill into free slots) → one decode
-step for every running row (`server.batcher`) → the output stage hands events back through
+step for every running row (`server.engine.batcher`) → the output stage hands events back through
 `loop.call_soon_threadsafe` into each request's `asyncio.Queue`. The scheduler holds requests and rows, never
 tensors.
 """
@@ -16,11 +16,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from server.batcher import Batcher
-from server.engine import Engine
+from server.engine.model import Engine
+from server.engine.request import Request, Row
 from server.metrics import Metrics
-from server.output import Handle, OutputStage
-from server.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +45,9 @@ class Scheduler:
         self.engine = engine
         self.limits = limits
         self.metrics = metrics or Metrics()
-        self.batcher = Batcher(
-            engine, OutputStage(engine.tokenizer, engine.eos_ids, self.metrics), self.metrics
-        )
-        self._waiting: deque[Handle] = deque()
-        self._running: dict[int, Handle] = {}
+        self.batcher = engine.batcher(self.metrics)
+        self._waiting: deque[Request] = deque()
+        self._running: dict[int, Request] = {}
         self._cond = threading.Condition()
         self._accepting = True
         self._stop = False
@@ -107,11 +103,11 @@ class Scheduler:
         return len(self._waiting) + len(self._running)
 
     # --- event-loop side ------------------------------------------------------------------------------------
-    def submit(self, seqs: list[Sequence], *, stream: bool = True) -> Handle:
+    def submit(self, seqs: list[Row], *, stream: bool = True) -> Request:
         """Queue a request (call from the event loop). Raises `NotAccepting` or `QueueFull`."""
         if len(seqs) > self.limits.max_batch:
             raise ValueError(f"request needs {len(seqs)} rows, max_batch is {self.limits.max_batch}")
-        handle = Handle(seqs=seqs, loop=asyncio.get_running_loop(), streaming=stream)
+        handle = Request(seqs=seqs, loop=asyncio.get_running_loop(), streaming=stream)
         with self._cond:
             self.check_room(len(seqs))
             self._waiting.append(handle)
@@ -168,12 +164,12 @@ class Scheduler:
             if held:
                 turn.release()
 
-    def _admit(self) -> list[Handle]:
+    def _admit(self) -> list[Request]:
         """Move waiting requests into the batch while rows and steering configs allow (holding the lock)."""
         rows = self.busy_rows
         configs = {s.steer.key for s in self.batcher.rows if s.steer.steered}
-        admitted: list[Handle] = []
-        kept: deque[Handle] = deque()
+        admitted: list[Request] = []
+        kept: deque[Request] = deque()
         while self._waiting:
             h = self._waiting.popleft()
             if h.cancelled:
@@ -197,7 +193,7 @@ class Scheduler:
         self.metrics.queue_depth.set(len(self._waiting))
         return admitted
 
-    def _iterate(self, admitted: list[Handle]) -> None:
+    def _iterate(self, admitted: list[Request]) -> None:
         batcher = self.batcher
         batcher.drop_cancelled()
         if admitted:

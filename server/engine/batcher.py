@@ -6,7 +6,7 @@ the running slots stay consecutive. Failures stay with their rows: a prefill tha
 and a failed decode step is retried for each row alone (its cache writes at the same positions are simply
 redone), so only a row that fails again alone fails.
 
-Synchronous and single-threaded: `server.scheduler` drives it from its worker thread; `Engine.generate` drives
+Synchronous and single-threaded: `server.engine.scheduler` drives it from its worker thread; `Engine.generate` drives
 it directly (tests, warm-up).
 """
 
@@ -15,17 +15,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence as Seq
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
-from server.output import OutputStage
-from server.runner import NewRow, StepOutput
-from server.sequence import Sequence
+from server.engine.output import OutputStage
+from server.engine.request import Row
+from server.engine.runner import ModelRunner
+from server.engine.runner_io import NewRow, StepOutput
+from server.engine.steering import SteeringTable
 
 if TYPE_CHECKING:
-    from server.engine import Engine
     from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,20 +43,29 @@ class InjectedFault(RuntimeError):
 class Batcher:
     """The rows in the engine's slots, and the step that advances them all."""
 
-    def __init__(self, engine: Engine, output: OutputStage, metrics: Metrics | None = None) -> None:
-        self.engine = engine
-        self.runner = engine.runner
+    def __init__(
+        self,
+        runner: ModelRunner,
+        steering: SteeringTable,
+        output: OutputStage,
+        metrics: Metrics | None = None,
+        *,
+        step_delay_s: float = 0.0,
+    ) -> None:
+        self.runner = runner
+        self.steering = steering
         self.output = output
         self.metrics = metrics
-        self.rows: list[Sequence] = []  # rows[i] holds slot i
-        self._decoding: Seq[Sequence] = ()
+        self.step_delay_s = step_delay_s
+        self.rows: list[Row] = []  # rows[i] holds slot i
+        self._decoding: Sequence[Row] = ()
 
     @property
     def free(self) -> int:
         return self.runner.slots - len(self.rows)
 
     # --- schedule + run ---------------------------------------------------------------------------------
-    def add(self, seqs: list[Sequence]) -> None:
+    def add(self, seqs: list[Row]) -> None:
         """Prefill new rows together into free slots; if that fails, one by one so that only the culprit fails."""
         if len(seqs) > self.free:
             raise ValueError(f"{len(seqs)} rows do not fit in {self.free} free slots")
@@ -70,10 +80,10 @@ class Batcher:
             for s in seqs:
                 self.add([s])
 
-    def _prefill(self, seqs: list[Sequence]) -> None:
+    def _prefill(self, seqs: list[Row]) -> None:
         start = len(self.rows)
         _inject_prefill_faults(seqs)
-        new = [NewRow(s.prompt_ids, s.sampling, s.seed, self.engine.steering_rows(s.steer)) for s in seqs]
+        new = [NewRow(s.prompt_ids, s.sampling, s.seed, self.steering.rows(s.steer)) for s in seqs]
         try:
             out = self.runner.prefill(start, new)
         except Exception:
@@ -90,8 +100,8 @@ class Batcher:
         self.drop_cancelled()
         if not self.rows:
             return
-        if self.engine.step_delay_s:
-            time.sleep(self.engine.step_delay_s)
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
         rows = list(self.rows)
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(rows))
@@ -104,7 +114,7 @@ class Batcher:
             self._postprocess(rows, out)
         self._compact()
 
-    def _decode(self, start: int, rows: Seq[Sequence]) -> StepOutput:
+    def _decode(self, start: int, rows: Sequence[Row]) -> StepOutput:
         self._decoding = rows
         self.runner.after_forward = self._inject_step_faults  # the runner may be shared with other batchers
         try:
@@ -112,7 +122,7 @@ class Batcher:
         finally:
             self._decoding = ()
 
-    def _rescue(self, rows: list[Sequence], exc: Exception) -> None:
+    def _rescue(self, rows: list[Row], exc: Exception) -> None:
         """After a failed decode step, retry each row alone: only rows that fail alone fail.
 
         A row is rescued once; caught in a second failed step it fails with that error, which bounds the cost
@@ -144,7 +154,7 @@ class Batcher:
             self._postprocess([s], out)
 
     # --- postprocess ------------------------------------------------------------------------------------
-    def _postprocess(self, rows: Seq[Sequence], out: StepOutput, *, prefill: bool = False) -> None:
+    def _postprocess(self, rows: Sequence[Row], out: StepOutput, *, prefill: bool = False) -> None:
         for i, s in enumerate(rows):
             if prefill and out.prompt_logprobs and out.prompt_logprobs[i] is not None:
                 s.prompt_logprobs = out.prompt_logprobs[i] or []
@@ -174,7 +184,7 @@ class Batcher:
                 self.runner.free(slot)
             self.rows.pop()
 
-    def _fail(self, seqs: Seq[Sequence], exc: BaseException) -> None:
+    def _fail(self, seqs: Sequence[Row], exc: BaseException) -> None:
         _recover(exc)
         for s in seqs:
             self.output.finish(s, "error", exc)
@@ -186,7 +196,7 @@ class Batcher:
         self._compact()
 
     # --- synchronous use --------------------------------------------------------------------------------
-    def run(self, seqs: list[Sequence]) -> list[Sequence]:
+    def run(self, seqs: list[Row]) -> list[Row]:
         """Run `seqs` to completion together (tests and warm-up)."""
         self.add(seqs)
         while self.rows:
@@ -198,7 +208,7 @@ class Batcher:
             raise InjectedFault("injected decode-step error (fault injection)")
 
 
-def _inject_prefill_faults(seqs: Seq[Sequence]) -> None:
+def _inject_prefill_faults(seqs: Sequence[Row]) -> None:
     for s in seqs:
         if s.fault == FAULT_OOM:
             raise torch.OutOfMemoryError("injected out-of-memory (fault injection)")

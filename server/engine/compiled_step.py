@@ -19,16 +19,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
-from vectors.slots import LayerRow
-
-if TYPE_CHECKING:
-    from server.runner import ModelRunner
+from server.engine.runner_io import NewRow, StepOutput
+from server.engine.sampling import SamplingParams
+from server.engine.slot_cache import SlotCache
+from vectors.slots import LayerRow, SlotSteering
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,28 @@ EngineMode = Literal["auto", "compiled", "eager"]
 PROBE_STEPS = 4
 # max |Δ logit| allowed between the compiled and the eager step, relative to max(1, max |logit|)
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+
+
+class DecodeRunner(Protocol):
+    """What the compiled step reads of its runner (`server.engine.runner.ModelRunner`): its preallocated
+    buffers, its eager step (the reference) and its prefill (the probe)."""
+
+    model: Any
+    device: torch.device
+    dtype: torch.dtype
+    slots: int
+    max_context: int
+    max_neg: int
+    cache: SlotCache
+    steering: SlotSteering
+    next_ids: torch.Tensor
+    positions: torch.Tensor
+
+    def buffers(self) -> list[torch.Tensor]: ...
+    def free(self, slot: int) -> None: ...
+    def prefill(self, start: int, rows: Sequence[NewRow]) -> StepOutput: ...
+    def eager_logits(self, start: int, n: int) -> torch.Tensor: ...
+    def graph_step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
 
 
 class CompileFailed(RuntimeError):
@@ -72,7 +94,7 @@ def set_compile_cache(path: str | None) -> None:
 class CompiledDecode:
     """The compiled decode step of one runner, per bucket; `step(n)` is None where a bucket runs eagerly."""
 
-    def __init__(self, runner: ModelRunner, backend: str = "inductor") -> None:
+    def __init__(self, runner: DecodeRunner, backend: str = "inductor") -> None:
         self.runner = runner
         self.backend = backend
         self.cuda = runner.device.type == "cuda"
@@ -180,11 +202,8 @@ class CompiledDecode:
         return None
 
 
-def probe_rows(runner: ModelRunner, b: int) -> list:
+def probe_rows(runner: DecodeRunner, b: int) -> list[NewRow]:
     """b probe rows: YaPO-like rows with negative features at each SAE layer, a dense row, unsteered rows."""
-    from server.runner import NewRow
-    from server.sampling import SamplingParams
-
     g = torch.Generator().manual_seed(1234)
     d_model = runner.steering.d_model
     vocab = int(runner.model.get_output_embeddings().weight.shape[0])

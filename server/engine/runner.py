@@ -12,17 +12,17 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from server.compiled import CompiledDecode, EngineMode, EngineStatus
-from server.logprobs import TokenLogprob, chosen_logprobs, prompt_logprobs
-from server.sampling import Sampler, SamplingParams
-from server.slot_cache import CacheShape, SlotCache, attention_masks
+from server.engine.compiled_step import CompiledDecode, EngineMode, EngineStatus
+from server.engine.logprobs import TokenLogprob, chosen_logprobs, prompt_logprobs
+from server.engine.runner_io import NewRow, StepOutput
+from server.engine.sampling import Sampler, SamplingParams
+from server.engine.slot_cache import CacheShape, SlotCache, attention_masks
 from vectors.hooks import text_config
-from vectors.slots import LayerRow, SlotSteering
+from vectors.slots import SlotSteering
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +31,6 @@ KV_BLOCK = 64  # eager decode reads keys up to the longest row, rounded up to th
 
 class CacheTooLarge(RuntimeError):
     """The KV cache for max_batch × max_context does not fit in memory."""
-
-
-@dataclass(frozen=True)
-class NewRow:
-    """A row to prefill: its prompt, sampling, seed and steering (what `compose` made of its config)."""
-
-    prompt_ids: Sequence[int]
-    sampling: SamplingParams
-    seed: int
-    steering: Mapping[int, LayerRow] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """What a forward produced for each of its rows, in slot order."""
-
-    tokens: list[int]
-    logprobs: list[TokenLogprob | None]
-    prompt_logprobs: list[list[TokenLogprob | None] | None] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -167,7 +148,7 @@ class ModelRunner:
         """One decode step for slots [start, start + n): feed each its last sampled id at its next position.
 
         Runs in the compiled graph of the smallest verified bucket when the step covers slots from 0
-        (`server.compiled`), eagerly otherwise (a row retried alone, a bucket that failed its self-check).
+        (`server.engine.compiled_step`), eagerly otherwise (a row retried alone, a bucket that failed its self-check).
         """
         rows = slice(start, start + n)
         if max(self.lengths[rows]) + 1 > self.max_context:
@@ -193,13 +174,13 @@ class ModelRunner:
         return logits[:, -1]
 
     def graph_step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The decode forward that `server.compiled` compiles: slots [0, b), every key position, no host sync."""
+        """The decode forward that `server.engine.compiled_step` compiles: slots [0, b), every key position, no host sync."""
         return self._model(ids, positions, self.max_context, 1)[:, -1]
 
     def compile(
         self, requested: EngineMode, backend: str = "inductor", buckets: list[int] | None = None
     ) -> EngineStatus:
-        """Compile and verify the decode step per bucket (`server.compiled`); eager where that fails."""
+        """Compile and verify the decode step per bucket (`server.engine.compiled_step`); eager where that fails."""
         compiled = CompiledDecode(self, backend=backend)
         self.status = compiled.prepare(requested, buckets)
         self.compiled = compiled if compiled.ok else None
