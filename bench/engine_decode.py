@@ -1,6 +1,6 @@
 """The served engine's decode step: compiled vs eager, and what steering costs in it.
 
-An `Engine` over the benchmark's model (slots = the mixed batch) compiles its decode step for the buckets this
+An `LoadedModel` over the benchmark's model (slots = the mixed batch) compiles its decode step for the buckets this
 suite uses (1, 8 and the mixed batch) and verifies each against eager, as `steer serve` does at start-up. Then,
 interleaved per round, the same decode runs (`ModelRunner.decode`, `new_tokens` steps after a `prompt_len`
 prefill; no detokenizing) in these cases: eager and compiled at batch 1 and 8, unsteered and with the worst
@@ -25,7 +25,7 @@ def served_buckets(slots: int) -> list[int]:
 
 
 def run_engine(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
-    from server.engine.model import Engine
+    from server.engine.model import LoadedModel
     from server.engine.request import SteerSpec
     from server.engine.runner_io import NewRow
     from server.engine.sampling import SamplingParams
@@ -36,7 +36,7 @@ def run_engine(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
     ctx = min(
         int(getattr(world.model.config, "max_position_embeddings", 2048)), cfg.prompt_len + cfg.new_tokens + 8
     )
-    engine = Engine(
+    engine = LoadedModel(
         world.model, world.tokenizer, coders, name=world.model_name, max_batch=mixed, max_context=ctx
     )
     runner = engine.runner

@@ -1,6 +1,6 @@
 """The cost of one arrival: admitting a row into a running batch must not grow with the others' contexts.
 
-A served engine (`server.engine.Engine`, `max_batch` slots) holds 31 running rows whose contexts are long (400
+A served engine (`server.engine.LoadedModel`, `max_batch` slots) holds 31 running rows whose contexts are long (400
 tokens) or short (20); the timed operation is admitting one more row (`Batcher.add`: its prefill into a free slot
 and its steering written in place), which is then cancelled and admitted again. `join_cost_ratio` = long / short,
 paired per round. With the v1 engine (a `DynamicCache` rebuilt on every join) it grew with the running contexts.
@@ -18,7 +18,7 @@ from bench.world import BenchWorld
 
 
 def run_join(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
-    from server.engine.model import Engine
+    from server.engine.model import LoadedModel
     from server.engine.request import Row, SteerSpec
     from server.engine.sampling import SamplingParams
 
@@ -27,7 +27,7 @@ def run_join(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
     short_len = 20
     long_len = min(400, ctx - short_len - 8)  # the newcomer must still fit
     coders = {s.coder.layer: s.coder for s in world.saes[:1]}
-    engine = Engine(
+    engine = LoadedModel(
         world.model, world.tokenizer, coders, name=world.model_name, max_batch=cfg.clients, max_context=ctx
     )
     engine.eos_ids = frozenset()

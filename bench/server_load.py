@@ -100,10 +100,10 @@ def serve(
 
 def bench_engine(world: BenchWorld, slots: int) -> Any:
     """The served engine over the benchmark's model; EOS disabled so every request costs the same."""
-    from server.engine.model import Engine
+    from server.engine.model import LoadedModel
 
     coders = {s.coder.layer: s.coder for s in world.saes[:1]}
-    engine = Engine(world.model, world.tokenizer, coders, name=world.model_name, max_batch=slots)
+    engine = LoadedModel(world.model, world.tokenizer, coders, name=world.model_name, max_batch=slots)
     engine.eos_ids = frozenset()
     return engine
 

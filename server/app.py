@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 from server.errors import (
     ApiError,
     handle_api_error,
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: ServerSettings, *, engine: Engine | None = None, state: ServerState | None = None
+    settings: ServerSettings, *, engine: LoadedModel | None = None, state: ServerState | None = None
 ) -> FastAPI:
     """The app for `settings`. Pass `engine` to serve an already loaded engine (tests); `state` to keep a handle."""
     state = state or ServerState(settings)

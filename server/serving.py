@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import math
 import re
 import time
@@ -20,10 +19,9 @@ from typing import Any
 import torch
 
 from server.engine.batcher import FAULT_ERROR, FAULT_OOM, FAULT_STEP
-from server.engine.model import Engine
+from server.engine.client import EngineClient, NotAccepting, QueueFull
 from server.engine.request import UNSTEERED, Event, Request, Row, SteerSpec
 from server.engine.sampling import SamplingParams
-from server.engine.scheduler import NotAccepting, QueueFull, Scheduler
 from server.errors import ApiError, invalid
 from server.metrics import Metrics
 from server.model_ids import ModelIdError, parse_model_id, steered_id
@@ -86,15 +84,9 @@ class Service:
     """Validation + steering resolution + queueing on top of the engine, scheduler and catalog."""
 
     def __init__(
-        self,
-        engine: Engine,
-        scheduler: Scheduler,
-        catalog: Any,
-        settings: ServerSettings,
-        metrics: Metrics,
+        self, engine: EngineClient, catalog: Any, settings: ServerSettings, metrics: Metrics
     ) -> None:
         self.engine = engine
-        self.scheduler = scheduler
         self.catalog = catalog
         self.settings = settings
         self.metrics = metrics
@@ -336,15 +328,9 @@ class Service:
             raise invalid("stop", "`stop` sequences must be non-empty strings")
         return tuple(stops)
 
-    @functools.cached_property
-    def vocab_size(self) -> int:
-        """Token ids a prompt may hold: known to the tokenizer and inside the model's embedding."""
-        rows = self.engine.model.get_input_embeddings().num_embeddings
-        return min(len(self.engine.tokenizer), int(rows))
-
     def checked_ids(self, ids: list[int], field: str) -> list[int]:
         """Token ids, each inside the vocabulary (an embedding lookup or a decode past it would fail)."""
-        vocab = self.vocab_size
+        vocab = self.engine.vocab_size
         bad = next((i for i in ids if not 0 <= i < vocab), None)
         if bad is not None:
             raise invalid(field, f"token id {bad} is outside the vocabulary [0, {vocab})")
@@ -403,13 +389,13 @@ class Service:
     def check_room(self, rows: int) -> None:
         """Fail fast (429 / 503) before any work when a request of `rows` rows would be refused anyway."""
         with self._admission_errors():
-            self.scheduler.check_room(rows)
+            self.engine.check_room(rows)
 
     def submit(self, prepared: Prepared, *, stream: bool = True) -> Request:
         """Queue the rows; 429 when the queue is full, 503 while draining. Without `stream` the request gets
         one event per row, at its end (no per-token text on the engine thread, no per-token event-loop wake-up)."""
         with self._admission_errors():
-            return self.scheduler.submit(prepared.seqs, stream=stream)
+            return self.engine.submit(prepared.seqs, stream=stream)
 
     @contextlib.contextmanager
     def _admission_errors(self) -> Iterator[None]:

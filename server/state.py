@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from server.engine.compiled_step import CompileFailed, EngineStatus, set_compile_cache
-from server.engine.model import Engine, EngineConfig
+from server.engine.model import EngineConfig, LoadedModel
+from server.engine.native import NativeEngine
 from server.engine.request import Row, SteerSpec
 from server.engine.runner import CacheTooLarge
 from server.engine.sampling import SamplingParams
-from server.engine.scheduler import Scheduler, SchedulerLimits
+from server.engine.scheduler import SchedulerLimits
 from server.metrics import Metrics
 from server.serving import Service
 from server.settings import ServerSettings
@@ -49,8 +50,7 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     status: Status = "loading"
     detail: str | None = "loading model"
-    engine: Engine | None = None
-    scheduler: Scheduler | None = None
+    engine: NativeEngine | None = None  # set once the model is loaded; admits requests once ready
     catalog: Any = None
     service: Service | None = None
     started: float = field(default_factory=time.time)
@@ -58,18 +58,18 @@ class ServerState:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     # --- startup ------------------------------------------------------------------------------------------
-    def start(self, engine: Engine | None = None) -> None:
+    def start(self, engine: LoadedModel | None = None) -> None:
         """Begin loading in the background (so /health answers at once and /ready says "loading")."""
         self._tasks.append(asyncio.get_running_loop().create_task(self._load(engine)))
 
-    async def _load(self, engine: Engine | None) -> None:
+    async def _load(self, engine: LoadedModel | None) -> None:
         s = self.settings
         try:
             if engine is None:
-                engine = await asyncio.to_thread(Engine.load, engine_config(s))
+                engine = await asyncio.to_thread(LoadedModel.load, engine_config(s))
             engine.name = s.served_name
             engine.step_delay_s = s.debug_step_delay_s
-            self.engine = engine
+            self.engine = NativeEngine(engine, self.metrics)
             if s.engine != "eager":
                 self.detail = "compiling the decode step"
             status = await asyncio.to_thread(prepare_engine, engine, s)
@@ -82,10 +82,8 @@ class ServerState:
             if s.warmup:
                 self.detail = f"warming up (batch {s.max_batch})"
                 await asyncio.to_thread(warm_up, engine, s)
-            limits = SchedulerLimits(s.max_batch, s.max_queue, s.max_configs_per_batch)
-            self.scheduler = Scheduler(engine, limits, self.metrics)
-            self.scheduler.start()
-            self.service = Service(engine, self.scheduler, self.catalog, s, self.metrics)
+            self.engine.start(SchedulerLimits(s.max_batch, s.max_queue, s.max_configs_per_batch))
+            self.service = Service(self.engine, self.catalog, s, self.metrics)
         except Exception as exc:
             if isinstance(exc, OSError | SteerError | CacheTooLarge | CompileFailed):
                 # expected failures (a hub model offline, a missing folder, a bad SAE): one clear line
@@ -100,7 +98,7 @@ class ServerState:
         log.info("ready: %s, %d vectors", engine.name, len(self.catalog.vectors()))
         self._tasks.append(asyncio.get_running_loop().create_task(self._poll_catalog()))
 
-    def _open_catalog(self, engine: Engine) -> Any:
+    def _open_catalog(self, engine: LoadedModel) -> Any:
         from vectors.catalog import Catalog
 
         root = Path(self.settings.vectors)
@@ -134,11 +132,11 @@ class ServerState:
         """Stop admitting (503) and wait for in-flight requests up to the drain timeout."""
         if self.status == "ready":
             self.status, self.detail = "draining", "shutting down"
-        if self.scheduler is None:
+        if self.engine is None:
             return True
-        ok = await self.scheduler.drain(self.settings.drain_timeout_s)
+        ok = await self.engine.drain(self.settings.drain_timeout_s)
         if not ok:
-            log.warning("drain timeout: %d requests still in flight", self.scheduler.in_flight)
+            log.warning("drain timeout: %d requests still in flight", self.engine.load().in_flight)
         return ok
 
     async def close(self) -> None:
@@ -147,11 +145,11 @@ class ServerState:
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
-        if self.scheduler is not None:
-            await asyncio.to_thread(self.scheduler.shutdown)
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.shutdown)
 
 
-def prepare_engine(engine: Engine, s: ServerSettings) -> EngineStatus:
+def prepare_engine(engine: LoadedModel, s: ServerSettings) -> EngineStatus:
     """Reserve the KV cache and steering slots for the settings' batch, then compile (and verify) the decode
     step into the settings' inductor cache: what start-up and `steer serve --compile-only` do."""
     engine.reserve(s.max_batch, s.max_neg_features)
@@ -163,14 +161,14 @@ def prepare_engine(engine: Engine, s: ServerSettings) -> EngineStatus:
 def compile_only(s: ServerSettings) -> EngineStatus:
     """Load the model and SAE of the settings and compile the decode step, nothing else: fills the inductor
     cache so that a later start-up with the same settings (and shapes) compiles in seconds."""
-    engine = Engine.load(engine_config(s))
+    engine = LoadedModel.load(engine_config(s))
     try:
         return prepare_engine(engine, s)
     finally:
         engine.close()
 
 
-def warm_up(engine: Engine, settings: ServerSettings) -> None:
+def warm_up(engine: LoadedModel, settings: ServerSettings) -> None:
     """One generation at the largest batch, half the rows steered (exercises every code path once)."""
     ids = engine.encode(prompt="Hello")
     budget = max(1, min(settings.warmup_tokens, engine.context_length - len(ids)))

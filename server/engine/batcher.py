@@ -6,7 +6,7 @@ the running slots stay consecutive. Failures stay with their rows: a prefill tha
 and a failed decode step is retried for each row alone (its cache writes at the same positions are simply
 redone), so only a row that fails again alone fails.
 
-Synchronous and single-threaded: `server.engine.scheduler` drives it from its worker thread; `Engine.generate` drives
+Synchronous and single-threaded: `server.engine.scheduler` drives it from its worker thread; `LoadedModel.generate` drives
 it directly (tests, warm-up).
 """
 

@@ -1,6 +1,6 @@
-"""The engine: model, tokenizer and SAE(s), loaded once, and the runner that holds every tensor of generation.
+"""The loaded model: model, tokenizer and SAE(s), loaded once, and the runner that holds every tensor of generation.
 
-It knows nothing about HTTP. `Engine.load` reads the model and SAEs; `reserve` allocates the runner
+It knows nothing about HTTP. `LoadedModel.load` reads the model and SAEs; `reserve` allocates the runner
 (`server.engine.runner`: slot KV cache, per-slot steering buffers with hooks installed once, device sampling) for
 `max_batch` rows × `max_context` positions, so memory is known at start-up. Prompt formatting, ad-hoc `sae:`
 vectors and the steering admission check live here; batching lives in `server.engine.batcher`.
@@ -8,6 +8,7 @@ vectors and the steering admission check live here; batching lives in `server.en
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ class EngineConfig:
     max_neg_features: int = 256
 
 
-class Engine:
+class LoadedModel:
     """Model + tokenizer + SAE coders (by layer) + the runner of batched, per-row steered generation."""
 
     def __init__(
@@ -83,7 +84,7 @@ class Engine:
 
     # --- construction -----------------------------------------------------------------------------------
     @classmethod
-    def load(cls, cfg: EngineConfig) -> Engine:
+    def load(cls, cfg: EngineConfig) -> LoadedModel:
         """Load the model, tokenizer and SAEs once (blocking; call it off the event loop)."""
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
@@ -161,6 +162,12 @@ class Engine:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @functools.cached_property
+    def vocab_size(self) -> int:
+        """Token ids a prompt may hold: known to the tokenizer and inside the model's embedding."""
+        rows = self.model.get_input_embeddings().num_embeddings
+        return min(len(self.tokenizer), int(rows))
 
     def model_info(self) -> Any:
         """`vectors.catalog.ModelInfo` of the served model (what vectors are checked against)."""

@@ -16,19 +16,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from server.engine.model import Engine
+from server.engine.client import NotAccepting, QueueFull
+from server.engine.model import LoadedModel
 from server.engine.request import Request, Row
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(Exception):
-    """The waiting queue is at its limit (→ 429)."""
-
-
-class NotAccepting(Exception):
-    """The server is draining or stopped (→ 503)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +34,7 @@ class SchedulerLimits:
 class Scheduler:
     """Owns the worker thread that drives the engine."""
 
-    def __init__(self, engine: Engine, limits: SchedulerLimits, metrics: Metrics | None = None) -> None:
+    def __init__(self, engine: LoadedModel, limits: SchedulerLimits, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.limits = limits
         self.metrics = metrics or Metrics()

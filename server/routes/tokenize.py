@@ -68,5 +68,5 @@ async def tokenizer_info(request: Request) -> TokenizerInfo:
         unk_token=tok.unk_token,
         chat_template=template if isinstance(template, str) else None,
         model_max_length=service.engine.context_length,
-        vocab_size=service.vocab_size,
+        vocab_size=service.engine.vocab_size,
     )

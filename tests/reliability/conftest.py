@@ -8,7 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 
 from .relkit import TinyWorld, build_tiny_world, load_engine
 
@@ -19,5 +19,5 @@ def rel_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
 
 
 @pytest.fixture(scope="session")
-def rel_engine(rel_world: TinyWorld) -> Engine:
+def rel_engine(rel_world: TinyWorld) -> LoadedModel:
     return load_engine(rel_world)

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 
 from .relkit import (
     PROMPT,
@@ -41,7 +41,9 @@ FAILED = 'steer_request_failures_total{reason="error"}'
 
 
 @pytest.fixture(scope="module")
-def server(rel_world: Any, rel_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def server(
+    rel_world: Any, rel_engine: LoadedModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     world = private_copy(rel_world, tmp_path_factory.mktemp("faults-catalog"))
     settings = settings_for(
         world,
@@ -208,7 +210,7 @@ def test_failing_request_next_to_healthy_neighbours(server: Any, client: httpx.C
 class StepGate:
     """Holds the engine's decode steps until `open()`: requests pile up in a known batch, no sleeps involved."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: LoadedModel) -> None:
         self.real = engine.runner.decode
         self.opened = threading.Event()
 
@@ -221,7 +223,7 @@ class StepGate:
 
 
 def test_decode_step_failure_fails_only_the_culprits(
-    server: Any, client: httpx.Client, rel_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    server: Any, client: httpx.Client, rel_engine: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`[[fault:step]]` raises in every decode step its row is in, after the shared cache was updated in place.
     The two neighbours in that step are retried alone and return their solo texts; the culprits
@@ -279,7 +281,7 @@ def test_repeated_oom_frees_memory_and_stays_ready(client: httpx.Client) -> None
     assert client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 2}).status_code == 200
 
 
-def test_request_timeout_answers_504_and_frees_the_rows(rel_world: Any, rel_engine: Engine) -> None:
+def test_request_timeout_answers_504_and_frees_the_rows(rel_world: Any, rel_engine: LoadedModel) -> None:
     settings = settings_for(rel_world, debug_step_delay_s=0.05, request_timeout_s=0.5, catalog_poll_s=30)
     with run_server(settings, engine=rel_engine) as srv, srv.client() as c:
         before = metric(c, 'steer_request_failures_total{reason="timeout"}')

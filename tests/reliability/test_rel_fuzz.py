@@ -19,7 +19,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 
 from .relkit import CATALOG, assert_error_body, content_type, idle, run_server, settings_for, wait_for
 
@@ -60,7 +60,7 @@ def total_quota(operations: list[Any]) -> int:
 
 
 @pytest.fixture(scope="module")
-def server(rel_world: Any, rel_engine: Engine) -> Iterator[Any]:
+def server(rel_world: Any, rel_engine: LoadedModel) -> Iterator[Any]:
     settings_ = settings_for(
         rel_world,
         model_name=MODEL,

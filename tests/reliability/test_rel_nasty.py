@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 
 from .relkit import PROMPT, TRAVERSALS, assert_error_body, idle, raw_get, run_server, settings_for, wait_for
 
@@ -18,7 +18,7 @@ J = "application/json"
 
 
 @pytest.fixture(scope="module")
-def server(rel_world: Any, rel_engine: Engine) -> Iterator[Any]:
+def server(rel_world: Any, rel_engine: LoadedModel) -> Iterator[Any]:
     settings = settings_for(rel_world, max_new_tokens=4, default_max_new_tokens=2, catalog_poll_s=30)
     with run_server(settings, engine=rel_engine) as running:
         yield running
@@ -223,7 +223,7 @@ def test_wrong_methods_and_unknown_routes_are_json(client: httpx.Client) -> None
         assert_error_body(r)
 
 
-def test_compare_on_a_one_row_server_is_a_422(rel_world: Any, rel_engine: Engine) -> None:
+def test_compare_on_a_one_row_server_is_a_422(rel_world: Any, rel_engine: LoadedModel) -> None:
     settings = settings_for(rel_world, max_batch=1, catalog_poll_s=30)
     with run_server(settings, engine=rel_engine) as one, one.client() as c:
         r = c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 2, "compare": True})

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bench.load import NotLoopback, Reply, check_loopback, classify, percentile
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 
 from .relkit import REPO, run_server, settings_for
 
@@ -32,7 +32,7 @@ def run_load(url: str, *args: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def test_burst_at_four_times_capacity(rel_world: Any, rel_engine: Engine) -> None:
+def test_burst_at_four_times_capacity(rel_world: Any, rel_engine: LoadedModel) -> None:
     settings = settings_for(rel_world, max_batch=4, max_queue=4, max_new_tokens=48, catalog_poll_s=30)
     with run_server(settings, engine=rel_engine) as server:
         # The 100 ms target is the load tool's (docs/RELIABILITY.md); a test on a shared CI machine checks

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import uvicorn
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 from server.middleware import ApiKeyAuth, is_open, route_table
 
 from .relkit import PROMPT, REPO, TRAVERSALS, assert_error_body, raw_get, run_server, settings_for, wait_for
@@ -35,7 +35,7 @@ KEY = "k3y-Rel1ab1l1ty-0123456789"
 
 
 @pytest.fixture(scope="module")
-def locked(rel_world: Any, rel_engine: Engine) -> Iterator[Any]:
+def locked(rel_world: Any, rel_engine: LoadedModel) -> Iterator[Any]:
     with run_server(settings_for(rel_world, api_key=KEY, catalog_poll_s=30), engine=rel_engine) as running:
         yield running
 
@@ -167,7 +167,7 @@ def test_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_key_never_appears_in_logs_or_responses(
-    rel_world: Any, rel_engine: Engine, caplog: pytest.LogCaptureFixture
+    rel_world: Any, rel_engine: LoadedModel, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     settings = settings_for(rel_world, api_key=KEY, catalog_poll_s=30)
@@ -292,7 +292,7 @@ class OpenedPaths:
                 self.paths.append(os.fsdecode(path))
 
 
-def test_requests_never_open_files_outside_the_catalog(rel_world: Any, rel_engine: Engine) -> None:
+def test_requests_never_open_files_outside_the_catalog(rel_world: Any, rel_engine: LoadedModel) -> None:
     names = [
         "../model/model",
         "/etc/passwd",
@@ -325,7 +325,7 @@ def test_requests_never_open_files_outside_the_catalog(rel_world: Any, rel_engin
 
 
 @contextlib.contextmanager
-def launcher_server(settings: Any, engine: Engine) -> Iterator[str]:
+def launcher_server(settings: Any, engine: LoadedModel) -> Iterator[str]:
     """The app under the uvicorn configuration `steer serve` uses (server.launcher.uvicorn_config)."""
     from server.app import create_app
     from server.launcher import uvicorn_config
@@ -346,7 +346,7 @@ def launcher_server(settings: Any, engine: Engine) -> Iterator[str]:
         sock.close()
 
 
-def test_request_head_is_bounded(rel_world: Any, rel_engine: Engine) -> None:
+def test_request_head_is_bounded(rel_world: Any, rel_engine: LoadedModel) -> None:
     settings = settings_for(rel_world, max_header_bytes=16 * 1024, warmup=False, catalog_poll_s=30)
     with launcher_server(settings, rel_engine) as url, httpx.Client(base_url=url, timeout=30) as c:
         assert c.get("/health").status_code == 200

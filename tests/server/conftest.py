@@ -23,7 +23,7 @@ import uvicorn
 from server_testkit import save_tiny_model
 
 from server.app import create_app
-from server.engine.model import Engine, EngineConfig
+from server.engine.model import EngineConfig, LoadedModel
 from server.settings import ServerSettings
 from server.state import ServerState
 
@@ -117,8 +117,8 @@ def build_tiny_world(root: Path) -> TinyWorld:
     return world
 
 
-def load_engine(world: TinyWorld) -> Engine:
-    return Engine.load(EngineConfig(model=str(world.model), sae=(str(world.sae),), device="cpu"))
+def load_engine(world: TinyWorld) -> LoadedModel:
+    return LoadedModel.load(EngineConfig(model=str(world.model), sae=(str(world.sae),), device="cpu"))
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +127,7 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tiny_world: TinyWorld) -> Engine:
+def tiny_engine(tiny_world: TinyWorld) -> LoadedModel:
     """One engine for the whole session (tests run one at a time; each server gets its own scheduler)."""
     return load_engine(tiny_world)
 
@@ -160,7 +160,7 @@ class RunningServer:
 
 @contextlib.contextmanager
 def run_server(
-    settings: ServerSettings, engine: Engine | None = None, wait_ready: bool = True
+    settings: ServerSettings, engine: LoadedModel | None = None, wait_ready: bool = True
 ) -> Iterator[RunningServer]:
     """The real app under uvicorn in a thread, on a free loopback port."""
     state = ServerState(settings)

@@ -14,7 +14,7 @@ import pytest
 from conftest import CATALOG, TinyWorld, make_vector, run_server, settings_for
 from server_testkit import parse_sse
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 from server.middleware import route_table
 
 PROMPT = "At a wedding we eat"
@@ -40,7 +40,7 @@ def world(tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Ti
 
 
 @pytest.fixture(scope="module")
-def server(world: TinyWorld, tiny_engine: Engine) -> Iterator[Any]:
+def server(world: TinyWorld, tiny_engine: LoadedModel) -> Iterator[Any]:
     settings = settings_for(world, max_body_bytes=64 * 1024, model_name="tiny")
     with run_server(settings, engine=tiny_engine) as running:
         yield running
@@ -158,7 +158,7 @@ def test_request_errors_name_the_field(
     assert err["code"] == status and err["message"]
 
 
-def test_context_limit(client: httpx.Client, tiny_engine: Engine) -> None:
+def test_context_limit(client: httpx.Client, tiny_engine: LoadedModel) -> None:
     words = 1
     while len(tiny_engine.encode(prompt="wedding " * words)) < 230:
         words += 1
@@ -286,7 +286,9 @@ def test_openai_models(oai: openai.OpenAI, server: Any) -> None:
     assert ids == ["tiny", *(f"tiny:{name}" for name in names)]
 
 
-def test_openai_completion_with_steer(oai: openai.OpenAI, client: httpx.Client, tiny_engine: Engine) -> None:
+def test_openai_completion_with_steer(
+    oai: openai.OpenAI, client: httpx.Client, tiny_engine: LoadedModel
+) -> None:
     from vectors.prompts import format_prompt
 
     native = gen(client, steer={"demo/delta": 4.0}, max_new_tokens=10)

@@ -14,21 +14,21 @@ from conftest import TinyWorld, make_vector, run_server, save_tiny_sae, settings
 from server_testkit import save_tiny_model
 
 from server.engine.compiled_step import CompiledDecode, CompileFailed
-from server.engine.model import Engine, EngineConfig
+from server.engine.model import EngineConfig, LoadedModel
 from server.engine.request import Row, SteerSpec
 from server.engine.sampling import SamplingParams
 
 PROMPTS = ["At a wedding we eat", "Hello", "In the morning people drink mint tea with", "Children play"]
 
 
-def fresh_engine(world: TinyWorld, max_batch: int = 2) -> Engine:
+def fresh_engine(world: TinyWorld, max_batch: int = 2) -> LoadedModel:
     """An engine of its own: a compiled runner must not leak into the tests that share `tiny_engine`."""
-    return Engine.load(
+    return LoadedModel.load(
         EngineConfig(model=str(world.model), sae=(str(world.sae),), device="cpu", max_batch=max_batch)
     )
 
 
-def scenario(engine: Engine, world: TinyWorld) -> list[list[int]]:
+def scenario(engine: LoadedModel, world: TinyWorld) -> list[list[int]]:
     """Rows with different steering (and one seeded sampler) joining and leaving a 2-slot engine."""
     a = make_vector(world, "demo/a", kind="sparse", seed=1)
     b = make_vector(world, "demo/b", kind="dense", seed=2)

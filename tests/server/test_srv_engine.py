@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import CATALOG, make_vector
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 from server.engine.request import Row, SteerSpec
 from server.engine.sampling import SamplingParams
 
@@ -33,13 +33,13 @@ def specs(world: object) -> list[SteerSpec]:
     return out
 
 
-def run_alone(engine: Engine, ids: list[int], spec: SteerSpec, params: SamplingParams) -> list[int]:
+def run_alone(engine: LoadedModel, ids: list[int], spec: SteerSpec, params: SamplingParams) -> list[int]:
     seq = Row(ids, params, spec)
     engine.generate([seq])
     return seq.output_ids
 
 
-def test_batched_rows_match_solo_runs(tiny_engine: Engine, tiny_world: object) -> None:
+def test_batched_rows_match_solo_runs(tiny_engine: LoadedModel, tiny_world: object) -> None:
     """Isolation: every row of an 8-row batch with 8 different steering configs equals its solo run."""
     steer = specs(tiny_world)
     ids = [tiny_engine.encode(prompt=p) for p in PROMPTS]
@@ -53,7 +53,7 @@ def test_batched_rows_match_solo_runs(tiny_engine: Engine, tiny_world: object) -
     assert changed >= 6, "steering should change most greedy continuations of the random model"
 
 
-def test_rows_joining_mid_generation_match_solo(tiny_engine: Engine, tiny_world: object) -> None:
+def test_rows_joining_mid_generation_match_solo(tiny_engine: LoadedModel, tiny_world: object) -> None:
     """Continuous batching: rows that join running rows at different steps still equal their solo runs."""
     steer = specs(tiny_world)
     ids = [tiny_engine.encode(prompt=p) for p in PROMPTS[:4]]
@@ -72,7 +72,7 @@ def test_rows_joining_mid_generation_match_solo(tiny_engine: Engine, tiny_world:
     assert [s.finish_reason for s in seqs] == ["length"] * 4
 
 
-def test_strength_zero_is_exactly_unsteered(tiny_engine: Engine, tiny_world: object) -> None:
+def test_strength_zero_is_exactly_unsteered(tiny_engine: LoadedModel, tiny_world: object) -> None:
     """A steered-with-0 row next to steered neighbours produces exactly the unsteered tokens."""
     v = make_vector(tiny_world, "demo/beta", kind="sparse", seed=2)
     ids = tiny_engine.encode(prompt=PROMPTS[0])
@@ -84,7 +84,7 @@ def test_strength_zero_is_exactly_unsteered(tiny_engine: Engine, tiny_world: obj
     assert neighbours[0].output_ids != plain
 
 
-def test_seeded_sampling_is_reproducible_and_batch_independent(tiny_engine: Engine) -> None:
+def test_seeded_sampling_is_reproducible_and_batch_independent(tiny_engine: LoadedModel) -> None:
     ids = tiny_engine.encode(prompt=PROMPTS[1])
     params = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, top_k=50, seed=7)
     a = run_alone(tiny_engine, ids, SteerSpec(), params)
@@ -94,7 +94,7 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(tiny_engine: Engi
     assert rows[1].output_ids != a
 
 
-def test_stop_string_truncates_and_finishes(tiny_engine: Engine) -> None:
+def test_stop_string_truncates_and_finishes(tiny_engine: LoadedModel) -> None:
     ids = tiny_engine.encode(prompt=PROMPTS[2])
     full = Row(ids, greedy(12))
     tiny_engine.generate([full])
@@ -106,7 +106,7 @@ def test_stop_string_truncates_and_finishes(tiny_engine: Engine) -> None:
     assert cut.text == full.text[: full.text.find(stop)]
 
 
-def test_cancel_stops_a_row_at_the_next_step(tiny_engine: Engine) -> None:
+def test_cancel_stops_a_row_at_the_next_step(tiny_engine: LoadedModel) -> None:
     ids = tiny_engine.encode(prompt=PROMPTS[0])
     keep, drop = Row(ids, greedy(10)), Row(ids, greedy(10))
     batcher = tiny_engine.batcher()
@@ -122,7 +122,7 @@ def test_cancel_stops_a_row_at_the_next_step(tiny_engine: Engine) -> None:
     )
 
 
-def test_adhoc_feature_vector(tiny_engine: Engine) -> None:
+def test_adhoc_feature_vector(tiny_engine: LoadedModel) -> None:
     v = tiny_engine.adhoc_vector(5)
     assert v.space == "sae" and v.indices.tolist() == [5]
     with pytest.raises(ValueError, match="out of range"):
@@ -131,7 +131,7 @@ def test_adhoc_feature_vector(tiny_engine: Engine) -> None:
         tiny_engine.adhoc_vector(1, layer=0)
 
 
-def test_hooks_are_installed_once(tiny_engine: Engine, tiny_world: object) -> None:
+def test_hooks_are_installed_once(tiny_engine: LoadedModel, tiny_world: object) -> None:
     """The engine's hooks stay for its life (one per decoder layer); generating adds or removes none."""
     v = make_vector(tiny_world, "demo/alpha", kind="positive", seed=1)
 

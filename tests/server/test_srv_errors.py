@@ -12,12 +12,12 @@ import uvicorn
 from conftest import TinyWorld, settings_for, wait_until_ready
 
 from server.app import create_app
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 from server.launcher import uvicorn_config
 
 
 def test_unexpected_error_is_a_500_and_the_connection_stays_usable(
-    tiny_world: TinyWorld, tiny_engine: Engine
+    tiny_world: TinyWorld, tiny_engine: LoadedModel
 ) -> None:
     settings = settings_for(tiny_world)
     app = create_app(settings, engine=tiny_engine)

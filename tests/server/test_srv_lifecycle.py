@@ -19,7 +19,7 @@ import pytest
 from conftest import TinyWorld, run_server, settings_for
 from server_testkit import parse_sse
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 from server.middleware import is_open, route_table
 
 KEY = "s3cret-key"
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def locked(tiny_world: TinyWorld, tiny_engine: Engine) -> Iterator[Any]:
+def locked(tiny_world: TinyWorld, tiny_engine: LoadedModel) -> Iterator[Any]:
     with run_server(settings_for(tiny_world, api_key=KEY), engine=tiny_engine) as running:
         yield running
 

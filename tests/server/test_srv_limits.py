@@ -12,7 +12,7 @@ import pytest
 from conftest import TinyWorld, make_vector, run_server, settings_for
 from server_testkit import parse_sse
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 
 PROMPT = "At a wedding we eat"
 
@@ -37,7 +37,7 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def slow(tiny_world: TinyWorld, tiny_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def slow(tiny_world: TinyWorld, tiny_engine: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A server whose decode steps take >= 30 ms, one row per batch, one waiting request."""
     import shutil
 
@@ -190,7 +190,7 @@ def test_catalog_hot_reload_keeps_requests_in_flight(slow: Any) -> None:
 
 
 def test_ready_reports_the_default_length_actually_applied(
-    tiny_world: TinyWorld, tiny_engine: Engine
+    tiny_world: TinyWorld, tiny_engine: LoadedModel
 ) -> None:
     """A default above the cap is never used: a request without a length gets the cap, and /ready says so."""
     settings = settings_for(tiny_world, max_new_tokens=4, default_max_new_tokens=128)

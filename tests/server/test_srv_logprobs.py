@@ -7,18 +7,18 @@ import pytest
 import torch
 
 from server.engine.logprobs import chosen_logprobs, prompt_logprobs
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 from server.engine.request import Row
 from server.engine.sampling import SamplingParams
 
 PROMPTS = ["At a wedding we eat", "Hello", "Children play football in the street"]
 
 
-def ids_of(engine: Engine, text: str) -> list[int]:
+def ids_of(engine: LoadedModel, text: str) -> list[int]:
     return engine.tokenizer(text)["input_ids"]
 
 
-def reference(engine: Engine, ids: list[int]) -> torch.Tensor:
+def reference(engine: LoadedModel, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return torch.log_softmax(engine.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
 
@@ -35,7 +35,7 @@ def test_chosen_logprobs_rows_and_top() -> None:
         chosen_logprobs(logits, torch.tensor([1]), [1, 1])
 
 
-def test_mixed_batch_logprobs_match_each_rows_own_forward(tiny_engine: Engine) -> None:
+def test_mixed_batch_logprobs_match_each_rows_own_forward(tiny_engine: LoadedModel) -> None:
     rows = [ids_of(tiny_engine, p) for p in PROMPTS]
     seqs = [
         Row(rows[0], SamplingParams(max_new_tokens=4, logprobs=3, prompt_logprobs=2)),

@@ -14,7 +14,7 @@ import pytest
 from conftest import TinyWorld, run_server, settings_for
 from server_testkit import parse_sse
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 
 PROMPTS = ["At a wedding we eat", "Hello", "Children play"]
 STEER = {"demo/delta": 4.0}
@@ -22,14 +22,14 @@ MODEL = "tiny"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_world: TinyWorld, tiny_engine: Engine) -> Iterator[Any]:
+def server(tiny_world: TinyWorld, tiny_engine: LoadedModel) -> Iterator[Any]:
     settings = settings_for(tiny_world, model_name=MODEL, fault_injection=True)
     with run_server(settings, engine=tiny_engine) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def slow(tiny_world: TinyWorld, tiny_engine: Engine) -> Iterator[Any]:
+def slow(tiny_world: TinyWorld, tiny_engine: LoadedModel) -> Iterator[Any]:
     """Two batch rows, decode steps of >= 30 ms: a request stays in flight long enough to be cut short."""
     settings = settings_for(
         tiny_world, model_name=MODEL, max_batch=2, debug_step_delay_s=0.03, fault_injection=True
@@ -140,7 +140,9 @@ def test_choice_limits_are_422s_naming_the_field(oai: openai.OpenAI, server: Any
     assert rejected(lambda: complete(oai, []))["param"] == "prompt"
 
 
-def test_token_id_prompts_are_checked_against_the_vocabulary(oai: openai.OpenAI, tiny_engine: Engine) -> None:
+def test_token_id_prompts_are_checked_against_the_vocabulary(
+    oai: openai.OpenAI, tiny_engine: LoadedModel
+) -> None:
     vocab = len(tiny_engine.tokenizer)
     for prompt in ([1, vocab], [[1, 2], [3, vocab + 7]]):
         err = rejected(lambda p=prompt: complete(oai, p))

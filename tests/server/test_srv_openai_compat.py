@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TinyWorld, run_server, settings_for
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 from vectors.prompts import encode_text, format_prompt
 
 MODEL = "tiny"
@@ -21,7 +21,7 @@ PROMPT = "At a wedding we eat"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_world: TinyWorld, tiny_engine: Engine) -> Iterator[Any]:
+def server(tiny_world: TinyWorld, tiny_engine: LoadedModel) -> Iterator[Any]:
     with run_server(settings_for(tiny_world, model_name=MODEL), engine=tiny_engine) as running:
         yield running
 
@@ -126,14 +126,16 @@ def test_steered_id_with_a_steer_body_or_another_model(http: httpx.Client) -> No
 # --- raw continuation, token ids, echo and log-probs -------------------------------------------------------------
 
 
-def forward_logprobs(engine: Engine, ids: list[int]) -> torch.Tensor:
+def forward_logprobs(engine: LoadedModel, ids: list[int]) -> torch.Tensor:
     """log_softmax of the unsteered model over `ids` [T, V] (float32)."""
     with torch.no_grad():
         logits = engine.model(input_ids=torch.tensor([ids])).logits[0]
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def test_completions_continue_raw_text_not_the_chat_template(oai: openai.OpenAI, tiny_engine: Engine) -> None:
+def test_completions_continue_raw_text_not_the_chat_template(
+    oai: openai.OpenAI, tiny_engine: LoadedModel
+) -> None:
     tok = tiny_engine.tokenizer
     raw = encode_text(tok, PROMPT)
     assert raw != format_prompt(tok, prompt=PROMPT)  # the tiny model has a chat template
@@ -144,7 +146,7 @@ def test_completions_continue_raw_text_not_the_chat_template(oai: openai.OpenAI,
     assert by_ids.choices[0].text == out.choices[0].text
 
 
-def test_echo_logprobs_are_the_models_own(oai: openai.OpenAI, tiny_engine: Engine) -> None:
+def test_echo_logprobs_are_the_models_own(oai: openai.OpenAI, tiny_engine: LoadedModel) -> None:
     ids = encode_text(tiny_engine.tokenizer, PROMPT)
     out = oai.completions.create(
         model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0, logprobs=3, echo=True
@@ -169,7 +171,7 @@ def test_echo_logprobs_are_the_models_own(oai: openai.OpenAI, tiny_engine: Engin
     )
 
 
-def test_max_tokens_0_with_echo_scores_the_prompt_only(oai: openai.OpenAI, tiny_engine: Engine) -> None:
+def test_max_tokens_0_with_echo_scores_the_prompt_only(oai: openai.OpenAI, tiny_engine: LoadedModel) -> None:
     ids = encode_text(tiny_engine.tokenizer, PROMPT)
     prompts = [ids, ids[:3]]
     out = oai.completions.create(model=MODEL, prompt=prompts, max_tokens=0, logprobs=1, echo=True)
@@ -182,7 +184,7 @@ def test_max_tokens_0_with_echo_scores_the_prompt_only(oai: openai.OpenAI, tiny_
         assert choice.logprobs.token_logprobs[1:] == pytest.approx(want, abs=1e-4)
 
 
-def test_steered_logprobs_are_the_steered_models(oai: openai.OpenAI, tiny_engine: Engine) -> None:
+def test_steered_logprobs_are_the_steered_models(oai: openai.OpenAI, tiny_engine: LoadedModel) -> None:
     ids = encode_text(tiny_engine.tokenizer, PROMPT)
 
     def scores(model: str, **kw: Any) -> list[float]:
@@ -215,7 +217,9 @@ def test_chat_logprobs_content(oai: openai.OpenAI) -> None:
     assert plain.choices[0].logprobs is None
 
 
-def test_logprob_limits_and_misuse_are_422s_naming_the_field(http: httpx.Client, tiny_engine: Engine) -> None:
+def test_logprob_limits_and_misuse_are_422s_naming_the_field(
+    http: httpx.Client, tiny_engine: LoadedModel
+) -> None:
     def post(route: str, **body: Any) -> dict[str, Any]:
         return error_of(http.post(f"/v1/{route}", json={"model": MODEL, **body}))
 
@@ -342,7 +346,7 @@ def test_content_parts_other_than_text_are_refused(http: httpx.Client) -> None:
 # --- tokenizer routes -----------------------------------------------------------------------------------------
 
 
-def test_tokenize_matches_what_the_routes_encode(http: httpx.Client, tiny_engine: Engine) -> None:
+def test_tokenize_matches_what_the_routes_encode(http: httpx.Client, tiny_engine: LoadedModel) -> None:
     tok = tiny_engine.tokenizer
     out = http.post("/tokenize", json={"model": MODEL, "prompt": PROMPT}).json()
     assert out["tokens"] == encode_text(tok, PROMPT) and out["count"] == len(out["tokens"])
@@ -370,7 +374,7 @@ def test_tokenize_matches_what_the_routes_encode(http: httpx.Client, tiny_engine
     assert error_of(http.post("/tokenize", json={"prompt": PROMPT, "messages": msgs}))["param"] == "body"
 
 
-def test_lm_eval_remote_tokenizer_works_through_the_routes(server: Any, tiny_engine: Engine) -> None:
+def test_lm_eval_remote_tokenizer_works_through_the_routes(server: Any, tiny_engine: LoadedModel) -> None:
     from lm_eval.utils import RemoteTokenizer, check_remote_tokenizer_support
 
     base = f"{server.url}/v1/completions"

@@ -14,7 +14,7 @@ import torch
 from conftest import CATALOG, make_vector
 
 from server.engine.batcher import FAULT_STEP, InjectedFault
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 from server.engine.request import Row, SteerSpec
 from server.engine.sampling import SamplingParams
 from server.engine.scheduler import Scheduler, SchedulerLimits
@@ -22,7 +22,7 @@ from server.engine.scheduler import Scheduler, SchedulerLimits
 PROMPTS = ["At a wedding we eat", "Hello", "Children play"]
 
 
-def rows(engine: Engine, world: object, n_tokens: int = 12) -> list[Row]:
+def rows(engine: LoadedModel, world: object, n_tokens: int = 12) -> list[Row]:
     """Three differently steered greedy rows (one unsteered)."""
     vecs = [make_vector(world, name, kind=kind, seed=seed) for name, (kind, seed) in CATALOG.items()]
     steer = [SteerSpec(((vecs[0], 4.0),)), SteerSpec(), SteerSpec(((vecs[1], -3.0),))]
@@ -32,13 +32,13 @@ def rows(engine: Engine, world: object, n_tokens: int = 12) -> list[Row]:
     ]
 
 
-def solo(engine: Engine, seq: Row) -> list[int]:
+def solo(engine: LoadedModel, seq: Row) -> list[int]:
     twin = Row(seq.prompt_ids, seq.sampling, seq.steer)
     engine.generate([twin])
     return twin.output_ids
 
 
-def run(engine: Engine, requests: list[list[Row]], then: list[Row] | None = None) -> Scheduler:
+def run(engine: LoadedModel, requests: list[list[Row]], then: list[Row] | None = None) -> Scheduler:
     """Queue `requests`, start the worker, wait for all; then run `then` as one more request."""
 
     async def main() -> Scheduler:
@@ -63,7 +63,7 @@ def counter(sched: Scheduler, name: str, **labels: str) -> float:
     return value
 
 
-def failing_decode(engine: Engine, fails: Callable[[int, int], bool]) -> Callable[..., torch.Tensor]:
+def failing_decode(engine: LoadedModel, fails: Callable[[int, int], bool]) -> Callable[..., torch.Tensor]:
     """The runner's forward, raising after a decode forward ran (its cache writes done) when
     `fails(rows, call)`: the worst state to recover from."""
     real = engine.runner._forward
@@ -83,7 +83,7 @@ def failing_decode(engine: Engine, fails: Callable[[int, int], bool]) -> Callabl
     return forward
 
 
-def test_step_fault_fails_only_the_culprit(tiny_engine: Engine, tiny_world: object) -> None:
+def test_step_fault_fails_only_the_culprit(tiny_engine: LoadedModel, tiny_world: object) -> None:
     innocent = rows(tiny_engine, tiny_world)
     expected = [solo(tiny_engine, s) for s in innocent]
     culprit = Row(tiny_engine.encode(prompt="Hello"), SamplingParams(max_new_tokens=12), fault=FAULT_STEP)
@@ -97,7 +97,7 @@ def test_step_fault_fails_only_the_culprit(tiny_engine: Engine, tiny_world: obje
 
 
 def test_transient_step_failure_loses_no_row(
-    tiny_engine: Engine, tiny_world: object, monkeypatch: pytest.MonkeyPatch
+    tiny_engine: LoadedModel, tiny_world: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failure that is no row's own (the 3rd step of the batch fails once): every row goes on, unchanged."""
     seqs = rows(tiny_engine, tiny_world)
@@ -113,7 +113,7 @@ def test_transient_step_failure_loses_no_row(
 
 
 def test_persistent_batch_failure_fails_every_row_once_and_the_worker_goes_on(
-    tiny_engine: Engine, tiny_world: object, monkeypatch: pytest.MonkeyPatch
+    tiny_engine: LoadedModel, tiny_world: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every step of more than one row fails: each row is rescued once, then fails; a later request is served."""
     seqs = rows(tiny_engine, tiny_world)
@@ -130,7 +130,7 @@ def test_persistent_batch_failure_fails_every_row_once_and_the_worker_goes_on(
     assert later[0].output_ids == expected_later and later[0].finish_reason == "length"
 
 
-def test_two_schedulers_on_one_engine_take_turns(tiny_engine: Engine, tiny_world: object) -> None:
+def test_two_schedulers_on_one_engine_take_turns(tiny_engine: LoadedModel, tiny_world: object) -> None:
     """Both queue steered rows at once: the second waits for the first's slots to empty (the engine's turn),
     so neither writes into the other's slots, and every row is its solo answer."""
     first, second = rows(tiny_engine, tiny_world), rows(tiny_engine, tiny_world)[::-1]

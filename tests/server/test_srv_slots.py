@@ -1,4 +1,4 @@
-"""Engine v2 on the four model families: slot KV cache == Hugging Face `generate`, rows joining and leaving at
+"""LoadedModel v2 on the four model families: slot KV cache == Hugging Face `generate`, rows joining and leaving at
 different lengths, steering per slot == HF generate with the same steering alone, seeded sampling independent of
 the batch, the device sampler's distribution, and buffers that never move (CPU float32)."""
 
@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from server.engine.model import Engine
+from server.engine.model import LoadedModel
 from server.engine.request import Row, SteerSpec
 from server.engine.sampling import Sampler, SamplingParams
 from tests.model_families import HIDDEN, MODELS, VOCAB
@@ -92,11 +92,13 @@ def configs() -> list[SteerSpec]:
     ]
 
 
-def _engine(arch: str, coder: SparseCoder, slots: int = 8, max_neg: int = 256) -> Engine:
+def _engine(arch: str, coder: SparseCoder, slots: int = 8, max_neg: int = 256) -> LoadedModel:
     torch.manual_seed(0)
     model = MODELS[arch]().eval()
     model.generation_config.eos_token_id = None  # compare fixed-length runs
-    return Engine(model, Tokens(), {LAYER: coder}, max_context=64, max_batch=slots, max_neg_features=max_neg)
+    return LoadedModel(
+        model, Tokens(), {LAYER: coder}, max_context=64, max_batch=slots, max_neg_features=max_neg
+    )
 
 
 @contextmanager
@@ -118,7 +120,7 @@ def hf_steering(model: torch.nn.Module, coder: SparseCoder, spec: SteerSpec) -> 
         steering.close()
 
 
-def hf_tokens(engine: Engine, coder: SparseCoder, ids: list[int], spec: SteerSpec, n: int) -> list[int]:
+def hf_tokens(engine: LoadedModel, coder: SparseCoder, ids: list[int], spec: SteerSpec, n: int) -> list[int]:
     """The reference: Hugging Face `generate` (its own cache and masks) on the row alone, greedy.
 
     Run when the engine is idle: its hooks stay installed, and with every slot cleared they return h itself.
