@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from server.engine.batcher import FAULT_ERROR, FAULT_OOM, FAULT_STEP
 from server.engine.client import EngineClient, NotAccepting, QueueFull
 from server.engine.request import UNSTEERED, Event, Request, Row, SteerSpec
 from server.engine.sampling import SamplingParams
@@ -34,7 +33,6 @@ ADHOC_HELP = (
     "steer on one SAE feature with `sae:<feature>` (or `sae:<layer>:<feature>` when several SAEs are loaded)"
 )
 SEED_SPAN = 2**64  # seeds are used modulo 2**64 (protocol.Seed64: any 64-bit integer)
-_FAULTS = {"[[fault:oom]]": FAULT_OOM, "[[fault:error]]": FAULT_ERROR, "[[fault:step]]": FAULT_STEP}
 
 
 @dataclass(frozen=True)
@@ -240,7 +238,7 @@ class Service:
                     "compare",
                     f"`compare` needs 2 batch rows; this server's max_batch is {self.settings.max_batch}",
                 )
-            seqs.append(Row(row.prompt_ids, row.sampling, UNSTEERED, fault=row.fault))
+            seqs.append(Row(row.prompt_ids, row.sampling, UNSTEERED))
         return Prepared(seqs=seqs, applied=applied, prompt_tokens=len(row.prompt_ids))
 
     def prepare_choices(self, reqs: list[GenerationInput], n: int) -> Prepared:
@@ -259,7 +257,7 @@ class Service:
             seqs.append(row)
             for j in range(1, n):
                 sampling = dataclasses.replace(row.sampling, seed=derived_seed(row.sampling.seed, j))
-                seqs.append(Row(row.prompt_ids, sampling, spec, fault=row.fault))
+                seqs.append(Row(row.prompt_ids, sampling, spec))
         return Prepared(seqs=seqs, applied=applied, prompt_tokens=prompt_tokens)
 
     def _row(self, req: GenerationInput, spec: SteerSpec) -> Row:
@@ -267,20 +265,16 @@ class Service:
         stop = self._stops(req.stop)
         if req.prompt_ids is not None:
             ids = self.checked_ids(req.prompt_ids, "prompt")
-            text = ""
         elif req.prompt is not None and req.raw:
             ids = encode_text(self.engine.tokenizer, req.prompt)
             if not ids:
                 raise invalid("prompt", "the prompt encodes to no tokens (and this tokenizer adds no BOS)")
-            text = req.prompt
         elif req.prompt is not None:
             ids = self.engine.encode(prompt=req.prompt)
-            text = req.prompt
         else:
             assert req.messages is not None
             msgs = [m.model_dump() for m in req.messages]
             ids = self.engine.encode(messages=msgs)
-            text = "\n".join(m["content"] for m in msgs)
         max_new = self._max_new_tokens(len(ids), req.max_new_tokens, req.max_tokens_field, req.echo)
         sampling = SamplingParams(
             max_new_tokens=max_new,
@@ -292,7 +286,7 @@ class Service:
             logprobs=req.logprobs,
             prompt_logprobs=req.prompt_logprobs,
         )
-        return Row(ids, sampling, spec, fault=self._fault(text))
+        return Row(ids, sampling, spec)
 
     def check_choices(self, prompts: int, n: int) -> int:
         """Rows of an OpenAI request of `prompts` prompts × `n` choices (422 past the limits).
@@ -380,11 +374,6 @@ class Service:
                 f"got {prompt_tokens} prompt tokens and {field}={asked}",
             )
         return asked
-
-    def _fault(self, text: str) -> str | None:
-        if not self.settings.fault_injection:
-            return None
-        return next((kind for marker, kind in _FAULTS.items() if marker in text), None)
 
     def check_room(self, rows: int) -> None:
         """Fail fast (429 / 503) before any work when a request of `rows` rows would be refused anyway."""

@@ -111,14 +111,6 @@ class ServerSettings(BaseSettings):
     warmup: bool = True
     warmup_tokens: int = Field(default=4, ge=1)
 
-    # Testing aids (never needed in production).
-    debug_step_delay_s: float = Field(default=0.0, ge=0, description="Sleep per decode step (tests only).")
-    fault_injection: bool = Field(
-        default=False,
-        description="Prompts containing [[fault:oom]] / [[fault:error]] (at prefill) or [[fault:step]] (at every "
-        "decode step) fail on purpose.",
-    )
-
     @field_validator("model_name")
     @classmethod
     def _usable_id(cls, value: str | None) -> str | None:

@@ -36,7 +36,6 @@ def engine_config(settings: ServerSettings) -> EngineConfig:
         dtype=settings.dtype,
         max_context=settings.max_context,
         model_name=settings.served_name,
-        step_delay_s=settings.debug_step_delay_s,
         max_batch=settings.max_batch,
         max_neg_features=settings.max_neg_features,
     )
@@ -68,7 +67,6 @@ class ServerState:
             if engine is None:
                 engine = await asyncio.to_thread(LoadedModel.load, engine_config(s))
             engine.name = s.served_name
-            engine.step_delay_s = s.debug_step_delay_s
             self.engine = NativeEngine(engine, self.metrics)
             if s.engine != "eager":
                 self.detail = "compiling the decode step"

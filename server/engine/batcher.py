@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -31,14 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FAULT_OOM = "oom"
-FAULT_ERROR = "error"
-FAULT_STEP = "step"
-
-
-class InjectedFault(RuntimeError):
-    """Raised on purpose by fault injection (tests of error handling)."""
-
 
 class Batcher:
     """The rows in the engine's slots, and the step that advances them all."""
@@ -49,16 +40,12 @@ class Batcher:
         steering: SteeringTable,
         output: OutputStage,
         metrics: Metrics | None = None,
-        *,
-        step_delay_s: float = 0.0,
     ) -> None:
         self.runner = runner
         self.steering = steering
         self.output = output
         self.metrics = metrics
-        self.step_delay_s = step_delay_s
         self.rows: list[Row] = []  # rows[i] holds slot i
-        self._decoding: Sequence[Row] = ()
 
     @property
     def free(self) -> int:
@@ -82,7 +69,6 @@ class Batcher:
 
     def _prefill(self, seqs: list[Row]) -> None:
         start = len(self.rows)
-        _inject_prefill_faults(seqs)
         new = [NewRow(s.prompt_ids, s.sampling, s.seed, self.steering.rows(s.steer)) for s in seqs]
         try:
             out = self.runner.prefill(start, new)
@@ -100,8 +86,6 @@ class Batcher:
         self.drop_cancelled()
         if not self.rows:
             return
-        if self.step_delay_s:
-            time.sleep(self.step_delay_s)
         rows = list(self.rows)
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(rows))
@@ -115,12 +99,7 @@ class Batcher:
         self._compact()
 
     def _decode(self, start: int, rows: Sequence[Row]) -> StepOutput:
-        self._decoding = rows
-        self.runner.after_forward = self._inject_step_faults  # the runner may be shared with other batchers
-        try:
-            return self.runner.decode(start, len(rows))
-        finally:
-            self._decoding = ()
+        return self.runner.decode(start, len(rows))
 
     def _rescue(self, rows: list[Row], exc: Exception) -> None:
         """After a failed decode step, retry each row alone: only rows that fail alone fail.
@@ -202,18 +181,6 @@ class Batcher:
         while self.rows:
             self.step()
         return seqs
-
-    def _inject_step_faults(self) -> None:
-        if any(s.fault == FAULT_STEP for s in self._decoding):
-            raise InjectedFault("injected decode-step error (fault injection)")
-
-
-def _inject_prefill_faults(seqs: Sequence[Row]) -> None:
-    for s in seqs:
-        if s.fault == FAULT_OOM:
-            raise torch.OutOfMemoryError("injected out-of-memory (fault injection)")
-        if s.fault == FAULT_ERROR:
-            raise InjectedFault("injected error (fault injection)")
 
 
 def _recover(exc: BaseException) -> None:

@@ -44,13 +44,14 @@ class EngineConfig:
     dtype: str = "auto"
     max_context: int | None = None
     model_name: str | None = None
-    step_delay_s: float = 0.0
     max_batch: int = 8
     max_neg_features: int = 256
 
 
 class LoadedModel:
     """Model + tokenizer + SAE coders (by layer) + the runner of batched, per-row steered generation."""
+
+    runner_class: type[ModelRunner] = ModelRunner  # what `reserve` builds (tests put a double here)
 
     def __init__(
         self,
@@ -60,7 +61,6 @@ class LoadedModel:
         *,
         name: str = "model",
         max_context: int | None = None,
-        step_delay_s: float = 0.0,
         max_batch: int = 8,
         max_neg_features: int = 256,
     ) -> None:
@@ -68,7 +68,6 @@ class LoadedModel:
         self.tokenizer = tokenizer
         self.coders: dict[int, Any] = dict(coders or {})
         self.name = name
-        self.step_delay_s = step_delay_s
         cfg = text_config(model)
         self.hidden_size: int = int(cfg.hidden_size)
         self.num_layers: int = int(cfg.num_hidden_layers)
@@ -115,7 +114,6 @@ class LoadedModel:
             coders,
             name=name,
             max_context=cfg.max_context,
-            step_delay_s=cfg.step_delay_s,
             max_batch=cfg.max_batch,
             max_neg_features=cfg.max_neg_features,
         )
@@ -131,7 +129,7 @@ class LoadedModel:
             return
         if old is not None:
             old.close()
-        self.runner = ModelRunner(
+        self.runner = self.runner_class(
             self.model,
             self.coders,
             slots=max_batch,
@@ -230,7 +228,7 @@ class LoadedModel:
     def batcher(self, metrics: Metrics | None = None) -> Batcher:
         """A batcher over this model's runner and steering table (its rows' events go to their requests)."""
         output = OutputStage(self.tokenizer, self.eos_ids, metrics)
-        return Batcher(self.runner, self.steering, output, metrics, step_delay_s=self.step_delay_s)
+        return Batcher(self.runner, self.steering, output, metrics)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

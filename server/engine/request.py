@@ -57,8 +57,6 @@ class Row:
         prompt_ids: list[int],
         sampling: SamplingParams,
         steer: SteerSpec = UNSTEERED,
-        *,
-        fault: str | None = None,
     ) -> None:
         if not prompt_ids:
             raise ValueError("a sequence needs at least one prompt token")
@@ -66,8 +64,6 @@ class Row:
         self.sampling = sampling
         self.steer = steer
         self.seed = sampling.draw_seed()
-        # test-only fault injection: "oom" or "error" (at prefill), "step" (at every decode step)
-        self.fault = fault
         self.rescued = False  # retried alone once after a failed decode step
         self.slot: int | None = None
         self.owner: Request | None = None  # the request this row belongs to (set by the scheduler)

@@ -157,7 +157,6 @@ class ModelRunner:
         if self.compiled is not None and start == 0 and not self.steering.needs_full_encode(0, n):
             bucket = self.compiled.bucket(n)
         logits = self.compiled.logits(bucket)[:n] if bucket is not None else self.eager_logits(start, n)  # type: ignore[union-attr]
-        self.after_forward()
         out = self._sample(logits, start)
         self.positions[rows] += 1
         for slot in range(start, start + n):
@@ -185,9 +184,6 @@ class ModelRunner:
         self.status = compiled.prepare(requested, buckets)
         self.compiled = compiled if compiled.ok else None
         return self.status
-
-    def after_forward(self) -> None:
-        """Called between a decode forward and its sampling (tests inject failures here)."""
 
     def _forward(
         self,

@@ -104,8 +104,8 @@ def playground_world(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="session")
 def server(playground_world: Any) -> Iterator[Any]:
     """The real app under uvicorn, with an API key and a small per-step delay so streaming is observable."""
-    settings = srv.settings_for(playground_world, api_key=KEY, debug_step_delay_s=0.02, max_new_tokens=64)
-    with srv.run_server(settings) as running:
+    settings = srv.settings_for(playground_world, api_key=KEY, max_new_tokens=64)
+    with srv.run_server(settings, step_delay_s=0.02) as running:
         yield running
 
 

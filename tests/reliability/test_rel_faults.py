@@ -50,12 +50,10 @@ def server(
         max_batch=4,
         max_queue=4,
         max_configs_per_batch=4,
-        debug_step_delay_s=0.02,
-        fault_injection=True,
         catalog_poll_s=0.1,
         request_timeout_s=60,
     )
-    with run_server(settings, engine=rel_engine) as running:
+    with run_server(settings, engine=rel_engine, faults=True, step_delay_s=0.02) as running:
         running.world = world
         yield running
 
@@ -282,8 +280,8 @@ def test_repeated_oom_frees_memory_and_stays_ready(client: httpx.Client) -> None
 
 
 def test_request_timeout_answers_504_and_frees_the_rows(rel_world: Any, rel_engine: LoadedModel) -> None:
-    settings = settings_for(rel_world, debug_step_delay_s=0.05, request_timeout_s=0.5, catalog_poll_s=30)
-    with run_server(settings, engine=rel_engine) as srv, srv.client() as c:
+    settings = settings_for(rel_world, request_timeout_s=0.5, catalog_poll_s=30)
+    with run_server(settings, engine=rel_engine, step_delay_s=0.05) as srv, srv.client() as c:
         before = metric(c, 'steer_request_failures_total{reason="timeout"}')
         body = {"prompt": PROMPT, "max_new_tokens": 60, "compare": True}
         r = c.post("/generate", json=body)

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import torch
 import uvicorn
+from engine_doubles import installed, runner_double
 from server_testkit import save_tiny_model
 
 from server.app import create_app
@@ -160,9 +161,31 @@ class RunningServer:
 
 @contextlib.contextmanager
 def run_server(
-    settings: ServerSettings, engine: LoadedModel | None = None, wait_ready: bool = True
+    settings: ServerSettings,
+    engine: LoadedModel | None = None,
+    wait_ready: bool = True,
+    *,
+    faults: bool = False,
+    step_delay_s: float = 0.0,
 ) -> Iterator[RunningServer]:
-    """The real app under uvicorn in a thread, on a free loopback port."""
+    """The real app under uvicorn in a thread, on a free loopback port.
+
+    `faults` (prompts with `[[fault:...]]` markers fail) and `step_delay_s` (a sleep per decode step) put a
+    runner double (`engine_doubles`) under the engine for the server's lifetime.
+    """
+    with contextlib.ExitStack() as stack:
+        if engine is not None and (faults or step_delay_s):
+            engine.reserve(settings.max_batch, settings.max_neg_features)  # start-up then keeps this runner
+            stack.enter_context(installed(engine, faults=faults, step_delay_s=step_delay_s))
+        elif faults or step_delay_s:  # the server loads its own model: the double goes on the class
+            double = runner_double(step_delay_s=step_delay_s)
+            assert not faults, "fault markers need a preloaded engine (its tokenizer reads them)"
+            stack.callback(setattr, LoadedModel, "runner_class", LoadedModel.runner_class)
+            LoadedModel.runner_class = double
+        yield from _serve(settings, engine, wait_ready)
+
+
+def _serve(settings: ServerSettings, engine: LoadedModel | None, wait_ready: bool) -> Iterator[RunningServer]:
     state = ServerState(settings)
     app = create_app(settings, engine=engine, state=state)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -186,8 +209,6 @@ def run_server(
         server.should_exit = True
         thread.join(15)
         sock.close()
-        if engine is not None:
-            engine.step_delay_s = 0.0
 
 
 def wait_until_ready(url: str, api_key: str | None = None, timeout: float = 60) -> None:

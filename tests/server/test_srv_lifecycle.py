@@ -84,7 +84,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(world: TinyWorld, port: int, **env: str) -> subprocess.Popen[bytes]:
+def _spawn(
+    world: TinyWorld, port: int, step_delay_s: float | None = None, **env: str
+) -> subprocess.Popen[bytes]:
+    """`steer serve` in a child process (its decode steps slowed by a runner double with `step_delay_s`)."""
     full_env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -93,10 +96,13 @@ def _spawn(world: TinyWorld, port: int, **env: str) -> subprocess.Popen[bytes]:
         "STEER_CATALOG_POLL_S": "0.5",
         **env,
     }
+    launcher = ["-m", "steer_cli"]
+    if step_delay_s is not None:
+        launcher = [str(Path(__file__).with_name("slow_serve.py")), str(step_delay_s)]
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     cmd = [
         sys.executable,
-        "-m",
-        "steer_cli",
+        *launcher,
         "serve",
         "--model",
         str(world.model),
@@ -110,7 +116,7 @@ def _spawn(world: TinyWorld, port: int, **env: str) -> subprocess.Popen[bytes]:
 def test_sigterm_drains_in_flight_requests(tiny_world: TinyWorld) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = _spawn(tiny_world, port, STEER_DEBUG_STEP_DELAY_S="0.05", STEER_DRAIN_TIMEOUT_S="20")
+    proc = _spawn(tiny_world, port, step_delay_s=0.05, STEER_DRAIN_TIMEOUT_S="20")
     try:
         seen_loading = False
         deadline = time.monotonic() + 90

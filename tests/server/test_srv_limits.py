@@ -49,12 +49,10 @@ def slow(tiny_world: TinyWorld, tiny_engine: LoadedModel, tmp_path_factory: pyte
         max_batch=2,
         max_queue=1,
         max_configs_per_batch=1,
-        debug_step_delay_s=0.03,
-        fault_injection=True,
         strength_policy="clamp",
         retry_after_s=3,
     )
-    with run_server(settings, engine=tiny_engine) as running:
+    with run_server(settings, engine=tiny_engine, faults=True, step_delay_s=0.03) as running:
         running.world = world
         yield running
 

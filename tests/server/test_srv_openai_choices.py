@@ -23,18 +23,16 @@ MODEL = "tiny"
 
 @pytest.fixture(scope="module")
 def server(tiny_world: TinyWorld, tiny_engine: LoadedModel) -> Iterator[Any]:
-    settings = settings_for(tiny_world, model_name=MODEL, fault_injection=True)
-    with run_server(settings, engine=tiny_engine) as running:
+    settings = settings_for(tiny_world, model_name=MODEL)
+    with run_server(settings, engine=tiny_engine, faults=True) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def slow(tiny_world: TinyWorld, tiny_engine: LoadedModel) -> Iterator[Any]:
     """Two batch rows, decode steps of >= 30 ms: a request stays in flight long enough to be cut short."""
-    settings = settings_for(
-        tiny_world, model_name=MODEL, max_batch=2, debug_step_delay_s=0.03, fault_injection=True
-    )
-    with run_server(settings, engine=tiny_engine) as running:
+    settings = settings_for(tiny_world, model_name=MODEL, max_batch=2)
+    with run_server(settings, engine=tiny_engine, faults=True, step_delay_s=0.03) as running:
         yield running
 
 

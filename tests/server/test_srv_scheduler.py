@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 import torch
 from conftest import CATALOG, make_vector
+from engine_doubles import FAULT_STEP, InjectedFault, installed
 
-from server.engine.batcher import FAULT_STEP, InjectedFault
 from server.engine.model import LoadedModel
 from server.engine.request import Row, SteerSpec
 from server.engine.sampling import SamplingParams
@@ -86,8 +86,9 @@ def failing_decode(engine: LoadedModel, fails: Callable[[int, int], bool]) -> Ca
 def test_step_fault_fails_only_the_culprit(tiny_engine: LoadedModel, tiny_world: object) -> None:
     innocent = rows(tiny_engine, tiny_world)
     expected = [solo(tiny_engine, s) for s in innocent]
-    culprit = Row(tiny_engine.encode(prompt="Hello"), SamplingParams(max_new_tokens=12), fault=FAULT_STEP)
-    sched = run(tiny_engine, [[s] for s in innocent] + [[culprit]])
+    culprit = Row(tiny_engine.encode(prompt=f"Hello {FAULT_STEP}"), SamplingParams(max_new_tokens=12))
+    with installed(tiny_engine):
+        sched = run(tiny_engine, [[s] for s in innocent] + [[culprit]])
     assert [s.output_ids for s in innocent] == expected
     assert all(s.finish_reason == "length" for s in innocent)
     assert culprit.finish_reason == "error" and isinstance(culprit.error, InjectedFault)
