@@ -43,6 +43,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python tools/import_cycles.py
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff format .
@@ -71,4 +72,4 @@ bench: $(BIN)/steer $(DEMO)/report.json
 	HF_HUB_OFFLINE=1 $(BIN)/steer bench --quick
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

@@ -48,7 +48,7 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 def text_config(model: nn.Module) -> Any:
     """The decoder's config (multimodal configs nest it)."""
-    cfg = model.config
+    cfg: Any = model.config
     return cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
 
 

@@ -64,9 +64,13 @@ def format_prompt(
     if messages is not None and not messages:
         raise ValueError("format_prompt needs at least one message")
     if has_chat_template(tokenizer):
-        chat = [{"role": "user", "content": prompt}] if prompt is not None else [dict(m) for m in messages]
+        chat = (
+            [{"role": "user", "content": prompt}] if prompt is not None else [dict(m) for m in messages or ()]
+        )
         return _chat_ids(tokenizer, chat, "prompt" if prompt is not None else "messages")
-    return encode_text(tokenizer, prompt if prompt is not None else "\n".join(m["content"] for m in messages))
+    return encode_text(
+        tokenizer, prompt if prompt is not None else "\n".join(m["content"] for m in messages or ())
+    )
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:
@@ -111,7 +115,7 @@ def _render(tokenizer: Any, chat: list[dict[str, str]], field: str) -> str:
 
 
 def _apply(tokenizer: Any, chat: list[dict[str, str]]) -> str:
-    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return str(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
 
 
 def _try_render(tokenizer: Any, chat: list[dict[str, str]]) -> str | None:

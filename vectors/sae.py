@@ -96,8 +96,8 @@ class SparseCoder:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SparseCoder:
         """Copy on another device / dtype."""
 
-        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device=device, dtype=dtype)
+        def mv(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype)
 
         return replace(
             self,
@@ -105,7 +105,7 @@ class SparseCoder:
             b_enc=mv(self.b_enc),
             W_dec=mv(self.W_dec),
             b_dec=mv(self.b_dec),
-            threshold=mv(self.threshold),
+            threshold=None if self.threshold is None else mv(self.threshold),
         )
 
     # --- the maps ------------------------------------------------------------------------------------------
@@ -122,7 +122,8 @@ class SparseCoder:
     def input_scale(self, h: torch.Tensor) -> torch.Tensor | None:
         """Per-token s(h) with Dec(z') − Dec(z) = s(h)·W_decᵀ(z' − z); None when it is exactly 1."""
         if self.normalization == "constant_norm_rescale":
-            return h.to(self.dtype).norm(dim=-1, keepdim=True) / self.d_model**0.5
+            scale: torch.Tensor = h.to(self.dtype).norm(dim=-1, keepdim=True) / self.d_model**0.5
+            return scale
         if self.normalization == "layer_norm":
             h = h.to(self.dtype)
             return (h - h.mean(dim=-1, keepdim=True)).std(dim=-1, keepdim=True)
@@ -132,6 +133,7 @@ class SparseCoder:
         """σ(pre). `threshold` overrides the JumpReLU threshold (for an encoder restricted to some features)."""
         if self.architecture == "jumprelu":
             thr = self.threshold if threshold is None else threshold
+            assert thr is not None  # a JumpReLU SAE always has its threshold
             return torch.relu(pre) * (pre > thr).to(pre.dtype)
         if self.architecture == "topk":
             assert self.k is not None
@@ -162,7 +164,8 @@ class SparseCoder:
             )
         ref = ref.to(self.dtype)
         if self.normalization == "constant_norm_rescale":
-            return y * (ref.norm(dim=-1, keepdim=True) / self.d_model**0.5)
+            rescaled: torch.Tensor = y * (ref.norm(dim=-1, keepdim=True) / self.d_model**0.5)
+            return rescaled
         mu = ref.mean(dim=-1, keepdim=True)
         return y * (ref - mu).std(dim=-1, keepdim=True) + mu
 

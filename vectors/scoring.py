@@ -144,7 +144,7 @@ def score_options(model: Any, rows: Sequence[tuple[list[int], list[list[int]]]])
     logp = torch.log_softmax(flat.to(torch.promote_types(flat.dtype, torch.float32)), dim=-1)  # ≥ fp32
     token_logp = logp[index.to(device), torch.tensor(targets, device=device)].cpu()
     sizes = [len(o) for _, opts in rows for o in opts]
-    sums = [float(part.sum()) for part in token_logp.split(sizes)]
+    sums = [float(part.sum()) for part in torch.split(token_logp, sizes)]
     out: list[list[float]] = []
     pos = 0
     for _, opts in rows:

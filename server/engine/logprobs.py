@@ -45,9 +45,9 @@ def chosen_logprobs(
         if want is None:
             out.append(None)
             continue
-        values = host[row, 1 : 1 + want].tolist()
-        ids = host[row, 1 + width : 1 + width + want].tolist()
-        alternatives = tuple((int(i), float(v)) for i, v in zip(ids, values, strict=True))
+        top_values = host[row, 1 : 1 + want].tolist()
+        top_ids = host[row, 1 + width : 1 + width + want].tolist()
+        alternatives = tuple((int(i), float(v)) for i, v in zip(top_ids, top_values, strict=True))
         out.append(TokenLogprob(int(chosen[row]), float(host[row, 0]), alternatives))
     return out
 

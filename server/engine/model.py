@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from server.engine.batcher import Batcher
 from server.engine.compiled_step import EngineMode, EngineStatus
@@ -28,6 +28,7 @@ from server.engine.steering import SteeringTable
 from server.metrics import Metrics
 from vectors.device import resolve_device, resolve_dtype
 from vectors.hooks import text_config
+from vectors.vector import SteeringVector
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class LoadedModel:
     def __init__(
         self,
         model: Any,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         coders: dict[int, Any] | None = None,
         *,
         name: str = "model",
@@ -78,8 +79,7 @@ class LoadedModel:
         # One driver at a time: a scheduler holds it while its rows occupy slots; start-up and `generate`
         # hold it for their call (tests run several servers over one engine; their turns must not overlap).
         self.turn = threading.Lock()
-        self.runner: ModelRunner = None  # type: ignore[assignment]
-        self.reserve(max_batch, max_neg_features)
+        self.runner = self._new_runner(max_batch, max_neg_features)
 
     # --- construction -----------------------------------------------------------------------------------
     @classmethod
@@ -94,7 +94,8 @@ class LoadedModel:
 
         if getattr(AutoConfig.from_pretrained(cfg.model), "model_type", "") in EAGER_ATTENTION:
             extra["attn_implementation"] = "eager"
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **extra).to(device)
+        model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **extra)
+        model = model.to(device)
         coders: dict[int, Any] = {}
         if cfg.sae:
             from vectors.sae import load_sae
@@ -125,11 +126,13 @@ class LoadedModel:
 
     def _reserve(self, max_batch: int, max_neg_features: int) -> None:
         old = self.runner
-        if old is not None and old.slots >= max_batch and old.max_neg >= max_neg_features:
+        if old.slots >= max_batch and old.max_neg >= max_neg_features:
             return
-        if old is not None:
-            old.close()
-        self.runner = self.runner_class(
+        old.close()
+        self.runner = self._new_runner(max_batch, max_neg_features)
+
+    def _new_runner(self, max_batch: int, max_neg_features: int) -> ModelRunner:
+        runner = self.runner_class(
             self.model,
             self.coders,
             slots=max_batch,
@@ -140,8 +143,9 @@ class LoadedModel:
             "KV cache: %d slots × %d positions, %.1f MiB",
             max_batch,
             self.context_length,
-            self.runner.cache_bytes / 2**20,
+            runner.cache_bytes / 2**20,
         )
+        return runner
 
     def compile(self, requested: EngineMode, backend: str, buckets: list[int] | None) -> EngineStatus:
         """Compile and verify the decode step (`ModelRunner.compile`) in the engine's turn."""
@@ -155,11 +159,13 @@ class LoadedModel:
     # --- properties -------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        param: torch.Tensor = next(self.model.parameters())
+        return param.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        param: torch.Tensor = next(self.model.parameters())
+        return param.dtype
 
     @functools.cached_property
     def vocab_size(self) -> int:
@@ -175,7 +181,7 @@ class LoadedModel:
 
     # --- prompts ------------------------------------------------------------------------------------------
     def encode(
-        self, *, prompt: str | None = None, messages: Sequence[dict[str, str]] | None = None
+        self, *, prompt: str | None = None, messages: Sequence[Mapping[str, str]] | None = None
     ) -> list[int]:
         """Token ids of a prompt or chat, formatted exactly as the trainer formats them."""
         from vectors.prompts import format_prompt
@@ -183,10 +189,9 @@ class LoadedModel:
         return format_prompt(self.tokenizer, prompt=prompt, messages=messages)
 
     # --- steering -----------------------------------------------------------------------------------------
-    def adhoc_vector(self, feature: int, layer: int | None = None) -> Any:
+    def adhoc_vector(self, feature: int, layer: int | None = None) -> SteeringVector:
         """A single-feature SAE vector (value 1 at `feature`), for `sae:<feature>` steering without training."""
         from vectors.metadata import ModelRef, SaeRef, VectorMetadata
-        from vectors.vector import SteeringVector
 
         if not self.coders:
             raise ValueError("no SAE is loaded, so `sae:` steering is unavailable")

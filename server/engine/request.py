@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from server.engine.logprobs import TokenLogprob
 from server.engine.sampling import SamplingParams
+from vectors.metadata import ApplyPhase
+from vectors.vector import SteeringVector
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -27,11 +29,11 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 class SteerSpec:
     """The steering of one row: (vector, strength) pairs. Vectors are resolved once, at admission."""
 
-    pairs: tuple[tuple[Any, float], ...] = ()  # (SteeringVector, strength)
-    apply: str | None = None  # per-request override of every vector's own apply phase
+    pairs: tuple[tuple[SteeringVector, float], ...] = ()
+    apply: ApplyPhase | None = None  # per-request override of every vector's own apply phase
 
     @property
-    def key(self) -> tuple[Any, ...]:
+    def key(self) -> tuple[object, ...]:
         """Identity of the config: rows with equal keys share the same steering contents."""
         pairs = tuple(
             sorted((v.layer, v.fingerprint, self.apply or v.meta.apply, float(s)) for v, s in self.pairs)
@@ -42,7 +44,7 @@ class SteerSpec:
     def steered(self) -> bool:
         return bool(self.pairs)
 
-    def as_config(self) -> Mapping[Any, float]:
+    def as_config(self) -> Mapping[SteeringVector, float]:
         return dict(self.pairs)
 
 

@@ -22,7 +22,7 @@ from server.engine.runner_io import NewRow, StepOutput
 from server.engine.sampling import Sampler, SamplingParams
 from server.engine.slot_cache import CacheShape, SlotCache, attention_masks
 from vectors.hooks import text_config
-from vectors.slots import SlotSteering
+from vectors.slots import Phase, SlotSteering
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,13 @@ class ModelRunner:
         rows = slice(start, start + n)
         if max(self.lengths[rows]) + 1 > self.max_context:
             raise ValueError(f"a row would exceed max_context {self.max_context}")
-        bucket = None
-        if self.compiled is not None and start == 0 and not self.steering.needs_full_encode(0, n):
-            bucket = self.compiled.bucket(n)
-        logits = self.compiled.logits(bucket)[:n] if bucket is not None else self.eager_logits(start, n)  # type: ignore[union-attr]
+        compiled, bucket = self.compiled, None
+        if compiled is not None and start == 0 and not self.steering.needs_full_encode(0, n):
+            bucket = compiled.bucket(n)
+        if compiled is not None and bucket is not None:
+            logits = compiled.logits(bucket)[:n]
+        else:
+            logits = self.eager_logits(start, n)
         out = self._sample(logits, start)
         self.positions[rows] += 1
         for slot in range(start, start + n):
@@ -191,11 +194,11 @@ class ModelRunner:
         positions: torch.Tensor,
         start: int,
         kv_len: int,
-        phase: str,
+        phase: Phase,
         keep: int | torch.Tensor,
     ) -> torch.Tensor:
         self.cache.bind(start, positions, kv_len)
-        self.steering.select(start, ids.shape[0], phase)  # type: ignore[arg-type]
+        self.steering.select(start, ids.shape[0], phase)
         return self._model(ids, positions, kv_len, keep)
 
     def _model(
@@ -212,7 +215,8 @@ class ModelRunner:
             logits_to_keep=keep,
             **{self._cache_kwarg: self.cache},
         )
-        return out.logits
+        logits: torch.Tensor = out.logits
+        return logits
 
     def _sample(self, logits: torch.Tensor, start: int) -> StepOutput:
         """Choose each row's next id, remember it as the row's next input; one host copy of the ids."""

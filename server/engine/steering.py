@@ -30,7 +30,7 @@ class SteeringTable:
             return {}
         rows = self._rows.get(spec.key)
         if rows is None:
-            rows = compose(spec.as_config(), self.coders, self.hidden_size, apply_override=spec.apply)  # type: ignore[arg-type]
+            rows = compose(spec.as_config(), self.coders, self.hidden_size, apply_override=spec.apply)
             if len(self._rows) >= CACHE_SIZE:
                 self._rows.clear()
             self._rows[spec.key] = rows

@@ -246,7 +246,7 @@ def unsafe_calls(tree: ast.AST) -> list[str]:
 
 def test_no_unsafe_deserialisation_in_the_source() -> None:
     files = python_sources()
-    assert len(files) > 50 and any(f.name == "engine.py" for f in files)
+    assert len(files) > 50 and any(f.name == "runner.py" and f.parent.name == "engine" for f in files)
     problems = {
         str(f.relative_to(REPO)): p for f in files if (p := unsafe_calls(ast.parse(f.read_text(), str(f))))
     }
