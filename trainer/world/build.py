@@ -31,6 +31,7 @@ from trainer.world.prewarm import finish_prewarm, start_prewarm
 from trainer.world.rows import RowEncoder
 from trainer.world.sae_train import measure_sae, train_sae
 from trainer.world.tokenizer import train_tokenizer
+from vectors.device import cpu_name
 
 LOCALIZED_BAR = 0.95  # issue 2: localized accuracy on every split
 CHANCE_MARGIN = 0.10  # issue 2: non-localized accuracy within chance ± 10 points
@@ -81,6 +82,7 @@ def _versions() -> dict[str, str]:
     import transformers
 
     return {
+        "cpu": cpu_name(),  # a world trained on another CPU kind is not bit-identical (docs/culture-results.md)
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
