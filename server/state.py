@@ -81,7 +81,7 @@ class ServerState:
                 self.detail = f"warming up (batch {s.max_batch})"
                 await asyncio.to_thread(warm_up, engine, s)
             self.engine.start(SchedulerLimits(s.max_batch, s.max_queue, s.max_configs_per_batch))
-            self.service = Service(self.engine, self.catalog, s, self.metrics)
+            self.service = Service.over(self.engine, self.catalog, s, self.metrics)
         except Exception as exc:
             if isinstance(exc, OSError | SteerError | CacheTooLarge | CompileFailed):
                 # expected failures (a hub model offline, a missing folder, a bad SAE): one clear line

@@ -14,7 +14,9 @@ from server.errors import ApiError, error_payload
 from server.jsonbody import StrictJsonRoute
 from server.protocol import ErrorResponse, GenerateRequest, GenerateResponse, StreamDone, StreamToken
 from server.routes import get_service
-from server.serving import GenerationInput, Prepared, Service, cancel_on_exit
+from server.serving import Service
+from server.serving.lifecycle import cancel_on_exit
+from server.serving.requests import GenerationInput, Prepared
 from server.sse import frame, sse_response
 
 router = APIRouter(tags=["generate"], route_class=StrictJsonRoute)
@@ -46,12 +48,12 @@ async def generate(body: GenerateRequest, request: HttpRequest) -> GenerateRespo
     event with finish_reason, usage and the applied steering (or an `error` event).
     """
     service = get_service(request)
-    service.check_room(2 if body.compare else 1)
-    prepared = await asyncio.to_thread(service.prepare, to_input(body))
+    service.lifecycle.check_room(2 if body.compare else 1)
+    prepared = await asyncio.to_thread(service.requests.prepare, to_input(body))
     if body.stream:
-        handle = service.submit(prepared)
+        handle = service.lifecycle.submit(prepared)
         return sse_response(_events(service, prepared, handle))
-    out = await service.run(prepared, request.is_disconnected)
+    out = await service.lifecycle.run(prepared, request.is_disconnected)
     return GenerateResponse(
         text=out.text,
         finish_reason=out.finish_reason,  # type: ignore[arg-type]
@@ -64,15 +66,15 @@ async def generate(body: GenerateRequest, request: HttpRequest) -> GenerateRespo
 
 
 async def _events(service: Service, prepared: Prepared, handle: Request) -> AsyncIterator[str]:
-    async with cancel_on_exit(service, handle):
+    async with cancel_on_exit(service.lifecycle, handle):
         try:
-            async for event in service.events(handle):
+            async for event in service.lifecycle.events(handle):
                 if event.delta:
                     # row 0 is the request; row 1 the unsteered twin of a `compare` request
                     yield frame(
                         StreamToken(text=event.delta), "token" if event.index == 0 else "unsteered_token"
                     )
-            out = service.outcome(prepared, handle)
+            out = service.lifecycle.outcome(prepared, handle)
         except ApiError as exc:
             yield frame(error_payload(exc.status, exc.message, exc.type, exc.param), "error")
             return

@@ -42,13 +42,9 @@ from server.protocol import (
 )
 from server.routes import get_service, get_state
 from server.routes.generate import ERRORS
-from server.serving import (
-    SEED_SPAN,
-    GenerationInput,
-    Prepared,
-    Service,
-    cancel_on_exit,
-)
+from server.serving import Service
+from server.serving.lifecycle import cancel_on_exit
+from server.serving.requests import SEED_SPAN, GenerationInput, Prepared
 from server.sse import frame, sse_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJsonRoute)
@@ -58,7 +54,7 @@ router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJsonRoute)
 async def models(request: HttpRequest) -> ModelList:
     """The base model and one steered id per catalog vector (`<base>:<vector>`, at its default strength)."""
     service = get_service(request)
-    return ModelList(data=service.model_cards(int(get_state(request).started)))
+    return ModelList(data=service.steering.model_cards(int(get_state(request).started)))
 
 
 def _input(
@@ -104,11 +100,11 @@ async def completions(
     """Continue each prompt `n` times (raw text, no chat template; token ids verbatim); choice `index` =
     prompt position × n + choice number. `echo` repeats the prompt (with its log-probs when `logprobs` is set)."""
     service = get_service(request)
-    steer, field = service.resolve_model(body.model, body.steer)
-    service.check_top_logprobs("logprobs", body.logprobs)
+    steer, field = service.steering.resolve_model(body.model, body.steer)
+    service.requests.check_top_logprobs("logprobs", body.logprobs)
     _no_stream(body, "logprobs", body.logprobs is not None)
     _no_stream(body, "echo", body.echo)
-    service.check_room(service.check_choices(len(body.prompts), body.n))
+    service.lifecycle.check_room(service.requests.check_choices(len(body.prompts), body.n))
     scoring = body.logprobs if body.echo else None
     inputs = [
         _input(
@@ -123,15 +119,18 @@ async def completions(
         )
         for p in body.prompts
     ]
-    prepared = await asyncio.to_thread(service.prepare_choices, inputs, body.n)
-    handle = service.submit(prepared, stream=body.stream)
+    prepared = await asyncio.to_thread(service.requests.prepare_choices, inputs, body.n)
+    handle = service.lifecycle.submit(prepared, stream=body.stream)
     if body.stream:
         chunks = CompletionChunks(model=body.model, ident=f"cmpl-{uuid.uuid4().hex}")
         return sse_response(_stream(service, prepared, handle, chunks, body.include_usage))
     await _run(service, handle, request)
     choices = await asyncio.to_thread(_completion_choices, service.engine.tokenizer, body, handle)
     return CompletionResponse(
-        model=body.model, choices=choices, usage=service.usage(prepared, handle), steer=prepared.applied
+        model=body.model,
+        choices=choices,
+        usage=service.lifecycle.usage(prepared, handle),
+        steer=prepared.applied,
     )
 
 
@@ -155,17 +154,17 @@ async def chat_completions(
 ) -> ChatCompletionResponse | StreamingResponse:
     """Answer the chat `n` times (the model's chat template)."""
     service = get_service(request)
-    steer, field = service.resolve_model(body.model, body.steer)
-    service.check_top_logprobs("top_logprobs", body.top_logprobs)
+    steer, field = service.steering.resolve_model(body.model, body.steer)
+    service.requests.check_top_logprobs("top_logprobs", body.top_logprobs)
     _no_stream(body, "logprobs", body.logprobs)
-    service.check_room(service.check_choices(1, body.n))
+    service.lifecycle.check_room(service.requests.check_choices(1, body.n))
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     if max_tokens == 0:
         raise invalid("max_tokens", "`max_tokens` must be >= 1 on /v1/chat/completions")
     top = body.top_logprobs if body.logprobs else None
     inputs = [_input(body, steer, field, max_tokens, messages=body.chat, logprobs=top)]
-    prepared = await asyncio.to_thread(service.prepare_choices, inputs, body.n)
-    handle = service.submit(prepared, stream=body.stream)
+    prepared = await asyncio.to_thread(service.requests.prepare_choices, inputs, body.n)
+    handle = service.lifecycle.submit(prepared, stream=body.stream)
     if body.stream:
         chunks = ChatChunks(model=body.model, ident=f"chatcmpl-{uuid.uuid4().hex}")
         return sse_response(_stream(service, prepared, handle, chunks, body.include_usage))
@@ -182,14 +181,14 @@ async def chat_completions(
             )
             for i, seq in enumerate(handle.seqs)
         ],
-        usage=service.usage(prepared, handle),
+        usage=service.lifecycle.usage(prepared, handle),
         steer=prepared.applied,
     )
 
 
 async def _run(service: Service, handle: Request, request: HttpRequest) -> None:
     """Wait for every choice; the error of a failed one."""
-    await service.wait(handle, request.is_disconnected)
+    await service.lifecycle.wait(handle, request.is_disconnected)
 
 
 @dataclass(frozen=True)
@@ -263,13 +262,13 @@ async def _stream(
     A failed choice (or the deadline) stops the other choices and ends the stream with an error event and
     `[DONE]`, never with a finish_reason: the text streamed so far is not an answer.
     """
-    async with cancel_on_exit(service, handle):
+    async with cancel_on_exit(service.lifecycle, handle):
         for index in range(len(handle.seqs)):
             opening = chunks.opening(index)
             if opening is not None:
                 yield frame(opening)
         try:
-            async for event in service.events(handle):
+            async for event in service.lifecycle.events(handle):
                 if event.delta:
                     yield frame(chunks.delta(event.index, event.delta))
         except ApiError as exc:
@@ -279,5 +278,5 @@ async def _stream(
         for index, seq in enumerate(handle.seqs):
             yield frame(chunks.finish(index, _finish(seq.finish_reason)))
         if include_usage:
-            yield frame(chunks.usage(service.usage(prepared, handle), prepared))
+            yield frame(chunks.usage(service.lifecycle.usage(prepared, handle), prepared))
         yield frame("[DONE]")

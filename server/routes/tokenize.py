@@ -26,7 +26,9 @@ router = APIRouter(tags=["tokenizer"], route_class=StrictJsonRoute)
 
 def _check_model(service: Service, model: str | None) -> None:
     if model is not None:
-        service.resolve_model(model, {})  # any id this server answers to (a steered one tokenizes the same)
+        service.steering.resolve_model(
+            model, {}
+        )  # any id this server answers to (a steered one tokenizes the same)
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)
@@ -34,7 +36,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     """Token ids of a text (`add_special_tokens`: the tokenizer's usual BOS) or of a chat (the chat template)."""
     service = get_service(request)
     _check_model(service, body.model)
-    ids = service.tokenize(
+    ids = service.requests.tokenize(
         prompt=body.prompt,
         messages=[m.as_chat() for m in body.messages] if body.messages is not None else None,
         add_special_tokens=body.add_special_tokens,
@@ -50,7 +52,7 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
     """The text of token ids (special tokens kept, as vLLM does), each id checked against the vocabulary."""
     service = get_service(request)
     _check_model(service, body.model)
-    ids = service.checked_ids(body.tokens, "tokens")
+    ids = service.requests.checked_ids(body.tokens, "tokens")
     return DetokenizeResponse(prompt=service.engine.tokenizer.decode(ids))
 
 

@@ -16,7 +16,7 @@ from server.protocol import (
     VectorSummary,
 )
 from server.routes import get_service
-from server.serving import ADHOC_HELP
+from server.serving.steering import ADHOC_HELP
 from vectors.eval_record import EvalRecord
 
 router = APIRouter(tags=["vectors"])
@@ -63,7 +63,7 @@ def top_features(vector: Any, k: int = TOP_FEATURES) -> list[FeatureValue]:
 @router.get("/vectors", response_model=CatalogResponse)
 async def list_vectors(request: Request) -> CatalogResponse:
     """Every loadable vector, and every file that was skipped with the reason."""
-    catalog = get_service(request).catalog
+    catalog = get_service(request).steering.catalog
     vectors = sorted(catalog.vectors(), key=lambda v: v.name)
     skipped = [SkippedFile(path=p, reason=r) for p, r in sorted(dict(catalog.skipped).items())]
     return CatalogResponse(vectors=[summarize(v) for v in vectors], skipped=skipped, adhoc=ADHOC_HELP)
@@ -72,7 +72,7 @@ async def list_vectors(request: Request) -> CatalogResponse:
 @router.get("/vectors/{name:path}", response_model=VectorDetail, responses={404: {"model": ErrorResponse}})
 async def get_vector(name: str, request: Request) -> VectorDetail:
     """Full metadata of one vector, plus its largest SAE features."""
-    catalog = get_service(request).catalog
+    catalog = get_service(request).steering.catalog
     try:
         vector = catalog.get(name)
     except (KeyError, ValueError):  # UnknownVector, InvalidVectorName
