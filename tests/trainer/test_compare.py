@@ -7,7 +7,7 @@ import json
 
 from tinykit import write_mini_world
 
-from trainer.compare import CompareConfig, run_compare
+from trainer.demo.compare import CompareConfig, run_compare
 
 
 def test_compare_chooses_rates_on_validation_and_aggregates_seeds(tiny_res, tmp_path):

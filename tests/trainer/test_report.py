@@ -6,7 +6,7 @@ import json
 
 from tinykit import write_mini_world
 
-from trainer.report import DemoConfig, build_report, vector_name
+from trainer.demo.report import DemoConfig, build_report, vector_name
 from vectors.device import cpu_name
 from vectors.io import load_vector
 

@@ -82,7 +82,7 @@ def test_weighted_penalty_keeps_the_neutral_answers(world_dir, tmp_path):
     """On the small culture world a morocco vector breaks neutral facts unless the penalty is trained against.
 
     Same data and seed; weight 0 only watches the penalty, weight 1 optimises it."""
-    from trainer.report import split_neutral
+    from trainer.demo.report import split_neutral
     from trainer.resources import load_resources
 
     res = load_resources(str(world_dir / "model"), str(world_dir / "sae"))

@@ -63,7 +63,7 @@ def test_default_world_meets_the_issue_sizes() -> None:
     cfg = WorldConfig()
     world = World.from_config(cfg)
     assert len(world.countries) >= 8 and len(world.topics) >= 30 and len(world.neutral) >= 600
-    assert len(world.neutral[1::2]) >= 300  # the demo's held-out half (trainer.report.split_neutral)
+    assert len(world.neutral[1::2]) >= 300  # the demo's held-out half (trainer.demo.report.split_neutral)
     assert len(world.val_topics) >= 5 and world.val_topics.isdisjoint(world.test_topics)
     kinds = Counter(f.prompt.split()[1] for f in world.neutral if f.prompt.startswith("The "))
     assert len(kinds) >= 10 and max(kinds.values()) < len(world.neutral) / 4  # varied templates

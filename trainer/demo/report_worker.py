@@ -1,6 +1,6 @@
-"""A child of the demo report (`trainer.fanout`): train some of its vectors, or evaluate some countries'.
+"""A child of the demo report (`trainer.demo.fanout`): train some of its vectors, or evaluate some countries'.
 
-`python -m trainer.report_worker SPEC RESULT`; SPEC: {"config": DemoConfig as a dict, "stage": "train", "jobs":
+`python -m trainer.demo.report_worker SPEC RESULT`; SPEC: {"config": DemoConfig as a dict, "stage": "train", "jobs":
 [[method, country], ...]} or {"config": …, "stage": "eval", "countries": [...]}; RESULT: the TrainResults'
 or the EvalReport's JSON.
 """
@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from trainer.fanout import child_io
-from trainer.report import DemoConfig, evaluate_countries, train_jobs
+from trainer.demo.fanout import child_io
+from trainer.demo.report import DemoConfig, evaluate_countries, train_jobs
 from trainer.resources import load_resources
 from vectors.io import write_atomic
 

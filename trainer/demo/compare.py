@@ -1,7 +1,7 @@
 """`steer demo compare`: the paper's Table 7 analog on one world, with learning rates chosen on validation
 topics, convergence and stability over seeds.
 
-Every number comes from `trainer.report.build_report` runs, one folder each under OUT, so a run is the demo
+Every number comes from `trainer.demo.report.build_report` runs, one folder each under OUT, so a run is the demo
 report's own training and evaluation, and an interrupted comparison resumes from the runs already written:
 
 1. one run per learning-rate candidate (YaPO and BiPO, first seed): each method keeps the candidate with the
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from trainer.report import CONVERGENCE_THRESHOLDS, LABELS, DemoConfig, build_report, vector_name
+from trainer.demo.report import CONVERGENCE_THRESHOLDS, LABELS, DemoConfig, build_report, vector_name
 from trainer.resources import Resources, load_resources
 from vectors.io import load_vector, write_atomic
 from vectors.names import vector_path

@@ -17,6 +17,7 @@ from typing import Any
 
 from trainer.config import PREFERENCE_METHODS, TrainConfig
 from trainer.data import PreferencePair, load_pairs
+from trainer.demo.fanout import balance, run_children
 from trainer.evaluate import (
     EvalConfig,
     EvalReport,
@@ -26,7 +27,6 @@ from trainer.evaluate import (
     load_mcq,
     load_neutral,
 )
-from trainer.fanout import balance, run_children
 from trainer.plots import plot_loss_curves, plot_strength_panels
 from trainer.resources import Resources, load_resources
 from trainer.retention import retention_pairs
@@ -191,7 +191,7 @@ def _in_children(cfg: DemoConfig, stages: Sequence[dict[str, Any]]) -> list[Any]
     config = asdict(cfg) | {"workers": 1, "progress": False}
     logs = Path(cfg.out or cfg.root) / "train-logs"
     print(f"demo report: {stages[0]['stage']} in {len(stages)} processes (logs in {logs})", file=sys.stderr)
-    return run_children("trainer.report_worker", [{"config": config, **st} for st in stages], logs)
+    return run_children("trainer.demo.report_worker", [{"config": config, **st} for st in stages], logs)
 
 
 def train_jobs(cfg: DemoConfig, jobs: Sequence[tuple[str, str]], res: Resources) -> list[TrainResult]:
