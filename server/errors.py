@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.protocol import ErrorInfo, ErrorResponse
+from server.protocol.common import ErrorInfo, ErrorResponse
 from vectors.prompts import ChatTemplateError
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

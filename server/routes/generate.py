@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 from server.engine.request import Request
 from server.errors import ApiError, error_payload
 from server.jsonbody import StrictJsonRoute
-from server.protocol import ErrorResponse, GenerateRequest, GenerateResponse, StreamDone, StreamToken
+from server.protocol.common import ErrorResponse
+from server.protocol.generate import GenerateRequest, GenerateResponse, StreamDone, StreamToken
 from server.routes import get_service
 from server.serving import Service
 from server.serving.lifecycle import cancel_on_exit

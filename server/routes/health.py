@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.engine.client import EngineClient, EngineLoad
-from server.protocol import EngineInfo, HealthResponse, ReadyResponse
+from server.protocol.health import EngineInfo, HealthResponse, ReadyResponse
 from server.routes import get_state
 
 router = APIRouter(tags=["health"])

@@ -23,8 +23,8 @@ from pydantic import BaseModel
 from server.engine.request import Request
 from server.errors import ApiError, error_payload, invalid
 from server.jsonbody import StrictJsonRoute
-from server.logprob_shapes import chat_logprobs, completion_logprobs
-from server.protocol import (
+from server.protocol.common import Usage
+from server.protocol.openai import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -38,12 +38,12 @@ from server.protocol import (
     CompletionResponse,
     ModelList,
     OpenAIBase,
-    Usage,
 )
 from server.routes import get_service, get_state
 from server.routes.generate import ERRORS
 from server.serving import Service
 from server.serving.lifecycle import cancel_on_exit
+from server.serving.openai_logprobs import chat_logprobs, completion_logprobs
 from server.serving.requests import SEED_SPAN, GenerationInput, Prepared
 from server.sse import frame, sse_response
 

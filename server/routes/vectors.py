@@ -7,14 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from server.errors import ApiError
-from server.protocol import (
-    CatalogResponse,
-    ErrorResponse,
-    FeatureValue,
-    SkippedFile,
-    VectorDetail,
-    VectorSummary,
-)
+from server.protocol.common import ErrorResponse
+from server.protocol.vectors import CatalogResponse, FeatureValue, SkippedFile, VectorDetail, VectorSummary
 from server.routes import get_service
 from server.serving.steering import ADHOC_HELP
 from vectors.eval_record import EvalRecord

@@ -19,7 +19,7 @@ from server.engine.client import EngineClient, NotAccepting, QueueFull
 from server.engine.request import Event, Request
 from server.errors import ApiError
 from server.metrics import Metrics
-from server.protocol import AppliedVector, Usage
+from server.protocol.common import AppliedVector, Usage
 from server.serving.requests import Prepared
 from server.settings import ServerSettings
 

@@ -14,7 +14,7 @@ from server.engine.client import EngineClient
 from server.engine.request import UNSTEERED, Row, SteerSpec
 from server.engine.sampling import SamplingParams
 from server.errors import invalid
-from server.protocol import AppliedVector, ChatMessage
+from server.protocol.common import AppliedVector, ChatMessage
 from server.serving.steering import SteeringResolver
 from server.settings import ServerSettings
 from vectors.prompts import encode_text

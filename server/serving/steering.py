@@ -15,7 +15,8 @@ from server.engine.client import EngineClient
 from server.engine.request import SteerSpec
 from server.errors import ApiError, invalid
 from server.model_ids import ModelIdError, parse_model_id, steered_id
-from server.protocol import AppliedVector, ModelCard, ModelSteering
+from server.protocol.common import AppliedVector
+from server.protocol.openai import ModelCard, ModelSteering
 from server.settings import ServerSettings
 
 ADHOC = re.compile(r"sae:(?:(\d{1,6}):)?(\d{1,9})")

@@ -1,4 +1,4 @@
-"""Pydantic models of every request and response body (the HTTP boundary, nothing else).
+"""The protocol of the OpenAI-compatible endpoints: /v1/completions, /v1/chat/completions, /v1/models.
 
 Requests forbid unknown fields: a typo such as `"stength": 8` must be a 422, never a silently unsteered request.
 """
@@ -10,237 +10,30 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-ApplyPhase = Literal["prompt", "generation", "both"]
-FinishReason = Literal["stop", "length", "cancelled"]
-Strength = Annotated[float, Field(allow_inf_nan=False)]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
-
-
-def _utf8(value: str) -> str:
-    """JSON can carry lone surrogates (`"\\ud800"`) that no tokenizer accepts: refuse them here (422)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"text is not valid Unicode (lone surrogate at index {exc.start})") from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(_utf8)]
-
-
-class StrictModel(BaseModel):
-    """Request model base: unknown fields are errors."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class ResponseModel(BaseModel):
-    """Response model base."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-# --- errors -------------------------------------------------------------------------------------------
-
-
-class ErrorInfo(ResponseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: int
-
-
-class ErrorResponse(ResponseModel):
-    """The one error schema of every route (OpenAI-shaped)."""
-
-    error: ErrorInfo
-
-
-# --- /generate ----------------------------------------------------------------------------------------
-
-
-class ChatMessage(StrictModel):
-    role: Literal["system", "user", "assistant"]
-    content: Text
-
-
-class GenerateRequest(StrictModel):
-    """`POST /generate`: one prompt (or chat), steered by any number of named vectors."""
-
-    prompt: Text | None = Field(default=None, description="Plain text prompt (give this or `messages`).")
-    messages: list[ChatMessage] | None = Field(
-        default=None, min_length=1, description="Chat; the model's chat template is applied server-side."
-    )
-    steer: dict[str, Strength] = Field(
-        default_factory=dict,
-        description="Vector name (catalog name, `sae:<feature>` or `sae:<layer>:<feature>`) → strength.",
-    )
-    apply: ApplyPhase | None = Field(default=None, description="Override every vector's own apply phase.")
-    max_new_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    top_k: int = Field(default=0, ge=0, description="0 = no top-k filter.")
-    seed: Seed | None = None
-    stop: Text | list[Text] | None = None
-    stream: bool = False
-    compare: bool = Field(default=False, description="Also generate the unsteered text, side by side.")
-
-    @model_validator(mode="after")
-    def _one_prompt(self) -> GenerateRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of `prompt` or `messages`")
-        return self
-
-
-class Usage(ResponseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class AppliedVector(ResponseModel):
-    """What one entry of `steer` did: the strength actually used, and whether it was clamped."""
-
-    name: str
-    strength: float
-    requested_strength: float
-    clamped: bool
-    layer: int
-    method: str
-    space: str
-    apply: ApplyPhase
-
-
-class GenerateResponse(ResponseModel):
-    text: str
-    finish_reason: FinishReason
-    usage: Usage
-    steer: list[AppliedVector]
-    unsteered_text: str | None = None
-    unsteered_finish_reason: FinishReason | None = None
-    model: str
-
-
-class StreamToken(ResponseModel):
-    """One SSE `token` event: the next chunk of text (`unsteered_token`: of the unsteered twin, with `compare`)."""
-
-    text: str
-
-
-class StreamDone(ResponseModel):
-    """The final SSE `done` event."""
-
-    finish_reason: FinishReason
-    usage: Usage
-    steer: list[AppliedVector]
-    unsteered_text: str | None = None
-
-
-# --- catalog ------------------------------------------------------------------------------------------
-
-
-class VectorSummary(ResponseModel):
-    name: str
-    method: str
-    space: str
-    layer: int
-    default_strength: float
-    strength_range: tuple[float, float]
-    apply: str
-    eval: dict[str, Any] = Field(default_factory=dict, description="Headline evaluation numbers.")
-    created: str | None = None
-    nnz: int
-
-
-class SkippedFile(ResponseModel):
-    path: str
-    reason: str
-
-
-class CatalogResponse(ResponseModel):
-    vectors: list[VectorSummary]
-    skipped: list[SkippedFile]
-    adhoc: str = Field(description="How to steer on one SAE feature without a catalog entry.")
-
-
-class FeatureValue(ResponseModel):
-    index: int
-    value: float
-
-
-class VectorDetail(ResponseModel):
-    name: str
-    summary: VectorSummary
-    metadata: dict[str, Any]
-    top_features: list[FeatureValue] = Field(description="Largest |value| SAE features (SAE-space vectors).")
-
-
-# --- health -------------------------------------------------------------------------------------------
-
-
-class HealthResponse(ResponseModel):
-    status: Literal["ok"] = "ok"
-
-
-class EngineInfo(ResponseModel):
-    """What runs the model: its slots and the memory reserved for them at start-up."""
-
-    device: str
-    dtype: str
-    slots: int
-    max_context: int
-    kv_cache_bytes: int
-    max_neg_features: int
-    mode: str = Field(description="compiled, partly compiled, or eager: how decode steps run")
-    mode_reason: str | None = Field(default=None, description="why a bucket (or the engine) runs eagerly")
-    buckets: dict[str, str] = Field(
-        default_factory=dict, description="batch-size bucket -> compiled | eager: why"
-    )
-    compile_s: float = 0.0
-
-
-class ReadyResponse(ResponseModel):
-    status: Literal["ready", "loading", "draining", "failed"]
-    detail: str | None = None
-    model: str | None = None
-    limits: dict[str, Any] = Field(default_factory=dict)
-    queue_depth: int = 0
-    running: int = 0
-    engine: EngineInfo | None = None
-
-
-# --- OpenAI-compatible ----------------------------------------------------------------------------------
+from server.protocol.common import (
+    AppliedVector,
+    ApplyPhase,
+    ChatMessage,
+    LenientModel,
+    ResponseModel,
+    Strength,
+    StrictModel,
+    Text,
+    Usage,
+    unsupported,
+)
 
 # OpenAI seeds are any 64-bit integer, signed or not (reduced modulo 2**64 before use).
 Seed64 = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+
+
 TokenId = Annotated[int, Field(ge=0, strict=True)]
-
-
-class LenientModel(StrictModel):
-    """OpenAI request bodies: `null` for any optional field means its default (clients send them); unknown
-    fields are still errors."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_is_default(cls, data: object) -> object:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
-        return data
-
-
-def unsupported(field: str, what: str) -> ValueError:
-    return ValueError(
-        f"{what} is not supported by this server (leave `{field}` out, or send its neutral value)"
-    )
 
 
 class StreamOptions(LenientModel):
@@ -578,57 +371,6 @@ class ModelCard(ResponseModel):
     parent: str | None = Field(default=None, description="The base id, for a steered model id.")
     max_model_len: int
     steer: ModelSteering | None = None
-
-
-class TokenizeRequest(LenientModel):
-    """`POST /tokenize` (vLLM's shape): a text, encoded as /v1/completions encodes it, or a chat, as
-    /v1/chat/completions formats it."""
-
-    model: str | None = None
-    prompt: Text | None = None
-    messages: list[OpenAIMessage] | None = Field(default=None, min_length=1)
-    add_special_tokens: bool = Field(default=True, description="Text only: the tokenizer's usual BOS.")
-    add_generation_prompt: bool = Field(
-        default=True, description="Chat only: must be true (the chat route's)."
-    )
-    return_token_strs: bool = False
-
-    @model_validator(mode="after")
-    def _one_input(self) -> TokenizeRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of `prompt` or `messages`")
-        if self.messages is not None and not self.add_generation_prompt:
-            raise unsupported("add_generation_prompt", "a chat without the generation prompt")
-        return self
-
-
-class TokenizeResponse(ResponseModel):
-    count: int
-    max_model_len: int
-    tokens: list[int]
-    token_strs: list[str] | None = None
-
-
-class DetokenizeRequest(LenientModel):
-    model: str | None = None
-    tokens: list[TokenId]
-
-
-class DetokenizeResponse(ResponseModel):
-    prompt: str
-
-
-class TokenizerInfo(ResponseModel):
-    """`GET /tokenizer_info`: enough for a client to tokenize through this server (lm-eval's remote backend)."""
-
-    tokenizer_class: str
-    bos_token: str | None
-    eos_token: str | None
-    pad_token: str | None
-    unk_token: str | None
-    chat_template: str | None
-    model_max_length: int
-    vocab_size: int
 
 
 class ModelList(ResponseModel):

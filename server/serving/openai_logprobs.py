@@ -12,7 +12,7 @@ from typing import Any
 
 from server.engine.logprobs import TokenLogprob
 from server.engine.request import Row
-from server.protocol import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from server.protocol.openai import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
 
 FLOOR = -9999.0
 WINDOW = 6  # previous tokens a token is decoded after
