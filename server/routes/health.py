@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -53,16 +55,6 @@ async def metrics(request: Request) -> Response:
 def _engine_info(engine: EngineClient | None) -> EngineInfo | None:
     if engine is None:
         return None
-    d = engine.describe()
-    return EngineInfo(
-        device=d.device,
-        dtype=d.dtype,
-        slots=d.slots,
-        max_context=d.max_context,
-        kv_cache_bytes=d.kv_cache_bytes,
-        max_neg_features=d.max_neg_features,
-        mode=d.mode,
-        mode_reason=d.mode_reason,
-        buckets={str(b): how for b, how in d.buckets.items()},
-        compile_s=d.compile_s,
-    )
+    described = dataclasses.asdict(engine.describe())
+    described["buckets"] = {str(b): how for b, how in described["buckets"].items()}
+    return EngineInfo(**described)
