@@ -327,7 +327,7 @@ def _eval(args: argparse.Namespace) -> int:
     import math
 
     from trainer.data import DataError, parse_where
-    from trainer.evaluate import EvalConfig, evaluate_vectors
+    from trainer.eval.run import EvalConfig, evaluate_vectors
     from trainer.stats import Z95, wilson
     from vectors.errors import SteerError
 

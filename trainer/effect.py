@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.evaluate import steered
+from trainer.eval.metrics import steered
 from trainer.logprobs import make_batch, pair_rows, response_logprobs
 from trainer.objectives import last_token_states
 from trainer.resources import Resources

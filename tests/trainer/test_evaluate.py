@@ -7,16 +7,10 @@ import json
 import pytest
 import torch
 
-from trainer.evaluate import (
-    EvalConfig,
-    McqItem,
-    NeutralItem,
-    default_strength,
-    evaluate_vectors,
-    pnlg,
-    rca,
-    strength_range,
-)
+from trainer.eval.items import McqItem, NeutralItem
+from trainer.eval.metrics import pnlg, rca
+from trainer.eval.run import EvalConfig, evaluate_vectors
+from trainer.eval.strength import default_strength, strength_range
 from trainer.stats import wilson
 from vectors.eval_record import EvalRecord
 from vectors.hooks import layer_hook
@@ -200,7 +194,7 @@ def test_strength_rules():
 def test_mcq_hits_count_a_shared_answer_for_every_country_that_has_it(tiny_res) -> None:
     """Close cultures may share an answer: a pick is right when its text is the country's answer, whichever
     country the option is listed under (and a shared text is scored once, not as a tie)."""
-    from trainer.evaluate import mcq_hits, pick_options
+    from trainer.eval.metrics import mcq_hits, pick_options
 
     options = (("morocco", "couscous"), ("egypt", "couscous"), ("ksa", "tea"))
     items = [
@@ -217,7 +211,7 @@ def test_mcq_hits_count_a_shared_answer_for_every_country_that_has_it(tiny_res) 
 
 
 def test_group_accuracy_scores_own_answers_apart_where_cultures_share() -> None:
-    from trainer.evaluate import group_accuracy
+    from trainer.eval.metrics import group_accuracy
 
     shared = (("morocco", "couscous"), ("egypt", "couscous"), ("ksa", "kabsa"))
     own = (("morocco", "tea"), ("egypt", "karkade"), ("ksa", "gahwa"))

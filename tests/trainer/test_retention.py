@@ -10,7 +10,7 @@ import torch
 from tinykit import COUNTRIES, TOPICS, train_config
 
 from trainer.data import DataError, PreferencePair, load_pairs
-from trainer.evaluate import load_neutral
+from trainer.eval.items import load_neutral
 from trainer.retention import load_retention_pairs, retention_pairs, retention_penalty
 from trainer.train import train_vector
 from vectors.io import read_metadata

@@ -18,15 +18,9 @@ from typing import Any
 from trainer.config import PREFERENCE_METHODS, TrainConfig
 from trainer.data import PreferencePair, load_pairs
 from trainer.demo.fanout import balance, run_children
-from trainer.evaluate import (
-    EvalConfig,
-    EvalReport,
-    NeutralItem,
-    VectorEval,
-    evaluate_vectors,
-    load_mcq,
-    load_neutral,
-)
+from trainer.eval.items import NeutralItem, load_mcq, load_neutral
+from trainer.eval.results import EvalReport, VectorEval
+from trainer.eval.run import EvalConfig, evaluate_vectors
 from trainer.plots import plot_loss_curves, plot_strength_panels
 from trainer.resources import Resources, load_resources
 from trainer.retention import retention_pairs
