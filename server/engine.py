@@ -23,6 +23,7 @@ from server.compiled import EngineMode, EngineStatus
 from server.output import OutputStage
 from server.runner import ModelRunner
 from server.sequence import Sequence, SteerSpec
+from vectors.access import check_readable
 from vectors.device import resolve_device, resolve_dtype
 from vectors.hooks import text_config
 
@@ -86,6 +87,7 @@ class Engine:
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         log.info("loading model %s on %s (%s)", cfg.model, device, dtype)
+        check_readable(cfg.model)  # a local model we cannot read is said so (a hub id names no path)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         extra: dict[str, Any] = {}
         from transformers import AutoConfig
