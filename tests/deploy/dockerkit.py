@@ -274,15 +274,16 @@ def build(
         cmd += ["--build-arg", f"{key}={value}"]
     cmd += ["-"] if stdin is not None else ["-f", str(dockerfile), str(REPO)]
     started = time.monotonic()
-    result = subprocess.run(
-        cmd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        env={**os.environ, "DOCKER_BUILDKIT": "1"},
-    )
-    log.write_text(result.stdout + result.stderr)
+    with log.open("w") as out:  # streamed, so that a long build can be followed
+        result = subprocess.run(
+            cmd,
+            input=stdin,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=1500,
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        )
     if result.returncode != 0:
-        raise RuntimeError(f"docker build {tag} failed ({log}):\n{(result.stdout + result.stderr)[-6000:]}")
+        raise RuntimeError(f"docker build {tag} failed ({log}):\n{log.read_text(errors='replace')[-6000:]}")
     return time.monotonic() - started
