@@ -65,9 +65,11 @@ def costs(request: pytest.FixtureRequest) -> Iterator[dict[str, float]]:
     line = json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **seconds})
     with (dockerkit.cache_dir() / "costs.jsonl").open("a") as out:
         out.write(line + "\n")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"container test costs (s): {line}")
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"container test costs (s): {line}")
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +148,17 @@ def gpu_image(docker: str, base: str, torch_index_url: str, build_logs: Path, co
     return GPU_TAG
 
 
+PRIVATE_VECTOR = "demo/private"  # a vector file at 0600: the container's uid 10001 cannot read it
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> relkit.TinyWorld:
-    """The server tests' tiny world, with the modes the project's world build leaves (`share_readable`)."""
+    """The server tests' tiny world, with the modes the project's world build leaves (`share_readable`), plus
+    one vector file only its owner can read."""
     world = relkit.build_tiny_world(tmp_path_factory.mktemp("container-world"))
     share_readable(world.model.parent)
+    relkit.write_catalog(world, {PRIVATE_VECTOR: ("positive", 8)})
+    (world.catalog / f"{PRIVATE_VECTOR}.safetensors").chmod(0o600)
     return world
 
 
@@ -247,6 +255,12 @@ def test_cpu_image_serves_the_world_compiled_and_drains(
     status, listing = _http(f"{base}/vectors")
     assert status == 200
     assert {v["name"] for v in listing["vectors"]} == set(relkit.CATALOG), listing
+    assert listing["skipped"] == [
+        {
+            "path": f"{PRIVATE_VECTOR}.safetensors",
+            "reason": f"permission denied: not readable by uid {RUNTIME_UID} (steer) (mode 0600, owner uid {os.getuid()})",
+        }
+    ], listing["skipped"]
 
     status, steered = _http(f"{base}/generate", REQUEST)
     assert status == 200, steered
