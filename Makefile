@@ -3,27 +3,39 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# Every install takes its versions from the lock (`make lock` refreshes it from pyproject.toml).
+LOCK   := requirements/lock.txt
 DEMO   ?= var/demo
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 # inductor's cache for the compiled decode step: the world build fills it while its model trains (prewarm)
 STEER_COMPILE_CACHE_DIR ?= var/cache/inductor
 
-.PHONY: setup test lint format serve demo bench clean
+.PHONY: setup test lint format serve demo bench clean lock
 
-# What `make serve` needs: the package and its runtime dependencies.
-$(BIN)/steer: pyproject.toml
+# What `make serve` needs: the package and its runtime dependencies, at the lock's versions.
+$(BIN)/steer: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -c $(LOCK) pip
 	# Pin torch first: an unpinned torch pulls a multi-GB CUDA build.
-	$(BIN)/pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install "torch==$(TORCH_VERSION)" -e .
+	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e .
 	touch $(BIN)/steer
 
 # What `make test` adds: test tools, linters and the real clients the tests drive.
 $(VENV)/.dev: $(BIN)/steer
-	$(BIN)/pip install "torch==$(TORCH_VERSION)" -e ".[dev]"
+	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e ".[dev]"
 	touch $(VENV)/.dev
+
+# Regenerate the lock: a fresh venv resolves pyproject.toml's ranges today, and its versions become the lock.
+lock:
+	rm -rf var/lock-venv
+	$(PYTHON) -m venv var/lock-venv
+	var/lock-venv/bin/pip install --upgrade pip
+	var/lock-venv/bin/pip install "torch==$(TORCH_VERSION)"
+	var/lock-venv/bin/pip install "torch==$(TORCH_VERSION)" -e ".[dev]"
+	$(PYTHON) requirements/freeze_lock.py var/lock-venv/bin/python $(LOCK)
+	rm -rf var/lock-venv
 
 setup: $(VENV)/.dev
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from vectors.device import cpu_name
+
 SCHEMA = "sparse-steer-bench/1"
 # Keys the summary line always carries (None when the suite did not run); see docs/BENCHMARKS.md.
 SUMMARY_KEYS = (
@@ -31,16 +33,6 @@ SUMMARY_KEYS = (
     "server_ready_s",
 )
 _PACKAGES = ("torch", "transformers", "tokenizers", "sae-lens", "fastapi", "uvicorn", "httpx", "pydantic")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from trainer.plots import plot_loss_curves, plot_strength_panels
 from trainer.resources import Resources, load_resources
 from trainer.retention import retention_pairs
 from trainer.train import PREFERENCE_METHODS, TrainConfig, TrainResult, steps_to_loss, train_vector
+from vectors.device import cpu_name
 from vectors.io import write_atomic
 
 METHODS = ("caa", "sas", "bipo", "yapo")
@@ -348,6 +349,7 @@ def summarise(
         for t in CONVERGENCE_THRESHOLDS
     }
     return {
+        "cpu": cpu_name(),  # training runs differ between CPU kinds: the report says where it was made
         "countries": countries,
         "split": split,
         "selected_on": first.selected_on,
@@ -502,6 +504,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "topics. Accuracy in %.",
         "",
     ]
+    if report.get("cpu"):
+        lines += [
+            f"Made on {report['cpu']}: floating point differs between CPU kinds, so the same command on another "
+            "CPU trains slightly different vectors and gives somewhat different figures.",
+            "",
+        ]
     for view, title in (
         ("default", "each vector at its own default_strength (what the server serves)"),
         ("strength_1", "strength 1 for every method"),

@@ -8,6 +8,8 @@ float16) and float32 elsewhere (bf16 matmuls on a CPU are slow and gain nothing 
 from __future__ import annotations
 
 import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -61,3 +63,15 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 __all__ = ["DEVICE_ENV", "DTYPES", "DTYPE_ENV", "dtype_name", "requested", "resolve_device", "resolve_dtype"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC", "Intel Xeon ..."): floating point differs between CPU kinds, so every
+    figure a build or a benchmark records names the CPU it came from."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

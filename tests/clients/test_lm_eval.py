@@ -5,6 +5,7 @@ vector, strength and items: the server's log-probs are the trainer's scoring."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,13 @@ def write_task(root: Path, out: Path) -> int:
     return len(docs)
 
 
-def lm_eval_accuracy(culture: Culture, tasks: Path, model: str) -> float:
+@dataclass(frozen=True)
+class LmEvalRun:
+    accuracy: float
+    loglikelihoods: list[list[float]]  # per document, per choice (lm-eval's own scores)
+
+
+def lm_eval_run(culture: Culture, tasks: Path, model: str) -> LmEvalRun:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -72,10 +79,12 @@ def lm_eval_accuracy(culture: Culture, tasks: Path, model: str) -> float:
         tasks=[TASK],
         task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
         bootstrap_iters=0,
-        log_samples=False,
+        log_samples=True,
     )
     assert out is not None
-    return float(out["results"][TASK]["acc,none"])
+    docs = sorted(out["samples"][TASK], key=lambda sample: sample["doc_id"])
+    scores = [[float(resp[0]) for resp in sample["filtered_resps"]] for sample in docs]
+    return LmEvalRun(accuracy=float(out["results"][TASK]["acc,none"]), loglikelihoods=scores)
 
 
 def steer_eval_accuracy(culture: Culture, out: Path) -> dict[str, float]:
@@ -106,11 +115,17 @@ def test_lm_eval_accuracy_is_steer_evals(culture: Culture, tmp_path: Path) -> No
     n = write_task(culture.root, tmp_path / "tasks")
     assert n >= 8
     expected = steer_eval_accuracy(culture, tmp_path)
-    plain = lm_eval_accuracy(culture, tmp_path / "tasks", culture.model_id)
-    steered = lm_eval_accuracy(culture, tmp_path / "tasks", f"{culture.model_id}:{VECTOR}@{STRENGTH:g}")
-    assert plain == pytest.approx(expected[0.0], abs=1e-9)
-    assert steered == pytest.approx(expected[STRENGTH], abs=1e-9)
+    plain = lm_eval_run(culture, tmp_path / "tasks", culture.model_id)
+    steered = lm_eval_run(culture, tmp_path / "tasks", f"{culture.model_id}:{VECTOR}@{STRENGTH:g}")
+    assert plain.accuracy == pytest.approx(expected[0.0], abs=1e-9)
+    assert steered.accuracy == pytest.approx(expected[STRENGTH], abs=1e-9)
     print(
-        f"lm-eval accuracy: unsteered {plain:.4f}, {VECTOR}@{STRENGTH:g} {steered:.4f}; steer eval {expected}"
+        f"lm-eval accuracy: unsteered {plain.accuracy:.4f}, {VECTOR}@{STRENGTH:g} {steered.accuracy:.4f}; "
+        f"steer eval {expected}"
     )
-    assert steered != plain  # the steered id really steered (the vector moves answers toward its country)
+    # The steered id really steered. Whether a vector moves an item's arg-max depends on what the world and
+    # the vector happened to learn on this CPU; that it moves the log-likelihoods lm-eval scores holds for
+    # any non-zero vector, so that is what is checked: every document's scores change.
+    assert len(steered.loglikelihoods) == len(plain.loglikelihoods) == n
+    for doc, (a, b) in enumerate(zip(plain.loglikelihoods, steered.loglikelihoods, strict=True)):
+        assert len(a) == len(b) and a != b, (doc, a, b)

@@ -63,7 +63,7 @@ def metric(client: httpx.Client, name: str) -> float:
     return total
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -1,9 +1,14 @@
-"""End to end on the culture world: a trained YaPO vector, served, moves held-out answers toward its country."""
+"""End to end on the culture world: a trained YaPO vector is served from its catalog, and a served vector moves
+held-out answers toward its country exactly as the same steering does in process.
+
+What a training run learns differs between CPUs (floating point), so no assertion here rests on it: the vector
+whose effect is checked is measured inside the test (docs/culture-results.md reports what training achieves)."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,24 +89,125 @@ def test_catalog_lists_the_trained_vector(server: Any) -> None:
     assert entry["method"] == "yapo" and entry["space"] == "sae" and listing["skipped"] == []
 
 
-def test_steering_moves_held_out_answers_toward_the_country(server: Any, culture: dict[str, Any]) -> None:
-    items = _held_out(culture["root"])
-    assert items, "the world has held-out non-localized prompts"
-    name = f"culture/{COUNTRY}"
-    strength = httpx.get(f"{server.url}/vectors/{name}").json()["summary"]["default_strength"]
-    steered = unsteered = 0
-    # The world's MCQ scores the answer right after the prompt, so steer the prompt (as the paper's MCQ does).
-    with httpx.Client(base_url=server.url, timeout=120) as c:
+PROBE = f"probe/{COUNTRY}-direction"
+CANDIDATE_STRENGTHS = (1.0, 2.0, 4.0, 8.0)
+
+
+def _last_residuals(model: Any, tokenizer: Any, prompts: list[str], layer: int) -> Any:
+    """The residual stream after block `layer` at each prompt's last position, [len(prompts), d_model]."""
+    import torch
+
+    from vectors.hooks import layer_hook
+
+    seen: list[Any] = []
+
+    def record(h: Any) -> Any:
+        seen.append(h[0, -1].detach().clone())
+        return h
+
+    with torch.no_grad(), layer_hook(model, layer, record):
+        for prompt in prompts:
+            model(**tokenizer(prompt, return_tensors="pt"))
+    return torch.stack(seen)
+
+
+def _reference_answers(
+    model: Any, tokenizer: Any, items: list[dict[str, Any]], layer: int, delta: Any
+) -> list:
+    """Greedy answers of Hugging Face `generate` with `delta` added to the prompt's residual stream only."""
+    import torch
+
+    from vectors.hooks import layer_hook
+
+    def steer_prompt(h: Any) -> Any:
+        return h + delta.to(h.dtype) if h.shape[1] > 1 else h  # the prefill pass, not the decode steps
+
+    answers = []
+    with torch.no_grad(), layer_hook(model, layer, steer_prompt):
         for item in items:
+            enc = tokenizer(item["prompt"], return_tensors="pt")
+            out = model.generate(**enc, max_new_tokens=8, do_sample=False)
+            text = tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            answers.append(_answer_of(text, item["options"]))
+    return answers
+
+
+@pytest.fixture(scope="module")
+def probe(culture: dict[str, Any], world_lm: Any) -> dict[str, Any]:
+    """A dense vector whose effect is measured here, not hoped for from a training run: the mean residual of the
+    train topics' localized COUNTRY prompts minus that of their non-localized prompts, at the strength (among
+    CANDIDATE_STRENGTHS) whose in-process greedy answers on the held-out items are most often COUNTRY's.
+
+    Written into the served catalog (the server polls it) with the in-process answers the server must reproduce."""
+    import torch
+
+    from vectors.io import read_metadata, save_vector
+    from vectors.metadata import VectorMetadata, dense_hook_name
+    from vectors.names import vector_path
+    from vectors.vector import SteeringVector
+
+    model, tokenizer = world_lm
+    root, layer = culture["root"], int(culture["summary"]["sae"]["layer"])
+    rows = [
+        json.loads(line) for line in (root / "data" / "mcq.jsonl").read_text().splitlines() if line.strip()
+    ]
+    train = [r for r in rows if r["split"] == "train"]
+    localized = sorted({r["prompt"] for r in train if r["localized"] and r["country"] == COUNTRY})
+    plain = sorted({r["prompt"] for r in train if not r["localized"]})
+    direction = _last_residuals(model, tokenizer, localized, layer).mean(0) - _last_residuals(
+        model, tokenizer, plain, layer
+    ).mean(0)
+    items = _held_out(root)
+    unsteered = _reference_answers(model, tokenizer, items, layer, torch.zeros_like(direction))
+    by_strength = {
+        s: _reference_answers(model, tokenizer, items, layer, s * direction) for s in CANDIDATE_STRENGTHS
+    }
+    best = max(CANDIDATE_STRENGTHS, key=lambda s: (by_strength[s].count(COUNTRY), -s))
+    moved, before = by_strength[best].count(COUNTRY), unsteered.count(COUNTRY)
+    assert moved > before, (
+        f"no strength of the localized-minus-plain direction moved a held-out answer toward {COUNTRY} "
+        f"({before} of {len(items)} unsteered): the world did not learn to carry its countries"
+    )
+    trained = read_metadata(vector_path(culture["catalog"], f"culture/{COUNTRY}"))
+    meta = VectorMetadata(
+        name=PROBE,
+        method="caa",
+        space="dense",
+        layer=layer,
+        hook_name=dense_hook_name(layer),
+        model=trained.model,
+        strength_range=(0.0, max(CANDIDATE_STRENGTHS)),
+    )
+    save_vector(SteeringVector.dense_vector(meta, direction), vector_path(culture["catalog"], PROBE))
+    return {"items": items, "strength": best, "steered": by_strength[best], "unsteered": unsteered}
+
+
+def test_served_steering_moves_held_out_answers_toward_the_country(
+    server: Any, probe: dict[str, Any]
+) -> None:
+    """The served vector moves held-out answers toward its country exactly as the in-process reference does."""
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        deadline = time.monotonic() + 30
+        while PROBE not in [v["name"] for v in c.get("/vectors").json()["vectors"]]:
+            assert time.monotonic() < deadline, f"{PROBE} never appeared in the catalog"
+            time.sleep(0.2)
+        steered, unsteered = [], []
+        # The world's MCQ scores the answer right after the prompt, so steer the prompt (as the paper's MCQ does).
+        for item in probe["items"]:
             body = {
                 "prompt": item["prompt"],
                 "max_new_tokens": 8,
-                "steer": {name: strength},
+                "steer": {PROBE: probe["strength"]},
                 "apply": "prompt",
                 "compare": True,
             }
             out = c.post("/generate", json=body).json()
-            steered += _answer_of(out["text"], item["options"]) == COUNTRY
-            unsteered += _answer_of(out["unsteered_text"], item["options"]) == COUNTRY
-    assert steered > unsteered, (steered, unsteered, len(items))
-    assert steered >= 0.5 * len(items), (steered, len(items))
+            steered.append(_answer_of(out["text"], item["options"]))
+            unsteered.append(_answer_of(out["unsteered_text"], item["options"]))
+    print(
+        f"{PROBE}@{probe['strength']:g}: {steered.count(COUNTRY)} of {len(steered)} held-out answers "
+        f"{COUNTRY}'s, {unsteered.count(COUNTRY)} unsteered"
+    )
+    assert unsteered == probe["unsteered"]
+    assert steered == probe["steered"]
+    assert steered.count(COUNTRY) > unsteered.count(COUNTRY), (probe["strength"], steered, unsteered)

@@ -28,7 +28,7 @@ def metric(client: httpx.Client, name: str) -> float:
     return total
 
 
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+def wait_for(predicate: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -74,12 +74,12 @@ def test_full_queue_answers_429_with_retry_after(slow: Any) -> None:
         # Both rows running and one waiting: a lone queue_depth == 1 could be the second request
         # before its admission, with the third not yet sent.
         wait_for(lambda: (lambda b: (b["running"], b["queue_depth"]) == (2, 1))(c.get("/ready").json()))
-        t0 = time.monotonic()
         r = c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 5})
-        elapsed = time.monotonic() - t0
         assert r.status_code == 429 and r.headers["retry-after"] == "3"
         assert r.json()["error"]["type"] == "overloaded"
-        assert elapsed < 1.0  # generous: the test machine is shared
+        # Refused at once, not after waiting for room: the 429 is back while the admitted rows (64 steps of
+        # >= 30 ms each) are still generating. A relation, not a clock reading, so a busy machine cannot break it.
+        assert results == []
     for t in threads:
         t.join()
     assert results == [200, 200, 200]
@@ -130,7 +130,7 @@ def test_stream_disconnect_frees_the_row(slow: Any) -> None:
             for line in r.iter_lines():
                 if line.startswith("data:"):
                     break  # one token seen; leave
-        wait_for(lambda: c.get("/ready").json()["running"] == 0, timeout=3)
+        wait_for(lambda: c.get("/ready").json()["running"] == 0, timeout=30)
         assert metric(c, "steer_client_disconnects_total") == before + 1
 
 
@@ -139,7 +139,7 @@ def test_non_stream_disconnect_frees_the_row(slow: Any) -> None:
         before = metric(c, "steer_client_disconnects_total")
         with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=slow.url, timeout=0.3) as quick:
             quick.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 60})
-        wait_for(lambda: c.get("/ready").json()["running"] == 0, timeout=3)
+        wait_for(lambda: c.get("/ready").json()["running"] == 0, timeout=30)
         assert metric(c, "steer_client_disconnects_total") == before + 1
 
 
@@ -166,7 +166,7 @@ def test_catalog_hot_reload_keeps_requests_in_flight(slow: Any) -> None:
     with slow.client() as c:
         assert "fresh/new" not in [v["name"] for v in c.get("/vectors").json()["vectors"]]
         save_vector(make_vector(world, "fresh/new", seed=21), path)
-        wait_for(lambda: "fresh/new" in [v["name"] for v in c.get("/vectors").json()["vectors"]], timeout=5)
+        wait_for(lambda: "fresh/new" in [v["name"] for v in c.get("/vectors").json()["vectors"]], timeout=30)
         body = {"prompt": PROMPT, "max_new_tokens": 40, "steer": {"fresh/new": 2.0}}
         with c.stream("POST", "/generate", json={**body, "stream": True}) as r:
             lines = r.iter_lines()
@@ -175,7 +175,8 @@ def test_catalog_hot_reload_keeps_requests_in_flight(slow: Any) -> None:
                     break
             path.unlink()  # removed while the request uses it
             wait_for(
-                lambda: "fresh/new" not in [v["name"] for v in c.get("/vectors").json()["vectors"]], timeout=5
+                lambda: "fresh/new" not in [v["name"] for v in c.get("/vectors").json()["vectors"]],
+                timeout=30,
             )
             events = parse_sse(list(lines))
         assert events[-1][0] == "done"
@@ -184,7 +185,7 @@ def test_catalog_hot_reload_keeps_requests_in_flight(slow: Any) -> None:
         assert gone.status_code == 422 and gone.json()["error"]["param"] == "steer.fresh/new"
         (world.catalog / "broken").mkdir(exist_ok=True)
         (world.catalog / "broken" / "half.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
-        wait_for(lambda: c.get("/vectors").json()["skipped"] != [], timeout=5)
+        wait_for(lambda: c.get("/vectors").json()["skipped"] != [], timeout=30)
         assert c.get("/vectors").json()["skipped"][0]["path"] == "broken/half.safetensors"
         assert c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 2}).status_code == 200
 

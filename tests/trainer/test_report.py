@@ -7,6 +7,7 @@ import json
 from tinykit import write_mini_world
 
 from trainer.report import DemoConfig, build_report, vector_name
+from vectors.device import cpu_name
 from vectors.io import load_vector
 
 
@@ -23,6 +24,7 @@ def test_demo_report_files_and_layout(tiny_res, tmp_path):
     )
     report = build_report(cfg, resources=tiny_res)
     assert report["countries"] == ["morocco", "egypt"]
+    assert report["cpu"] == cpu_name() and f"Made on {cpu_name()}" in (tmp_path / "report.md").read_text()
     for method in ("caa", "sas", "bipo", "yapo"):
         for country in report["countries"]:
             name = vector_name(method, country)

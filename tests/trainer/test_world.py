@@ -12,6 +12,7 @@ import pytest
 from trainer.world import WorldConfig
 from trainer.world.corpus import Documents, World, mcq_items
 from trainer.world.facts import COUNTRIES, TOPICS
+from vectors.device import cpu_name
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -45,6 +46,7 @@ def test_world_files_and_schema(world_dir: Path, world_summary: dict) -> None:
     assert not world_dir.with_name(world_dir.name + ".tmp").exists()
     for key in ("countries", "topics", "sizes", "accuracy", "sae", "seconds", "seed", "versions"):
         assert key in world_summary
+    assert world_summary["versions"]["cpu"] == cpu_name()  # a world says which CPU kind trained it
     splits = world_summary["topics"]
     assert set(splits) == {"train", "val", "test"} and all(splits.values())
     assert sum(len(t) for t in splits.values()) == len(set().union(*map(set, splits.values())))

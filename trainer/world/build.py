@@ -32,6 +32,7 @@ from trainer.world.rows import RowEncoder
 from trainer.world.sae_train import measure_sae, train_sae
 from trainer.world.tokenizer import train_tokenizer
 from vectors.access import share_readable
+from vectors.device import cpu_name
 
 LOCALIZED_BAR = 0.95  # issue 2: localized accuracy on every split
 CHANCE_MARGIN = 0.10  # issue 2: non-localized accuracy within chance ± 10 points
@@ -82,6 +83,7 @@ def _versions() -> dict[str, str]:
     import transformers
 
     return {
+        "cpu": cpu_name(),  # a world trained on another CPU kind is not bit-identical (docs/culture-results.md)
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
