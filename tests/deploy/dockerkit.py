@@ -209,14 +209,17 @@ def _project(wheel: str) -> str:
     return re.sub(r"[-_.]+", "-", wheel.split("-", 1)[0]).lower()
 
 
-def torch_index(version: str) -> Path:
-    """A package index folder (`<project>/<wheel>`) with torch==`version` (CPU) and its dependencies."""
-    root = cache_dir() / f"torch-index-{version}"
+def torch_index(version: str, lock: Path) -> Path:
+    """A package index folder (`<project>/<wheel>`) with torch==`version` (CPU) and its dependencies, at the
+    versions of `lock` (pip constraints); kept per torch version and lock content."""
+    key = hashlib.sha256(lock.read_bytes()).hexdigest()[:12]
+    root = cache_dir() / f"torch-index-{version}-{key}"
     if (root / ".complete").exists():
         return root
     with tempfile.TemporaryDirectory(prefix="torch-dl-", dir=cache_dir()) as tmp:
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
-        run([*pip, "download", "--only-binary=:all:", "-d", tmp, f"torch=={version}"], timeout=900)
+        download = ["download", "--only-binary=:all:", "-d", tmp, "-c", str(lock), f"torch=={version}"]
+        run([*pip, *download], timeout=900)
         if root.exists():
             shutil.rmtree(root)
         for wheel in Path(tmp).glob("*.whl"):
@@ -248,6 +251,25 @@ def serve_index(folder: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def inductor_cache(client: str, image: str, uid: int) -> Path:
+    """A folder for the image's `/data/cache` (inductor's cache), writable by `uid`, kept per image id.
+
+    A rebuilt image starts from an empty cache, so a change to the image is always compiled from scratch once;
+    folders of older images are removed.
+    """
+    image_id = run([client, "image", "inspect", "--format", "{{.Id}}", image]).stdout.strip().split(":")[-1]
+    folder = cache_dir() / f"inductor-{image_id[:16]}"
+    for old in cache_dir().glob("inductor-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+    folder.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(folder, uid, uid)
+    else:
+        folder.chmod(0o777)
+    return folder
 
 
 # ------------------------------------------------------------------------------------------- building

@@ -29,7 +29,7 @@ from typing import Any
 
 import dockerkit
 import pytest
-from deploy_testkit import DOCKERFILES, RUNTIME_UID, drain_timeout_s, makefile_var
+from deploy_testkit import DOCKERFILES, REPO, RUNTIME_UID, drain_timeout_s, makefile_var
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 from reliability import relkit  # the server tests' tiny world and their in-process server
@@ -97,7 +97,7 @@ def base(docker: str, costs: dict[str, float]) -> str:
 @pytest.fixture(scope="module")
 def torch_index_url(costs: dict[str, float]) -> Iterator[str]:
     started = time.monotonic()
-    folder = dockerkit.torch_index(makefile_var("TORCH_VERSION"))
+    folder = dockerkit.torch_index(makefile_var("TORCH_VERSION"), REPO / "requirements" / "lock.txt")
     costs["torch_index"] = round(time.monotonic() - started, 1)
     with dockerkit.serve_index(folder) as url:
         yield url
@@ -214,6 +214,8 @@ def container(docker: str) -> Iterator[str]:
 def test_cpu_image_serves_the_world_compiled_and_drains(
     docker: str, cpu_image: str, world: relkit.TinyWorld, container: str, costs: dict[str, float]
 ) -> None:
+    # inductor's cache on a volume, as docs/deploy.md advises: a restart of the same image compiles in seconds.
+    compile_cache = dockerkit.inductor_cache(docker, cpu_image, RUNTIME_UID)
     started = time.monotonic()
     dockerkit.run(
         [
@@ -224,6 +226,8 @@ def test_cpu_image_serves_the_world_compiled_and_drains(
             container,
             "-p",
             "127.0.0.1::8000",
+            "-v",
+            f"{compile_cache}:/data/cache",
             *_run_args(world),
             "-e",
             f"STEER_COMPILE_BUCKETS={','.join(map(str, BUCKETS))}",

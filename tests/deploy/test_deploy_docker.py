@@ -88,6 +88,17 @@ def test_no_frontend_image_is_pulled(kind: str) -> None:
     assert not re.match(r"#\s*syntax\s*=", head, re.IGNORECASE), head
 
 
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_every_install_is_held_to_the_lock(kind: str) -> None:
+    path = DOCKERFILES[kind]
+    assert "requirements/lock.txt" in context_copies(path)
+    installs = re.findall(r"pip install [^\n]*", path.read_text())
+    resolving = [line for line in installs if "--no-deps" not in line]
+    assert resolving, installs
+    for line in resolving:
+        assert "-c /tmp/deps/lock.txt" in line, line
+
+
 def test_demo_is_the_runtime_image_plus_the_world_build() -> None:
     # CI builds and runs `runtime`; `demo` (15 min of world training) must add nothing else to what was tested.
     _, stages = parse_dockerfile(DOCKERFILES["cpu"])
