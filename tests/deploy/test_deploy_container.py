@@ -202,9 +202,12 @@ def _run_args(world: relkit.TinyWorld) -> list[str]:
 
 
 @pytest.fixture
-def container(docker: str) -> Iterator[str]:
+def container(docker: str, tmp_path: Path) -> Iterator[str]:
+    """A container name; afterwards its log is kept as `container.log` in the test's tmp_path, and it is removed."""
     name = f"steer-test-{uuid.uuid4().hex[:8]}"
     yield name
+    logs = subprocess.run([docker, "logs", name], capture_output=True, text=True, timeout=60)
+    (tmp_path / "container.log").write_text(logs.stdout + logs.stderr)
     subprocess.run([docker, "rm", "-f", name], capture_output=True, timeout=120)
 
 
