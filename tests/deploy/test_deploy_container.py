@@ -25,7 +25,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import dockerkit
 import pytest
@@ -49,7 +49,7 @@ REQUEST = {
 }
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"Docker must run in CI (.ci/run installs and starts it): {reason}")
     pytest.skip(reason)
