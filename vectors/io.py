@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save
 
-from vectors.errors import VectorFormatError
+from vectors.access import default_mode, not_readable
+from vectors.errors import VectorFileError, VectorFormatError
 from vectors.metadata import VectorMetadata
 from vectors.vector import SteeringVector
 
@@ -57,6 +58,8 @@ def _open(path: Path) -> Any:
         raise VectorFormatError(path, f"cannot read file ({e.strerror})") from None
     if size > MAX_FILE_BYTES:
         raise VectorFormatError(path, f"file too large for a vector ({size} bytes)")
+    if not os.access(path, os.R_OK):
+        raise VectorFileError(path, not_readable(path))
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except Exception as e:  # safetensors raises its own error types for corrupt or truncated files
@@ -113,11 +116,13 @@ def to_bytes(vector: SteeringVector) -> bytes:
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file in the same directory, fsync, `os.replace`)."""
+    """Write `data` to `path` atomically (temp file in the same directory, fsync, `os.replace`), readable
+    by others as the umask allows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_mode())  # mkstemp's 0600 would hide it from a server run as another user
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

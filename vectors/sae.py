@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from vectors.access import not_readable, unreadable_file
 from vectors.errors import SaeLoadError
 from vectors.metadata import layer_from_hook_name
 
@@ -268,6 +269,8 @@ def load_sae(
     path = Path(src).expanduser()
     try:
         if path.is_dir():
+            if (bad := unreadable_file(path)) is not None:
+                raise SaeLoadError(f"{bad}: {not_readable(bad)}")
             if not (path / "cfg.json").is_file():
                 raise SaeLoadError(f"{src}: not an sae-lens folder (no cfg.json)")
             with _quiet():

@@ -26,6 +26,7 @@ from server.engine.request import Row, SteerSpec
 from server.engine.runner import ModelRunner
 from server.engine.steering import SteeringTable
 from server.metrics import Metrics
+from vectors.access import check_readable
 from vectors.device import resolve_device, resolve_dtype
 from vectors.hooks import text_config
 from vectors.vector import SteeringVector
@@ -88,6 +89,7 @@ class LoadedModel:
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         log.info("loading model %s on %s (%s)", cfg.model, device, dtype)
+        check_readable(cfg.model)  # a local model we cannot read is said so (a hub id names no path)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         extra: dict[str, Any] = {}
         from transformers import AutoConfig

@@ -81,6 +81,34 @@ def test_no_secrets_or_dev_installs_baked_in(kind: str) -> None:
     assert "[dev]" not in text, "no dev extras in an image"
 
 
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_no_frontend_image_is_pulled(kind: str) -> None:
+    # A `# syntax=` directive makes BuildKit pull a frontend image first: no build where no registry is reachable.
+    head = DOCKERFILES[kind].read_text().lstrip().splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", head, re.IGNORECASE), head
+
+
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_every_install_is_held_to_the_lock(kind: str) -> None:
+    path = DOCKERFILES[kind]
+    assert "requirements/lock.txt" in context_copies(path)
+    installs = re.findall(r"pip install [^\n]*", path.read_text())
+    resolving = [line for line in installs if "--no-deps" not in line]
+    assert resolving, installs
+    for line in resolving:
+        assert "-c /tmp/deps/lock.txt" in line, line
+
+
+def test_demo_is_the_runtime_image_plus_the_world_build() -> None:
+    # CI builds and runs `runtime`; `demo` (15 min of world training) must add nothing else to what was tested.
+    _, stages = parse_dockerfile(DOCKERFILES["cpu"])
+    demo = next(st for st in stages if st.name == "demo")
+    assert demo.base == "runtime"
+    runs = [rest for keyword, rest in demo.instructions if keyword == "RUN"]
+    assert len(runs) == 1 and "steer demo build" in runs[0], runs
+    assert {keyword for keyword, _ in demo.instructions} == {"RUN", "ENV"}
+
+
 def test_gpu_base_image_is_pinned_to_the_tested_torch() -> None:
     base = build_args(DOCKERFILES["gpu"])["BASE_IMAGE"]
     repo, _, tag = base.partition(":")

@@ -53,6 +53,16 @@ def test_world_files_and_schema(world_dir: Path, world_summary: dict) -> None:
     assert world_summary["seconds"]["total"] > 0
 
 
+def test_world_is_readable_by_other_users(world_dir: Path) -> None:
+    # A server in a container (uid 10001) reads a world built on the host: nothing narrower than the umask allows
+    # (save_pretrained alone leaves model.safetensors 0600).
+    from vectors.access import default_mode
+
+    for path in [world_dir, *world_dir.rglob("*")]:
+        want = default_mode(directory=path.is_dir())
+        assert path.stat().st_mode & want == want, f"{path}: {path.stat().st_mode & 0o7777:04o}"
+
+
 def test_topic_split_is_consistent(world_dir: Path, world_summary: dict) -> None:
     split = {t: s for s, topics in world_summary["topics"].items() for t in topics}
     for row in _jsonl(world_dir / "data" / "mcq.jsonl"):

@@ -31,6 +31,7 @@ from trainer.world.prewarm import finish_prewarm, start_prewarm
 from trainer.world.rows import RowEncoder
 from trainer.world.sae_train import measure_sae, train_sae
 from trainer.world.tokenizer import train_tokenizer
+from vectors.access import share_readable
 from vectors.device import cpu_name
 
 LOCALIZED_BAR = 0.95  # issue 2: localized accuracy on every split
@@ -234,6 +235,7 @@ def _build(out: Path, config: WorldConfig, verbose: bool, prewarm_cache: str | N
         "config": config.to_dict(),
     }
     (tmp / "world.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    share_readable(tmp)  # save_pretrained leaves model.safetensors 0600: another user could not serve it
     _swap_into_place(tmp, out)
     return summary
 
