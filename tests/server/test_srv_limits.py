@@ -57,11 +57,21 @@ def slow(tiny_world: TinyWorld, tiny_engine: LoadedModel, tmp_path_factory: pyte
         yield running
 
 
-def test_full_queue_answers_429_with_retry_after(slow: Any) -> None:
+@pytest.fixture
+def full_queue_server(tiny_world: TinyWorld, tiny_engine: LoadedModel) -> Any:
+    """Two rows and one waiting request, with steps of >= 150 ms: a 64-token generation lasts >= 9.6 s, so a
+    request refused "at once" is told apart from one that waited for room even on a machine with both cores busy."""
+    settings = settings_for(tiny_world, max_batch=2, max_queue=1, retry_after_s=3)
+    with run_server(settings, engine=tiny_engine, faults=True, step_delay_s=0.15) as running:
+        yield running
+
+
+def test_full_queue_answers_429_with_retry_after(full_queue_server: Any) -> None:
+    slow = full_queue_server
     results: list[int] = []
 
     def call() -> None:
-        with httpx.Client(base_url=slow.url, timeout=60) as c:
+        with httpx.Client(base_url=slow.url, timeout=120) as c:
             results.append(c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 64}).status_code)
 
     # 2 rows run, 1 waits; the rest must be refused at once.
@@ -76,7 +86,7 @@ def test_full_queue_answers_429_with_retry_after(slow: Any) -> None:
         assert r.status_code == 429 and r.headers["retry-after"] == "3"
         assert r.json()["error"]["type"] == "overloaded"
         # Refused at once, not after waiting for room: the 429 is back while the admitted rows (64 steps of
-        # >= 30 ms each) are still generating. A relation, not a clock reading, so a busy machine cannot break it.
+        # >= 150 ms each) are still generating. A relation, not a clock reading, with a margin of seconds.
         assert results == []
     for t in threads:
         t.join()
