@@ -34,7 +34,7 @@ class OutputStage:
         live = (
             seq.owner is None or seq.owner.streaming or bool(seq.sampling.stop)
         )  # text needed at every token
-        if token in self.eos_ids:
+        if token in self.eos_ids and not seq.sampling.ignore_eos:
             seq.finish_reason = "stop"
         elif live:
             self._decode(seq, seq.output_ids)

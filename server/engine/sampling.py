@@ -29,6 +29,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # top alternatives per generated token (None: no log-probs)
     prompt_logprobs: int | None = None  # the same for the prompt's own tokens (echo)
+    ignore_eos: bool = False  # generate past end-of-sequence tokens, up to max_new_tokens (load tools)
 
     @property
     def greedy(self) -> bool:

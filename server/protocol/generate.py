@@ -44,6 +44,9 @@ class GenerateRequest(StrictModel):
     stop: Text | list[Text] | None = None
     stream: bool = False
     compare: bool = Field(default=False, description="Also generate the unsteered text, side by side.")
+    ignore_eos: bool = Field(
+        default=False, description="Generate past end-of-sequence tokens up to max_new_tokens (load tests)."
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:

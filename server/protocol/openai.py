@@ -74,6 +74,10 @@ class OpenAIBase(LenientModel):
     store: bool | None = None
     steer: dict[str, Strength] = Field(default_factory=dict)
     apply: ApplyPhase | None = None
+    ignore_eos: bool = Field(
+        default=False,
+        description="Generate past end-of-sequence tokens up to max_tokens (as vLLM does; load tools use it).",
+    )
 
     @field_validator("frequency_penalty", "presence_penalty")
     @classmethod

@@ -38,6 +38,7 @@ def to_input(body: GenerateRequest) -> GenerationInput:
         seed=body.seed,
         stop=body.stop,
         compare=body.compare,
+        ignore_eos=body.ignore_eos,
     )
 
 

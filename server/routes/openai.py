@@ -74,6 +74,7 @@ def _input(
         top_k=body.top_k,
         seed=None if body.seed is None else body.seed % SEED_SPAN,
         stop=body.stop,
+        ignore_eos=body.ignore_eos,
         max_tokens_field="max_tokens",
         **{"prompt": None, "messages": None, **prompt},
     )

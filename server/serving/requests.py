@@ -44,6 +44,7 @@ class GenerationInput:
     logprobs: int | None = None  # top alternatives per generated token (None: no log-probs)
     prompt_logprobs: int | None = None  # echo: the prompt tokens' log-probs too
     echo: bool = False  # the answer repeats the prompt: max_new_tokens may be 0 (scoring only)
+    ignore_eos: bool = False  # keep generating past end-of-sequence tokens, up to the token limit
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class RequestBuilder:
             stop=stop,
             logprobs=req.logprobs,
             prompt_logprobs=req.prompt_logprobs,
+            ignore_eos=req.ignore_eos,
         )
         return Row(ids, sampling, spec)
 

@@ -106,6 +106,26 @@ def test_stop_string_truncates_and_finishes(tiny_engine: LoadedModel) -> None:
     assert cut.text == full.text[: full.text.find(stop)]
 
 
+def test_ignore_eos_generates_past_an_end_of_sequence_token(
+    tiny_engine: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row stops at an end-of-sequence token unless it asks `ignore_eos` (vLLM's field, which load tools send
+    to fix the output length); then it runs to max_new_tokens, tokens unchanged. The tiny model's own EOS may never
+    come, so its fourth greedy token is declared the end-of-sequence token here."""
+    ids = tiny_engine.encode(prompt=PROMPTS[0])
+    plain = Row(ids, greedy(12))
+    tiny_engine.generate([plain])
+    assert plain.finish_reason == "length" and len(plain.output_ids) == 12
+    eos = plain.output_ids[3]
+    monkeypatch.setattr(tiny_engine, "eos_ids", frozenset({eos}))
+    stops = Row(ids, greedy(12))
+    ignores = Row(ids, SamplingParams(max_new_tokens=12, ignore_eos=True))
+    tiny_engine.generate([stops, ignores])
+    first = plain.output_ids.index(eos)
+    assert stops.finish_reason == "stop" and stops.output_ids == plain.output_ids[: first + 1]
+    assert ignores.finish_reason == "length" and ignores.output_ids == plain.output_ids
+
+
 def test_cancel_stops_a_row_at_the_next_step(tiny_engine: LoadedModel) -> None:
     ids = tiny_engine.encode(prompt=PROMPTS[0])
     keep, drop = Row(ids, greedy(10)), Row(ids, greedy(10))

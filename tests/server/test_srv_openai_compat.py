@@ -146,6 +146,22 @@ def test_completions_continue_raw_text_not_the_chat_template(
     assert by_ids.choices[0].text == out.choices[0].text
 
 
+def test_ignore_eos_is_accepted_as_vllm_does(oai: openai.OpenAI, http: httpx.Client) -> None:
+    """vLLM's `ignore_eos` (sent by its benchmark tools through the openai client's extra_body) reaches the engine:
+    the answer runs to max_tokens, greedy text unchanged (tests/server/test_srv_engine.py checks the EOS itself)."""
+    plain = oai.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0)
+    fixed = oai.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert fixed.usage.completion_tokens == 6 and fixed.choices[0].finish_reason == "length"
+    if plain.choices[0].finish_reason == "length":
+        assert fixed.choices[0].text == plain.choices[0].text
+    r = http.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 6, "ignore_eos": True})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 6, r.text
+    bad = http.post("/v1/completions", json={"model": MODEL, "prompt": PROMPT, "ignore_eos": "sometimes"})
+    assert bad.status_code == 422 and "ignore_eos" in bad.text, bad.text
+
+
 def test_echo_logprobs_are_the_models_own(oai: openai.OpenAI, tiny_engine: LoadedModel) -> None:
     ids = encode_text(tiny_engine.tokenizer, PROMPT)
     out = oai.completions.create(
