@@ -50,6 +50,8 @@ class EngineDescription:
     mode_reason: str | None
     buckets: Mapping[int, str] = field(default_factory=dict)
     compile_s: float = 0.0
+    threads: int = 0  # torch's intra-op threads in this process (the CPU decode step's parallelism)
+    interop_threads: int = 0
 
 
 class EngineClient(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from server.engine.client import EngineDescription, EngineLoad, NotAccepting
@@ -89,6 +90,8 @@ class NativeEngine:
             mode_reason=status.reason,
             buckets=dict(status.buckets),
             compile_s=status.compile_s,
+            threads=torch.get_num_threads(),
+            interop_threads=torch.get_num_interop_threads(),
         )
 
     async def drain(self, timeout: float) -> bool:

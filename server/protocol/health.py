@@ -30,6 +30,8 @@ class EngineInfo(ResponseModel):
         default_factory=dict, description="batch-size bucket -> compiled | eager: why"
     )
     compile_s: float = 0.0
+    threads: int = Field(default=0, description="torch intra-op threads of the serving process")
+    interop_threads: int = Field(default=0, description="torch inter-op threads of the serving process")
 
 
 class ReadyResponse(ResponseModel):

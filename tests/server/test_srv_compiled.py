@@ -109,6 +109,10 @@ def test_ready_and_metrics_say_which_engine_runs(tiny_world: TinyWorld) -> None:
         info: dict[str, Any] = c.get("/ready").json()["engine"]
         assert info["mode"] == "compiled" and info["buckets"] == {"2": "compiled", "1": "compiled"}
         assert info["slots"] == 2 and info["kv_cache_bytes"] > 0 and info["compile_s"] > 0
+        assert (info["threads"], info["interop_threads"]) == (
+            torch.get_num_threads(),
+            torch.get_num_interop_threads(),
+        )
         metrics = c.get("/metrics").text
         assert 'steer_engine_compiled{bucket="2"} 1.0' in metrics and "steer_kv_cache_bytes" in metrics
         r = c.post("/generate", json={"prompt": PROMPTS[0], "max_new_tokens": 6, "steer": {"sae:3": 5.0}})
