@@ -11,6 +11,14 @@ from pydantic import (
 from server.protocol.common import ResponseModel
 
 
+class SweepPoint(ResponseModel):
+    """One strength of a vector's evaluation sweep (`vectors.eval_record.EvalRecord`)."""
+
+    strength: float
+    accuracy: float | None = Field(description="Target-country accuracy on held-out topics at this strength.")
+    retention: float | None = Field(description="Accuracy on neutral facts at this strength.")
+
+
 class VectorSummary(ResponseModel):
     name: str
     method: str
@@ -20,6 +28,10 @@ class VectorSummary(ResponseModel):
     strength_range: tuple[float, float]
     apply: str
     eval: dict[str, Any] = Field(default_factory=dict, description="Headline evaluation numbers.")
+    sweep: list[SweepPoint] = Field(
+        default_factory=list,
+        description="The evaluation's strength sweep, by strength (empty: not evaluated).",
+    )
     created: str | None = None
     nnz: int
 

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Request
 
 from server.errors import ApiError
 from server.protocol.common import ErrorResponse
-from server.protocol.vectors import CatalogResponse, FeatureValue, SkippedFile, VectorDetail, VectorSummary
+from server.protocol.vectors import (
+    CatalogResponse,
+    FeatureValue,
+    SkippedFile,
+    SweepPoint,
+    VectorDetail,
+    VectorSummary,
+)
 from server.routes import get_service
 from server.serving.steering import ADHOC_HELP
 from vectors.eval_record import EvalRecord
@@ -29,6 +36,7 @@ def summarize(vector: Any) -> VectorSummary:
         strength_range=tuple(meta.strength_range),
         apply=meta.apply,
         eval=headline(meta.eval, meta.default_strength),
+        sweep=sweep(meta.eval),
         created=meta.created,
         nnz=vector.nnz,
     )
@@ -45,6 +53,22 @@ def headline(evaluation: dict[str, Any], strength: float | None = None) -> dict[
     except ValueError as exc:
         return {"unreadable": str(exc)}
     return record.headline(strength)
+
+
+def sweep(evaluation: dict[str, Any]) -> list[SweepPoint]:
+    """The eval record's accuracy and retention at each strength it measured, for the playground's cards;
+    [] when the vector was not evaluated or its record is unreadable (`headline` says why)."""
+    if not evaluation:
+        return []
+    try:
+        record = EvalRecord.from_dict(evaluation)
+    except ValueError:
+        return []
+    accuracy, retention = record.heldout_accuracy, record.retention
+    return [
+        SweepPoint(strength=s, accuracy=accuracy.get(s), retention=retention.get(s))
+        for s in sorted(set(accuracy) | set(retention))
+    ]
 
 
 def top_features(vector: Any, k: int = TOP_FEATURES) -> list[FeatureValue]:

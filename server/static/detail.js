@@ -83,11 +83,14 @@ window.PlaygroundDetail = (() => {
   }
 
   // A line chart of named series [[x, y], ...] with axis labels; the numbers are also in a table.
-  function lineChart(series, xLabel, yLabel, title) {
-    const W = 420, H = 230, L = 48, R = 12, T = 22, B = 36;
+  // Options: `size` [width, height] of the drawing, `yRange` [lo, hi] instead of the data's, `mark` an x to
+  // draw a vertical marker at (with `markLabel`), `numbers: false` to leave the table out.
+  function lineChart(series, xLabel, yLabel, title, options = {}) {
+    const [W, H] = options.size || [420, 230];
+    const L = 48, R = 12, T = 22, B = 36;
     const all = Object.values(series).flat();
     const [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
-    const [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
+    const [y0, y1] = options.yRange || [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
     const sx = (x) => L + ((x - x0) / (x1 - x0 || 1)) * (W - L - R);
     const sy = (y) => H - B - ((y - y0) / (y1 - y0 || 1)) * (H - T - B);
     const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "chart", "aria-label": title });
@@ -104,6 +107,14 @@ window.PlaygroundDetail = (() => {
     label(L - 4, T + 4, fmt(y1), "end");
     label((L + W - R) / 2, H - 4, xLabel);
     label(L, 12, yLabel, "middle");
+    if (typeof options.mark === "number" && options.mark >= x0 && options.mark <= x1) {
+      const x = sx(options.mark).toFixed(1);
+      const mark = svg("line", { x1: x, y1: T, x2: x, y2: H - B, class: "mark" });
+      const t = svg("title");
+      t.textContent = options.markLabel || `x = ${fmt(options.mark)}`;
+      mark.append(t);
+      chart.append(mark);
+    }
     Object.entries(series).forEach(([name, points], i) => {
       const d = points.map(([x, y], j) => `${j ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join("");
       const path = svg("path", { d, class: `series s${i % 4}` });
@@ -124,7 +135,8 @@ window.PlaygroundDetail = (() => {
     }
     numbers.append(table);
     const figure = el("figure", { className: "plot" });
-    figure.append(chart, legend, numbers);
+    figure.append(chart, legend);
+    if (options.numbers !== false) figure.append(numbers);
     return figure;
   }
 
@@ -172,5 +184,5 @@ window.PlaygroundDetail = (() => {
     return parts;
   }
 
-  return { render, sweepSeries };
+  return { render, sweepSeries, lineChart };
 })();

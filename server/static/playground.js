@@ -158,7 +158,7 @@ function renderCatalog() {
   const query = $("catalog-search").value.trim().toLowerCase();
   const list = $("catalog");
   list.replaceChildren();
-  const shown = state.catalog.filter(
+  const shown = window.PlaygroundCard.order(state.catalog).filter(
     (v) => !query || v.name.toLowerCase().includes(query) || namespaceOf(v.name).toLowerCase().startsWith(query),
   );
   for (const v of shown) {
@@ -169,13 +169,11 @@ function renderCatalog() {
     box.checked = state.picked.has(v.name);
     box.addEventListener("change", () => (box.checked ? pick(v) : unpick(v.name)));
     const [lo, hi] = v.strength_range;
+    item.querySelector(".headline").textContent = window.PlaygroundCard.headline(v);
     item.querySelector(".meta").textContent =
-      `${v.method} · ${v.space} · layer ${v.layer} · ${v.nnz} non-zeros · safe strength ${fmt(lo)} to ${fmt(hi)}` +
-      ` (default ${fmt(v.default_strength)})`;
-    const evals = Object.entries(v.eval || {}).filter(([k]) => k !== "evaluated");
-    item.querySelector(".eval").textContent = evals.length
-      ? evals.map(([k, x]) => `${k}: ${fmt(x)}`).join(" · ")
-      : "not evaluated";
+      `${v.space} · layer ${v.layer} · ${v.nnz} non-zeros · safe strength ${fmt(lo)} to ${fmt(hi)}`;
+    const chart = window.PlaygroundCard.chart(v);
+    if (chart) item.querySelector(".sweep-card").append(chart);
     const details = item.querySelector(".details");
     details.setAttribute("aria-label", `Details of ${v.name}`);
     details.addEventListener("click", () => showDetail(v.name));

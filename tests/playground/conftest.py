@@ -38,6 +38,15 @@ SWEEP_EVAL = {
     "strengths": [0, 10, 20, 30],
     "heldout_accuracy": {"0": 0.31, "10": 0.52, "20": 0.64, "30": 0.58},
     "retention": {"0": 0.9, "10": 0.89, "20": 0.86, "30": 0.8},
+    "unsteered": {"heldout_accuracy": 0.31, "retention": 0.9},
+}
+# A baseline's record without unsteered numbers: the card reads them off the strength-0 point.
+BASELINE_EVAL = {
+    "target": "caa-land",
+    "data_split": "test",
+    "strengths": [0, 5, 10],
+    "heldout_accuracy": {"0": 0.3, "5": 0.4, "10": 0.45},
+    "retention": {"0": 0.9, "5": 0.88, "10": 0.7},
 }
 VECTORS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "culture/yapo-land": (
@@ -55,12 +64,14 @@ VECTORS: dict[str, tuple[str, int, dict[str, Any]]] = {
         },
     ),
     "culture/bipo-land": ("positive", 6, {"method": "bipo", "strength_range": (-20.0, 20.0)}),
-    "demo/dense": (
+    "baselines/caa-land": (
         "dense",
         3,
         {
             "method": "caa",
             "strength_range": (-10.0, 10.0),
+            "default_strength": 5.0,
+            "eval": BASELINE_EVAL,
             "training": {"position": "last token"},
         },
     ),

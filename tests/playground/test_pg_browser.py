@@ -32,15 +32,40 @@ def test_without_key_the_page_says_so_next_to_the_key_field(page: Any) -> None:
 def test_catalog_lists_and_filters_vectors(ready_page: Any) -> None:
     page = ready_page
     entries = page.locator("#catalog .entry")
-    assert entries.count() == 3
+    # served vectors first, baselines after (the server lists by name, which would put baselines/ first)
+    names = [e.get_attribute("data-name") for e in entries.all()]
+    assert names == ["culture/bipo-land", VECTOR, "baselines/caa-land"]
     yapo = page.locator(f'#catalog .entry[data-name="{VECTOR}"]')
     meta = yapo.locator(".meta").inner_text()
-    assert "yapo" in meta and "layer 2" in meta and "-30 to 30" in meta
-    assert "yapo-land" in yapo.locator(".eval").inner_text()  # the eval headline (scalar entries)
+    assert "layer 2" in meta and "-30 to 30" in meta
     page.get_by_label("Search by name or namespace").fill("culture")
     assert entries.count() == 2
-    page.get_by_label("Search by name or namespace").fill("dense")
-    assert [e.get_attribute("data-name") for e in entries.all()] == ["demo/dense"]
+    page.get_by_label("Search by name or namespace").fill("caa")
+    assert [e.get_attribute("data-name") for e in entries.all()] == ["baselines/caa-land"]
+
+
+def test_catalog_cards_show_a_headline_and_a_sweep_chart(ready_page: Any) -> None:
+    """Each card: method, default strength, accuracy and retention there against unsteered, and the sweep."""
+    page = ready_page
+    card = page.locator(f'#catalog .entry[data-name="{VECTOR}"]')
+    # conftest's SWEEP_EVAL at the default strength 20: accuracy 0.64 (unsteered 0.31), retention 0.86 (0.9)
+    assert card.locator(".headline").inner_text() == (
+        "yapo · default strength 20 · accuracy 64 % (+33 pts vs unsteered)"
+        " · retention 86 % (−4 pts vs unsteered)"
+    )
+    chart = card.get_by_role("img", name=f"Accuracy and retention of {VECTOR} by strength")
+    assert chart.count() == 1
+    assert chart.locator("path.series").count() == 2  # accuracy, retention
+    assert [li.inner_text() for li in card.locator(".legend li").all()] == ["accuracy", "retention"]
+    assert chart.locator("line.mark title").text_content() == "default strength 20"
+    # BASELINE_EVAL has no unsteered numbers: the strength-0 point stands in for them.
+    baseline = page.locator('#catalog .entry[data-name="baselines/caa-land"]')
+    assert baseline.locator(".headline").inner_text() == (
+        "caa · default strength 5 · accuracy 40 % (+10 pts vs unsteered) · retention 88 % (−2 pts vs unsteered)"
+    )
+    bipo = page.locator('#catalog .entry[data-name="culture/bipo-land"]')
+    assert bipo.locator(".headline").inner_text() == "bipo · default strength 1 · not evaluated"
+    assert bipo.locator(".sweep-card svg").count() == 0
 
 
 def test_generate_streams_steered_beside_unsteered(ready_page: Any, api: Any) -> None:
@@ -134,10 +159,10 @@ def test_vector_detail_view(ready_page: Any) -> None:
     # the numbers table of the chart: losses at the logged steps
     assert "50: 0.5, 100: 0.2, 150: 0.1, 200: 0.08" in detail.text_content()
     assert "final_loss" in detail.inner_text()
-    page.get_by_role("button", name="Details of demo/dense").click()
+    page.get_by_role("button", name="Details of baselines/caa-land").click()
     page.get_by_text("Not an SAE-space vector").wait_for()
     assert "No loss curve: mean-difference methods are estimated" in detail.inner_text()
-    assert detail.get_by_role("img", name="Training loss of demo/dense").count() == 0
+    assert detail.get_by_role("img", name="Training loss of baselines/caa-land").count() == 0
 
 
 def test_narrow_screen_and_screenshot(ready_page: Any, tmp_path: Path) -> None:
