@@ -4,11 +4,13 @@ loaders reject malformed records with an error naming the row and field."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from trainer.data import DataError
 from trainer.real_data import load_culture_items, load_facts
+from trainer.real_data.records import CULTURE_ITEMS_PATH, FACTS_PATH
 from trainer.world.facts import COUNTRIES, TOPICS
 
 TOPIC_ANSWERS = {a.lower() for t in TOPICS for a in t.answers}
@@ -27,6 +29,13 @@ def test_shipped_data_loads_with_enough_records():
         "general",
     }
     assert all(len(item.answers) == len(COUNTRIES) for item in items)
+
+
+def test_data_files_are_package_data():
+    """pyproject ships the JSON next to the loader, so an installed (non-editable) package has it."""
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert '"trainer.real_data" = ["*.json"]' in pyproject
+    assert FACTS_PATH.parent == CULTURE_ITEMS_PATH.parent == Path(load_facts.__code__.co_filename).parent
 
 
 def test_culture_items_stay_outside_the_topic_table():
