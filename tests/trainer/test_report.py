@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tinykit import write_mini_world
-
+from tests.trainer.kit_tiny import write_mini_world
 from trainer.demo.report import DemoConfig, build_report, vector_name
 from vectors.device import cpu_name
 from vectors.io import load_vector
@@ -62,7 +61,7 @@ def test_demo_report_files_and_layout(tiny_res, tmp_path):
 def test_report_in_two_processes_writes_what_one_process_writes(tiny_res, tmp_path):
     """`workers=2` trains and evaluates in child processes: every vector, default strength and number of the
     report equals the in-process run's (each run is seeded on its own)."""
-    from tinykit import save_tiny_world_files
+    from tests.trainer.kit_tiny import save_tiny_world_files
 
     write_mini_world(tmp_path, val_topics=frozenset({"drink"}))
     save_tiny_world_files(tmp_path, tiny_res)
