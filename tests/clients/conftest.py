@@ -54,4 +54,4 @@ def culture(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     world = TinyWorld(model=world_dir / "model", sae=world_dir / "sae", catalog=catalog)
     settings = settings_for(world, max_batch=8, max_new_tokens=16)
     with run_server(settings) as running:
-        yield Culture(world_dir, catalog, running.url, running.state.settings.served_name)
+        yield Culture(world_dir, catalog, running.url, running.runtime.settings.served_name)

@@ -72,7 +72,7 @@ def steer_serve(args: list[str], env: dict[str, str], log: Path) -> Iterator[Ser
 def serve_in_process(settings: ServerSettings) -> Iterator[str]:
     """The app `steer serve` builds for `settings`, under uvicorn as it runs it, in a thread; yields its URL."""
     from server.app import create_app
-    from server.launcher import uvicorn_config
+    from server.uvicorn_server import uvicorn_config
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -326,9 +326,9 @@ def test_requests_never_open_files_outside_the_catalog(rel_world: Any, rel_engin
 
 @contextlib.contextmanager
 def launcher_server(settings: Any, engine: LoadedModel) -> Iterator[str]:
-    """The app under the uvicorn configuration `steer serve` uses (server.launcher.uvicorn_config)."""
+    """The app under the uvicorn configuration `steer serve` uses (server.uvicorn_server.uvicorn_config)."""
     from server.app import create_app
-    from server.launcher import uvicorn_config
+    from server.uvicorn_server import uvicorn_config
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -361,8 +361,8 @@ def test_server_binds_loopback_by_default(monkeypatch: pytest.MonkeyPatch, rel_w
     import argparse
 
     from server.commands import register, settings_from_args
-    from server.launcher import uvicorn_config
     from server.settings import ServerSettings
+    from server.uvicorn_server import uvicorn_config
 
     monkeypatch.delenv("STEER_HOST", raising=False)
     assert ServerSettings(model="m", vectors="v").host == "127.0.0.1"

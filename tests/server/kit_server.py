@@ -16,8 +16,8 @@ import uvicorn
 
 from server.app import create_app
 from server.engine.model import LoadedModel
+from server.runtime import ServerRuntime
 from server.settings import ServerSettings
-from server.state import ServerState
 from tests.server.kit_doubles import installed, runner_double
 from tests.server.kit_world import TinyWorld
 
@@ -41,7 +41,7 @@ def settings_for(world: TinyWorld, **overrides: Any) -> ServerSettings:
 @dataclass
 class RunningServer:
     url: str
-    state: ServerState
+    runtime: ServerRuntime
     app: Any
 
     def client(self, **kwargs: Any) -> httpx.Client:
@@ -75,8 +75,8 @@ def run_server(
 
 
 def _serve(settings: ServerSettings, engine: LoadedModel | None, wait_ready: bool) -> Iterator[RunningServer]:
-    state = ServerState(settings)
-    app = create_app(settings, engine=engine, state=state)
+    runtime = ServerRuntime(settings)
+    app = create_app(settings, engine=engine, runtime=runtime)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -86,7 +86,7 @@ def _serve(settings: ServerSettings, engine: LoadedModel | None, wait_ready: boo
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    running = RunningServer(url=f"http://127.0.0.1:{port}", state=state, app=app)
+    running = RunningServer(url=f"http://127.0.0.1:{port}", runtime=runtime, app=app)
     try:
         deadline = time.monotonic() + 60
         while not server.started and time.monotonic() < deadline:

@@ -281,7 +281,7 @@ def oai(server: Any) -> openai.OpenAI:
 
 def test_openai_models(oai: openai.OpenAI, server: Any) -> None:
     ids = [m.id for m in oai.models.list().data]
-    names = sorted(v.name for v in server.state.catalog.vectors())
+    names = sorted(v.name for v in server.runtime.catalog.vectors())
     assert set(CATALOG) <= set(names)
     assert ids == ["tiny", *(f"tiny:{name}" for name in names)]
 

@@ -133,7 +133,7 @@ def test_compile_only_fills_a_cache_that_other_weights_of_the_same_shapes_hit(
     real model's start-up then needs: no cache miss the second time."""
     from torch._dynamo.utils import counters
 
-    from server.state import compile_only
+    from server.startup import compile_only
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # set_compile_cache sets it
     cache = str(tmp_path / "cache")

@@ -12,7 +12,7 @@ import uvicorn
 
 from server.app import create_app
 from server.engine.model import LoadedModel
-from server.launcher import uvicorn_config
+from server.uvicorn_server import uvicorn_config
 from tests.server.kit_server import settings_for, wait_until_ready
 from tests.server.kit_world import TinyWorld
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.routes.vectors import headline
+from server.serving.vectors import headline
 from vectors.eval_record import EvalRecord, RetentionFacts
 
 

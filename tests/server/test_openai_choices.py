@@ -125,7 +125,7 @@ def rejected(call: Any) -> dict[str, Any]:
 
 
 def test_choice_limits_are_422s_naming_the_field(oai: openai.OpenAI, server: Any) -> None:
-    assert server.state.settings.max_choices_per_request == 8
+    assert server.runtime.settings.max_choices_per_request == 8
     with httpx.Client(base_url=server.url) as c:
         assert c.get("/ready").json()["limits"]["max_choices_per_request"] == 8
     err = rejected(lambda: complete(oai, PROMPTS[0], n=9))

@@ -58,7 +58,7 @@ def error_of(response: httpx.Response, status: int = 422) -> dict[str, Any]:
 
 def test_models_lists_the_base_and_one_steered_id_per_vector(oai: openai.OpenAI, server: Any) -> None:
     cards = {m.id: m for m in oai.models.list().data}
-    names = {v.name for v in server.state.catalog.vectors()}
+    names = {v.name for v in server.runtime.catalog.vectors()}
     assert set(cards) == {MODEL} | {f"{MODEL}:{n}" for n in names}
     assert all("," not in i and "=" not in i for i in cards)  # lm-eval splits its model_args on them
     card = cards[f"{MODEL}:demo/delta"].model_extra
@@ -93,7 +93,7 @@ def test_a_steered_id_steers_exactly_like_the_steer_field(oai: openai.OpenAI) ->
 
 
 def test_the_model_path_as_given_is_an_alias_of_the_base(oai: openai.OpenAI, server: Any) -> None:
-    given = server.state.settings.model
+    given = server.runtime.settings.model
     assert text_of(oai, given) == text_of(oai, MODEL)
     assert text_of(oai, f"{given}:demo/delta@4") == text_of(oai, f"{MODEL}:demo/delta@4")
 

@@ -110,8 +110,9 @@ def run_compare(cfg: CompareConfig, *, resources: Resources | None = None) -> di
 
 def _report(cfg: CompareConfig, res: Resources, name: str, run: DemoConfig) -> dict[str, Any]:
     """The report of one run, from its folder if it finished before (the comparison resumes)."""
-    run = replace(run, out=str(cfg.folder / name))
-    done = Path(run.out) / "report.json"  # type: ignore[arg-type]
+    folder = cfg.folder / name
+    run = replace(run, out=str(folder))
+    done = folder / "report.json"
     if done.is_file():
         report = json.loads(done.read_text())
         if _settings(report.get("config", {})) == _settings(json.loads(json.dumps(asdict(run)))):

@@ -11,8 +11,8 @@ from typing import Any
 import uvicorn
 
 from server.app import create_app
+from server.runtime import ServerRuntime
 from server.settings import ServerSettings
-from server.state import ServerState
 
 log = logging.getLogger("server")
 
@@ -20,9 +20,9 @@ log = logging.getLogger("server")
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server whose first signal drains (new requests get 503) before the normal shutdown."""
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(self, config: uvicorn.Config, runtime: ServerRuntime) -> None:
         super().__init__(config)
-        self.state = state
+        self.runtime = runtime
         self.exit_code = 0
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -41,7 +41,7 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
 
     async def _drain(self) -> None:
-        ok = await self.state.drain()
+        ok = await self.runtime.drain()
         log.info("drain %s; exiting", "complete" if ok else "timed out")
         self.should_exit = True
 
@@ -69,9 +69,9 @@ def uvicorn_config(app: Any, settings: ServerSettings, log_level: str = "info") 
 
 def run_server(settings: ServerSettings, log_level: str = "info") -> int:
     """Serve until a signal; returns the process exit code."""
-    state = ServerState(settings)
-    app = create_app(settings, state=state)
-    server = DrainingServer(uvicorn_config(app, settings, log_level), state)
-    state.on_fatal = server.fatal
+    runtime = ServerRuntime(settings)
+    app = create_app(settings, runtime=runtime)
+    server = DrainingServer(uvicorn_config(app, settings, log_level), runtime)
+    runtime.on_fatal = server.fatal
     asyncio.run(server.serve())
     return server.exit_code

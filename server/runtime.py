@@ -1,4 +1,4 @@
-"""The server's runtime state: load once (model, SAEs, catalog), warm up, poll the catalog, drain."""
+"""The running server: load once (model, SAEs, catalog; the steps in `startup`), serve, poll the catalog, drain."""
 
 from __future__ import annotations
 
@@ -9,45 +9,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from server.engine.compiled_step import CompileFailed, EngineStatus, set_compile_cache
-from server.engine.model import EngineConfig, LoadedModel
+from server.engine.compiled_step import CompileFailed
+from server.engine.model import LoadedModel
 from server.engine.native import NativeEngine
-from server.engine.request import Row, SteerSpec
 from server.engine.runner import CacheTooLarge
-from server.engine.sampling import SamplingParams
 from server.engine.scheduler import SchedulerLimits
 from server.metrics import Metrics
+from server.protocol.health import ReadyStatus
 from server.serving import Service
+from server.serving.health import HealthServing
 from server.settings import ServerSettings
+from server.startup import engine_config, prepare_engine, warm_up
 from vectors.errors import SteerError
 
 log = logging.getLogger(__name__)
 
-Status = Literal["loading", "ready", "draining", "failed"]
-
-
-def engine_config(settings: ServerSettings) -> EngineConfig:
-    return EngineConfig(
-        model=settings.model,
-        sae=tuple(settings.sae),
-        device=settings.device,
-        dtype=settings.dtype,
-        max_context=settings.max_context,
-        model_name=settings.served_name,
-        max_batch=settings.max_batch,
-        max_neg_features=settings.max_neg_features,
-    )
-
 
 @dataclass
-class ServerState:
+class ServerRuntime:
     """Everything a route may need; `service` is None until loading succeeded."""
 
     settings: ServerSettings
     metrics: Metrics = field(default_factory=Metrics)
-    status: Status = "loading"
+    status: ReadyStatus = "loading"
     detail: str | None = "loading model"
     engine: NativeEngine | None = None  # set once the model is loaded; admits requests once ready
     catalog: Any = None
@@ -55,6 +41,10 @@ class ServerState:
     started: float = field(default_factory=time.time)
     on_fatal: Callable[[str], None] | None = None  # set by `steer serve`: exit non-zero
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    health: HealthServing = field(init=False)  # /ready and /metrics, answered from the first moment
+
+    def __post_init__(self) -> None:
+        self.health = HealthServing(self)
 
     # --- startup ------------------------------------------------------------------------------------------
     def start(self, engine: LoadedModel | None = None) -> None:
@@ -81,7 +71,7 @@ class ServerState:
                 self.detail = f"warming up (batch {s.max_batch})"
                 await asyncio.to_thread(warm_up, engine, s)
             self.engine.start(SchedulerLimits(s.max_batch, s.max_queue, s.max_configs_per_batch))
-            self.service = Service.over(self.engine, self.catalog, s, self.metrics)
+            self.service = Service.over(self.engine, self.catalog, s, self.metrics, self.started)
         except Exception as exc:
             if isinstance(exc, OSError | SteerError | CacheTooLarge | CompileFailed):
                 # expected failures (a hub model offline, a missing folder, a bad SAE): one clear line
@@ -145,38 +135,3 @@ class ServerState:
                 await task
         if self.engine is not None:
             await asyncio.to_thread(self.engine.shutdown)
-
-
-def prepare_engine(engine: LoadedModel, s: ServerSettings) -> EngineStatus:
-    """Reserve the KV cache and steering slots for the settings' batch, then compile (and verify) the decode
-    step into the settings' inductor cache: what start-up and `steer serve --compile-only` do."""
-    engine.reserve(s.max_batch, s.max_neg_features)
-    if s.engine != "eager":
-        set_compile_cache(s.compile_cache_dir)
-    return engine.compile(s.engine, s.compile_backend, s.compile_buckets or None)
-
-
-def compile_only(s: ServerSettings) -> EngineStatus:
-    """Load the model and SAE of the settings and compile the decode step, nothing else: fills the inductor
-    cache so that a later start-up with the same settings (and shapes) compiles in seconds."""
-    engine = LoadedModel.load(engine_config(s))
-    try:
-        return prepare_engine(engine, s)
-    finally:
-        engine.close()
-
-
-def warm_up(engine: LoadedModel, settings: ServerSettings) -> None:
-    """One generation at the largest batch, half the rows steered (exercises every code path once)."""
-    ids = engine.encode(prompt="Hello")
-    budget = max(1, min(settings.warmup_tokens, engine.context_length - len(ids)))
-    params = SamplingParams(max_new_tokens=budget)
-    steer = SteerSpec(((engine.adhoc_vector(0), 1.0),)) if engine.coders else SteerSpec()
-    seqs = [Row(ids, params, steer if i % 2 else SteerSpec()) for i in range(settings.max_batch)]
-    try:
-        engine.generate(seqs)
-    except Exception as exc:
-        raise RuntimeError(
-            f"warm-up at max_batch={settings.max_batch} failed ({type(exc).__name__}: {exc}); "
-            "lower STEER_MAX_BATCH or STEER_MAX_NEW_TOKENS"
-        ) from exc
