@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ServerRuntime:
-    """Everything a route may need; `service` is None until loading succeeded."""
+    """The running server: its status, engine, catalog and `Service` (None until loading succeeded), and
+    `health` (answers from the start); loads in the background, polls the catalog, drains."""
 
     settings: ServerSettings
     metrics: Metrics = field(default_factory=Metrics)
