@@ -21,7 +21,7 @@ from transformers import DynamicCache
 from bench.config import BenchConfig
 from bench.reference import reference_hooks
 from bench.timing import interleave, median, now, paired_ratio, summary, synchronizer
-from bench.world import BenchWorld, SaeSetup, distinct_vectors
+from bench.world import BenchWorld, SaeSetup, distinct_vectors, negative_entries
 from vectors.slots import SlotSteering, compose
 
 SteerContext = Callable[[], contextlib.AbstractContextManager[Any]]
@@ -138,7 +138,7 @@ def batch_cases(world: BenchWorld, batch: int) -> dict[str, Case]:
                 "d_sae": sae.coder.d_sae,
                 "vector": label,
                 "nnz": vec.nnz,
-                "negative": int((vec.values < 0).sum()),  # type: ignore[operator]
+                "negative": negative_entries(vec),
             }
             fast, build_ms = _tables_ctx(world, [{vec: 1.0}] * batch, sae)
             info_fast = {"variant": "fast", **info, "table_build_ms": round(build_ms, 3)}

@@ -169,8 +169,7 @@ class BenchWorld:
                     "architecture": s.coder.architecture,
                     "source": s.coder.source,
                     "vectors": {
-                        name: {"nnz": v.nnz, "negative": int((v.values < 0).sum())}  # type: ignore[operator]
-                        for name, v in s.vectors.items()
+                        name: {"nnz": v.nnz, "negative": negative_entries(v)} for name, v in s.vectors.items()
                     },
                 }
                 for s in self.saes
@@ -427,3 +426,8 @@ def load_world(cfg: BenchConfig) -> BenchWorld:
         if (root / "world.json").is_file():
             return demo_world(root, cfg)
     return random_world(cfg)
+
+
+def negative_entries(vector: SteeringVector) -> int:
+    """Entries < 0 of an SAE-space vector: the features the exact fast path encodes per token."""
+    return 0 if vector.values is None else int((vector.values < 0).sum())

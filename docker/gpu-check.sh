@@ -2,7 +2,7 @@
 # Build the GPU image on its real CUDA base and check, on one GPU, that it serves with the compiled decode step.
 #
 # NOT RUN YET: no GPU was available when this was written. CI builds docker/Dockerfile without CUDA (BASE_IMAGE =
-# a local Debian base plus CPU torch, tests/deploy/test_deploy_container.py), so every step but the CUDA base is
+# a local Debian base plus CPU torch, tests/deploy/test_container.py), so every step but the CUDA base is
 # exercised there; what only this script checks is the CUDA base, Triton's compile with the image's gcc against
 # the driver's libcuda (from the NVIDIA container runtime), and CUDA graphs.
 #

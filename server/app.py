@@ -20,26 +20,26 @@ from server.errors import (
 )
 from server.middleware import ApiKeyAuth, BodyLimit, RequestMetrics, UnexpectedErrors
 from server.routes import generate, health, openai, playground, tokenize, vectors
+from server.runtime import ServerRuntime
 from server.settings import ServerSettings
-from server.state import ServerState
 from vectors.prompts import ChatTemplateError
 
 log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: ServerSettings, *, engine: LoadedModel | None = None, state: ServerState | None = None
+    settings: ServerSettings, *, engine: LoadedModel | None = None, runtime: ServerRuntime | None = None
 ) -> FastAPI:
-    """The app for `settings`. Pass `engine` to serve an already loaded engine (tests); `state` to keep a handle."""
-    state = state or ServerState(settings)
+    """The app for `settings`. Pass `engine` to serve an already loaded engine (tests); `runtime` to keep a handle."""
+    runtime = runtime or ServerRuntime(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.start(engine)  # loads in the background: /health answers and /ready says 503 meanwhile
+        runtime.start(engine)  # loads in the background: /health answers and /ready says 503 meanwhile
         try:
             yield
         finally:
-            await state.close()
+            await runtime.close()
 
     app = FastAPI(
         title="sparse-steer",
@@ -47,7 +47,7 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.steer = state
+    app.state.steer = runtime
     for router in (
         health.router,
         generate.router,
@@ -68,5 +68,5 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None and settings.api_key.get_secret_value():
         app.add_middleware(ApiKeyAuth, api_key=settings.api_key.get_secret_value())
-    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    app.add_middleware(RequestMetrics, metrics=runtime.metrics)
     return app

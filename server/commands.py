@@ -85,7 +85,7 @@ def serve(args: argparse.Namespace) -> int:
             )
         return 2
     if args.compile_only:
-        from server.state import compile_only
+        from server.startup import compile_only
 
         status = compile_only(settings)
         log.info(
@@ -95,6 +95,6 @@ def serve(args: argparse.Namespace) -> int:
             f" ({status.reason})" * bool(status.reason),
         )
         return 0 if status.mode == "compiled" or settings.engine == "eager" else 1
-    from server.launcher import run_server
+    from server.uvicorn_server import run_server
 
     return run_server(settings, log_level=args.log_level)

@@ -6,7 +6,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # offline hub look-ups otherwise retry for ~26 s before failing
 # Servers the tests start (in process or as `steer serve`) decode eagerly unless a test asks for the compiled step:
-# compiling every server's buckets would cost minutes; tests/server/test_srv_compiled.py covers that path.
+# compiling every server's buckets would cost minutes; tests/server/test_compiled.py covers that path.
 os.environ.setdefault("STEER_ENGINE", "eager")
 
 import json

@@ -106,7 +106,7 @@ def _demo_build(args: Any) -> int:
 
     workers = args.workers if args.workers is not None else default_workers()
     report = build_report(DemoConfig(root=args.out, threads=config.threads, workers=workers))
-    print(json.dumps({"targets": report["targets"], "seconds": report["seconds"]}, indent=1))
+    print(json.dumps({"targets": report.targets.to_dict(), "seconds": report.seconds}, indent=1))
     print(f"vectors in {args.out}/vectors, report in {args.out}/report.md")
     return 0
 
@@ -436,7 +436,7 @@ def _demo_report(args: argparse.Namespace) -> int:
     if args.yapo_l1 is not None:
         cfg.yapo_l1 = args.yapo_l1
     report = build_report(cfg)
-    print(json.dumps({"targets": report["targets"], "seconds": report["seconds"]}, indent=1))
+    print(json.dumps({"targets": report.targets.to_dict(), "seconds": report.seconds}, indent=1))
     print(f"report: {args.out}/report.md")
     return 0
 

@@ -38,7 +38,7 @@ class EngineLoad:
 
 @dataclass(frozen=True)
 class EngineDescription:
-    """What the engine runs on and which decode path it takes (for `/ready`)."""
+    """What the engine runs on and which decode path it takes (`/ready` shows it as it is: `engine`)."""
 
     device: str
     dtype: str
@@ -46,12 +46,12 @@ class EngineDescription:
     max_context: int
     kv_cache_bytes: int
     max_neg_features: int
-    mode: str
-    mode_reason: str | None
-    buckets: Mapping[int, str] = field(default_factory=dict)
+    mode: str  # compiled, partly compiled, or eager: how decode steps run
+    mode_reason: str | None  # why a bucket (or the engine) runs eagerly
+    buckets: Mapping[int, str] = field(default_factory=dict)  # batch-size bucket -> compiled | eager: why
     compile_s: float = 0.0
     threads: int = 0  # torch's intra-op threads in this process (the CPU decode step's parallelism)
-    interop_threads: int = 0
+    interop_threads: int = 0  # torch's inter-op threads in this process
 
 
 class EngineClient(Protocol):

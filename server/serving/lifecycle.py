@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -22,6 +21,8 @@ from server.metrics import Metrics
 from server.protocol.common import AppliedVector, Usage
 from server.serving.requests import Prepared
 from server.settings import ServerSettings
+
+Disconnected = Callable[[], Awaitable[bool]]  # the route's `request.is_disconnected`
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,13 @@ class RequestLifecycle:
         except NotAccepting as exc:
             raise ApiError(503, str(exc), type="unavailable", headers=retry) from None
 
-    async def run(self, prepared: Prepared, is_disconnected: Callable[[], Any]) -> Outcome:
+    async def run(self, prepared: Prepared, is_disconnected: Disconnected) -> Outcome:
         """Queue, wait for the end (cancelling the rows if the client goes away or time runs out), summarise."""
         handle = self.submit(prepared, stream=False)
         await self.wait(handle, is_disconnected)
         return self.outcome(prepared, handle)
 
-    async def wait(self, handle: Request, is_disconnected: Callable[[], Any]) -> None:
+    async def wait(self, handle: Request, is_disconnected: Disconnected) -> None:
         """Until every row ended (or one failed: `ApiError`); rows are cancelled if the client goes away or
         time runs out."""
         waiter = asyncio.ensure_future(_settle(handle))

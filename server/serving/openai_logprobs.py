@@ -12,7 +12,8 @@ from typing import Any
 
 from server.engine.logprobs import TokenLogprob
 from server.engine.request import Row
-from server.protocol.openai import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from server.protocol.chat import ChatLogprobs, ChatTokenLogprob, TopLogprob
+from server.protocol.completions import CompletionLogprobs
 
 FLOOR = -9999.0
 WINDOW = 6  # previous tokens a token is decoded after
@@ -62,7 +63,7 @@ def completion_logprobs(tokenizer: Any, seq: Row, echo: bool) -> CompletionLogpr
     shown = [
         [ids[first + i], *(t for t, _ in e.top)] if e else [ids[first + i]] for i, e in enumerate(entries)
     ]
-    texts = _pieces(tokenizer, ids, [[]] * first + shown)[first:]
+    texts = _pieces(tokenizer, ids, [*([[]] * first), *shown])[first:]
     special = set(getattr(tokenizer, "all_special_ids", []))
     offsets, at = [], 0
     for token, names in zip(ids[first:], texts, strict=True):
@@ -85,7 +86,7 @@ def chat_logprobs(tokenizer: Any, seq: Row) -> ChatLogprobs:
     ids = list(seq.prompt_ids) + list(seq.output_ids)
     first = len(seq.prompt_ids)
     shown = [[e.token, *(t for t, _ in e.top)] for e in entries]
-    texts = _pieces(tokenizer, ids, [[]] * first + shown)[first:]
+    texts = _pieces(tokenizer, ids, [*([[]] * first), *shown])[first:]
 
     def top(name: str, value: float) -> TopLogprob:
         return TopLogprob(token=name, logprob=_shown(value), bytes=list(name.encode("utf-8")))

@@ -17,6 +17,7 @@ from server.errors import invalid
 from server.protocol.common import AppliedVector, ChatMessage
 from server.serving.steering import SteeringResolver
 from server.settings import ServerSettings
+from vectors.metadata import ApplyPhase
 from vectors.prompts import encode_text
 
 SEED_SPAN = 2**64  # seeds are used modulo 2**64 (protocol.Seed64: any 64-bit integer)
@@ -29,7 +30,7 @@ class GenerationInput:
     prompt: str | None
     messages: list[ChatMessage] | None
     steer: Mapping[str, float]
-    apply: str | None
+    apply: ApplyPhase | None
     max_new_tokens: int | None
     temperature: float
     top_p: float

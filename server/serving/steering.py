@@ -1,7 +1,7 @@
 """Steering resolution: the names of a request (`steer`, a steered model id) to vectors and strengths.
 
 Catalog names, ad-hoc `sae:<feature>` vectors and strength ranges (checked or clamped) are resolved here, once
-per request, and checked against the engine; `/v1/models` lists the base model and one steered id per vector.
+per request, and checked against the engine; a steered model id (`<base>:<vector>@<strength>`) is read here too.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 from server.engine.client import EngineClient
 from server.engine.request import SteerSpec
 from server.errors import ApiError, invalid
-from server.model_ids import ModelIdError, parse_model_id, steered_id
+from server.model_ids import ModelIdError, parse_model_id
 from server.protocol.common import AppliedVector
-from server.protocol.openai import ModelCard, ModelSteering
 from server.settings import ServerSettings
+from vectors.metadata import ApplyPhase
 
 ADHOC = re.compile(r"sae:(?:(\d{1,6}):)?(\d{1,9})")
 ADHOC_HELP = (
@@ -34,7 +34,7 @@ class SteeringResolver:
         self.settings = settings
 
     def resolve_steer(
-        self, steer: Mapping[str, float], apply: str | None, field: str = "steer"
+        self, steer: Mapping[str, float], apply: ApplyPhase | None, field: str = "steer"
     ) -> tuple[SteerSpec, list[AppliedVector]]:
         """Names → vectors (resolved now, kept for the request's lifetime), strengths checked or clamped.
 
@@ -118,30 +118,6 @@ class SteeringResolver:
                 strength = float(vector.meta.default_strength)
             resolved[name] = strength
         return resolved, "model"
-
-    def model_cards(self, created: int) -> list[ModelCard]:
-        """/v1/models: the base model and one steered id per catalog vector (at its default strength)."""
-        base = self.engine.name
-        ctx = self.engine.context_length
-        cards = [ModelCard(id=base, created=created, root=base, max_model_len=ctx)]
-        for vector in sorted(self.catalog.vectors(), key=lambda v: v.name):
-            meta = vector.meta
-            steering = ModelSteering(
-                vector=vector.name,
-                strength=meta.default_strength,
-                strength_range=meta.strength_range,
-                method=meta.method,
-                space=vector.space,
-                layer=vector.layer,
-                apply=meta.apply,
-            )
-            card_id = steered_id(base, vector.name)
-            cards.append(
-                ModelCard(
-                    id=card_id, created=created, root=base, parent=base, max_model_len=ctx, steer=steering
-                )
-            )
-        return cards
 
     def _lookup(self, name: str, param: str) -> tuple[Any, float, float]:
         from vectors.errors import InvalidVectorName, UnknownVector

@@ -9,15 +9,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability.relkit import TinyWorld, build_tiny_world, run_server, settings_for
 
-COUNTRY = "morocco"
-VECTOR = f"culture/{COUNTRY}"
+from tests.clients.kit_culture import COUNTRY, VECTOR, Culture
+from tests.server.kit_server import run_server, settings_for
+from tests.server.kit_world import TinyWorld, build_tiny_world
 
 
 @pytest.fixture(scope="session")
@@ -30,14 +29,6 @@ def tiny_server(client_world: TinyWorld) -> Iterator[Any]:
     """The tiny world served as `tiny` (greedy answers differ per vector: good for checking steering arrives)."""
     with run_server(settings_for(client_world, model_name="tiny")) as running:
         yield running
-
-
-@dataclass(frozen=True)
-class Culture:
-    root: Path
-    catalog: Path
-    url: str
-    model_id: str  # the served base id
 
 
 @pytest.fixture(scope="module")
@@ -63,4 +54,4 @@ def culture(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     world = TinyWorld(model=world_dir / "model", sae=world_dir / "sae", catalog=catalog)
     settings = settings_for(world, max_batch=8, max_new_tokens=16)
     with run_server(settings) as running:
-        yield Culture(world_dir, catalog, running.url, running.state.settings.served_name)
+        yield Culture(world_dir, catalog, running.url, running.runtime.settings.served_name)

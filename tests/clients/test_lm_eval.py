@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from steer_cli import main as steer
-
-from .conftest import COUNTRY, VECTOR, Culture
+from tests.clients.kit_culture import COUNTRY, VECTOR, Culture
 
 pytestmark = pytest.mark.slow
 

@@ -7,17 +7,17 @@ CI needs: the Debian package `chromium` (at /usr/bin/chromium, or set STEER_CHRO
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
+from tests.server.kit_server import run_server, settings_for
+from tests.server.kit_world import TinyWorld, make_vector, save_tiny_model, save_tiny_sae
+
 KEY = "playground-key"
 CHROMIUM = os.environ.get("STEER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -78,36 +78,19 @@ VECTORS: dict[str, tuple[str, int, dict[str, Any]]] = {
 }
 
 
-def _server_helpers() -> Any:
-    """tests/server/conftest.py as a module of its own name (pytest imports it as `conftest`)."""
-    if "server_conftest" in sys.modules:
-        return sys.modules["server_conftest"]
-    sys.path.insert(0, str(SERVER_TESTS))  # for its `from server_testkit import ...`
-    spec = importlib.util.spec_from_file_location("server_conftest", SERVER_TESTS / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["server_conftest"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-srv = _server_helpers()
-
-
 @pytest.fixture(scope="session")
 def playground_world(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from server_testkit import save_tiny_model
 
     from vectors.io import save_vector
     from vectors.names import vector_path
 
     root = tmp_path_factory.mktemp("playground-world")
-    world = srv.TinyWorld(
-        model=save_tiny_model(root / "model"), sae=srv.save_tiny_sae(root / "sae"), catalog=root / "vectors"
+    world = TinyWorld(
+        model=save_tiny_model(root / "model"), sae=save_tiny_sae(root / "sae"), catalog=root / "vectors"
     )
     world.catalog.mkdir()
     for name, (kind, seed, meta) in VECTORS.items():
-        vector = srv.make_vector(None, name, kind=kind, seed=seed, **meta)  # SAE source: "tiny-sae"
+        vector = make_vector(None, name, kind=kind, seed=seed, **meta)  # SAE source: "tiny-sae"
         save_vector(vector, vector_path(world.catalog, name))
     return world
 
@@ -115,8 +98,8 @@ def playground_world(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="session")
 def server(playground_world: Any) -> Iterator[Any]:
     """The real app under uvicorn, with an API key and a small per-step delay so streaming is observable."""
-    settings = srv.settings_for(playground_world, api_key=KEY, max_new_tokens=64)
-    with srv.run_server(settings, step_delay_s=0.02) as running:
+    settings = settings_for(playground_world, api_key=KEY, max_new_tokens=64)
+    with run_server(settings, step_delay_s=0.02) as running:
         yield running
 
 

@@ -9,8 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 
 from server.engine.model import LoadedModel
-
-from .relkit import TinyWorld, build_tiny_world, load_engine
+from tests.server.kit_world import TinyWorld, build_tiny_world, load_engine
 
 
 @pytest.fixture(scope="session")

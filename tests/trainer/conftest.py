@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
 
-from tinykit import tiny_pairs, tiny_resources
+from tests.trainer.kit_tiny import tiny_pairs, tiny_resources
 
 
 @pytest.fixture(scope="session")

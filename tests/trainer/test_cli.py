@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tinykit import COUNTRIES, TOPICS, save_tiny_world_files, tiny_pairs
-
 from steer_cli import main
+from tests.trainer.kit_tiny import COUNTRIES, TOPICS, save_tiny_world_files, tiny_pairs
 from vectors.io import read_metadata
 
 

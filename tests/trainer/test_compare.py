@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tinykit import write_mini_world
-
+from tests.trainer.kit_tiny import write_mini_world
 from trainer.demo.compare import CompareConfig, run_compare
 
 

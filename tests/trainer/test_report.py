@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tinykit import write_mini_world
-
+from tests.trainer.kit_tiny import write_mini_world
 from trainer.demo.report import DemoConfig, build_report, vector_name
+from trainer.demo.summary import DemoReport
 from vectors.device import cpu_name
 from vectors.io import load_vector
 
@@ -23,10 +23,10 @@ def test_demo_report_files_and_layout(tiny_res, tmp_path):
         progress=False,
     )
     report = build_report(cfg, resources=tiny_res)
-    assert report["countries"] == ["morocco", "egypt"]
-    assert report["cpu"] == cpu_name() and f"Made on {cpu_name()}" in (tmp_path / "report.md").read_text()
+    assert report.countries == ["morocco", "egypt"]
+    assert report.cpu == cpu_name() and f"Made on {cpu_name()}" in (tmp_path / "report.md").read_text()
     for method in ("caa", "sas", "bipo", "yapo"):
-        for country in report["countries"]:
+        for country in report.countries:
             name = vector_name(method, country)
             path = tmp_path / "vectors" / f"{name}.safetensors"
             vec = load_vector(path)
@@ -43,9 +43,10 @@ def test_demo_report_files_and_layout(tiny_res, tmp_path):
     assert (tmp_path / "vectors" / "culture" / "morocco.safetensors").is_file()
     assert (tmp_path / "vectors" / "baselines" / "bipo-egypt.safetensors").is_file()
     saved = json.loads((tmp_path / "report.json").read_text())
+    assert json.loads(json.dumps(DemoReport.from_dict(saved).to_dict())) == saved  # what compare resumes from
     assert saved["table7"]["strength_1"]["base"]["mean"].keys() == {"localized", "nonlocalized", "both"}
     assert set(saved["table7"]) == {"default", "strength_1", "best_0.5_to_2"}
-    for country in report["countries"]:  # the default view reads each vector at the strength it is served at
+    for country in report.countries:  # the default view reads each vector at the strength it is served at
         served = load_vector(tmp_path / "vectors" / f"{vector_name('yapo', country)}.safetensors").meta
         assert saved["table_strengths"]["default"]["yapo"][country] == served.default_strength
         assert served.strength_range[0] <= 0 <= 1.0 <= served.strength_range[1]
@@ -62,7 +63,7 @@ def test_demo_report_files_and_layout(tiny_res, tmp_path):
 def test_report_in_two_processes_writes_what_one_process_writes(tiny_res, tmp_path):
     """`workers=2` trains and evaluates in child processes: every vector, default strength and number of the
     report equals the in-process run's (each run is seeded on its own)."""
-    from tinykit import save_tiny_world_files
+    from tests.trainer.kit_tiny import save_tiny_world_files
 
     write_mini_world(tmp_path, val_topics=frozenset({"drink"}))
     save_tiny_world_files(tmp_path, tiny_res)
@@ -79,9 +80,9 @@ def test_report_in_two_processes_writes_what_one_process_writes(tiny_res, tmp_pa
         "steps_to_loss",
         "final_loss",
     ):
-        assert two[key] == one[key], key
+        assert getattr(two, key) == getattr(one, key), key
     for method in ("caa", "sas", "bipo", "yapo"):
-        for country in one["countries"]:
+        for country in one.countries:
             rel = f"{vector_name(method, country)}.safetensors"
             a, b = (
                 load_vector(tmp_path / "one" / "vectors" / rel),

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from tinykit import COUNTRIES, TOPICS, train_config
 
+from tests.trainer.kit_tiny import COUNTRIES, TOPICS, train_config
 from trainer.data import DataError, PreferencePair, load_pairs
 from trainer.eval.items import load_neutral
 from trainer.retention import load_retention_pairs, retention_pairs, retention_penalty

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from tinykit import train_config
 
+from tests.trainer.kit_tiny import train_config
 from trainer.objectives import capture_last_token
 from trainer.tokens import encode_pairs
 from trainer.train import batch_indices, direction_for, loss_curve, lr_factor, train_vector
@@ -137,8 +137,7 @@ def test_activation_cache_matches_full_forward(tiny_res, morocco_pairs, tmp_path
 
 
 def test_bf16_model_keeps_float32_vector_and_optimizer(morocco_pairs, tmp_path):
-    from tinykit import build_coder, build_model, build_tokenizer
-
+    from tests.trainer.kit_tiny import build_coder, build_model, build_tokenizer
     from trainer.checkpoint import load_checkpoint
     from trainer.resources import Resources
 

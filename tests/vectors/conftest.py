@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from vectors_testkit import SAE_VARIANTS, save_variant
 
+from tests.vectors.kit_vectors import SAE_VARIANTS, save_variant
 from vectors.sae import SparseCoder, load_sae
 
 

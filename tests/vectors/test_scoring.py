@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.model_families import MODELS
+from tests.kit_families import MODELS
 from vectors.scoring import (
     Question,
     option_accuracy,

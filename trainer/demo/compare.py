@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from trainer.demo.report import CONVERGENCE_THRESHOLDS, LABELS, DemoConfig, build_report, vector_name
+from trainer.demo.summary import DemoReport
 from trainer.resources import Resources, load_resources
 from vectors.io import load_vector, write_atomic
 from vectors.names import vector_path
@@ -76,7 +77,7 @@ def run_compare(cfg: CompareConfig, *, resources: Resources | None = None) -> di
     )
     lrs = cfg.candidates
     first = cfg.seeds[0]
-    tried: list[tuple[str, dict[str, float], dict[str, Any]]] = []  # (folder, lr per method, report)
+    tried: list[tuple[str, dict[str, float], DemoReport]] = []  # (folder, lr per method, report)
     for i in range(max(len(v) for v in lrs.values())):
         rates = {m: lrs[m][min(i, len(lrs[m]) - 1)] for m in PREFERENCE}
         run = replace(base, methods=PREFERENCE, lr=rates["yapo"], bipo_lr=rates["bipo"], seed=first)
@@ -108,13 +109,14 @@ def run_compare(cfg: CompareConfig, *, resources: Resources | None = None) -> di
     return result
 
 
-def _report(cfg: CompareConfig, res: Resources, name: str, run: DemoConfig) -> dict[str, Any]:
+def _report(cfg: CompareConfig, res: Resources, name: str, run: DemoConfig) -> DemoReport:
     """The report of one run, from its folder if it finished before (the comparison resumes)."""
-    run = replace(run, out=str(cfg.folder / name))
-    done = Path(run.out) / "report.json"  # type: ignore[arg-type]
+    folder = cfg.folder / name
+    run = replace(run, out=str(folder))
+    done = folder / "report.json"
     if done.is_file():
-        report = json.loads(done.read_text())
-        if _settings(report.get("config", {})) == _settings(json.loads(json.dumps(asdict(run)))):
+        report = DemoReport.from_dict(json.loads(done.read_text()))
+        if _settings(report.config) == _settings(json.loads(json.dumps(asdict(run)))):
             return report
     return build_report(run, resources=res)
 
@@ -123,15 +125,15 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("progress", "workers")}  # not in the numbers
 
 
-def _selection(report: Mapping[str, Any], method: str) -> float:
+def _selection(report: DemoReport, method: str) -> float:
     """Mean non-localized accuracy on validation topics at each vector's default strength."""
-    return _mean(report["selection_nonlocalized_at_default"][method].values())
+    return _mean(report.selection_nonlocalized_at_default[method].values())
 
 
 def _aggregate(
-    cfg: CompareConfig, chosen: Mapping[str, Mapping[str, Any]], baselines: Mapping[str, Any]
+    cfg: CompareConfig, chosen: Mapping[str, Mapping[str, Any]], baselines: DemoReport
 ) -> dict[str, Any]:
-    countries = list(baselines["countries"])
+    countries = list(baselines.countries)
     tables: dict[str, Any] = {}
     for view in VIEWS:
         rows: dict[str, Any] = {"base": _cells([baselines], "base", view, countries)}
@@ -143,7 +145,7 @@ def _aggregate(
     convergence = {
         m: {
             f"{t:g}": {
-                c: [rep["steps_to_loss"][f"{t:g}"][m][c] for rep in chosen[m]["reports"].values()]
+                c: [rep.steps_to_loss[f"{t:g}"][m][c] for rep in chosen[m]["reports"].values()]
                 for c in countries
             }
             for t in CONVERGENCE_THRESHOLDS
@@ -151,7 +153,7 @@ def _aggregate(
         for m in PREFERENCE
     }
     final_loss = {
-        m: {c: [rep["final_loss"][m][c] for rep in chosen[m]["reports"].values()] for c in countries}
+        m: {c: [rep.final_loss[m][c] for rep in chosen[m]["reports"].values()] for c in countries}
         for m in PREFERENCE
     }
     agreement = {
@@ -162,7 +164,7 @@ def _aggregate(
         "world": cfg.root,
         "countries": countries,
         "seeds": list(cfg.seeds),
-        "split": baselines["split"],
+        "split": baselines.split,
         "learning_rates": {
             m: {k: chosen[m][k] for k in ("lr", "validation", "candidates", "folders")} for m in PREFERENCE
         },
@@ -174,15 +176,15 @@ def _aggregate(
 
 
 def _cells(
-    reports: Sequence[Mapping[str, Any]], method: str, view: str, countries: Sequence[str]
+    reports: Sequence[DemoReport], method: str, view: str, countries: Sequence[str]
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{country | "mean": {kind: {"mean", "sd", "n"}}} over the reports (one per seed)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for c in [*countries, "mean"]:
         out[c] = {}
-        kinds = [k for k in (*KINDS, "nonlocalized_own") if k in reports[0]["table7"][view][method][c]]
+        kinds = [k for k in (*KINDS, "nonlocalized_own") if k in reports[0].table7[view][method][c]]
         for k in (*kinds, "lost") if method != "base" else kinds:
-            values = [rep["table7"][view][method][c][k] for rep in reports]
+            values = [rep.table7[view][method][c][k] for rep in reports]
             out[c][k] = _spread(values)
     return out
 

@@ -18,6 +18,7 @@ from typing import Any
 from trainer.config import PREFERENCE_METHODS, TrainConfig
 from trainer.data import PreferencePair, load_pairs
 from trainer.demo.fanout import balance, run_children
+from trainer.demo.summary import DemoReport, PerCountry, Retention, ServedVector, Table, Targets
 from trainer.eval.items import NeutralItem, load_mcq, load_neutral
 from trainer.eval.results import EvalReport, VectorEval
 from trainer.eval.run import EvalConfig, evaluate_vectors
@@ -116,7 +117,7 @@ def pick_countries(root: Path, cfg: DemoConfig) -> list[str]:
     return ordered[: cfg.n_countries]
 
 
-def build_report(cfg: DemoConfig, *, resources: Resources | None = None) -> dict[str, Any]:
+def build_report(cfg: DemoConfig, *, resources: Resources | None = None) -> DemoReport:
     """Train every (method, country) vector, evaluate them, write report.{json,md} and plots under out."""
     import torch
 
@@ -128,7 +129,7 @@ def build_report(cfg: DemoConfig, *, resources: Resources | None = None) -> dict
         torch.set_num_threads(threads)
 
 
-def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any]:
+def _build_report(cfg: DemoConfig, resources: Resources | None) -> DemoReport:
     t0 = time.perf_counter()
     root = Path(cfg.root)
     countries = pick_countries(root, cfg)
@@ -167,11 +168,11 @@ def _build_report(cfg: DemoConfig, resources: Resources | None) -> dict[str, Any
     eval_seconds = time.perf_counter() - t0 - train_seconds
 
     report = summarise(ev, runs, countries, cfg)
-    report["seconds"] = {"train": round(train_seconds, 1), "eval": round(eval_seconds, 1)}
-    report["config"] = asdict(cfg)
+    report.seconds = {"train": round(train_seconds, 1), "eval": round(eval_seconds, 1)}
+    report.config = asdict(cfg)
     _plots(out, report, runs, ev)
-    report["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-    write_atomic(out / "report.json", json.dumps(report, indent=1).encode())
+    report.seconds["total"] = round(time.perf_counter() - t0, 1)
+    write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=1).encode())
     write_atomic(out / "report.md", render_markdown(report).encode())
     return report
 
@@ -275,7 +276,7 @@ def summarise(
     runs: Mapping[str, Mapping[str, TrainResult]],
     countries: Sequence[str],
     cfg: DemoConfig,
-) -> dict[str, Any]:
+) -> DemoReport:
     """Table-7-like numbers at each vector's default strength, at strength 1 and at the best strength in
     [0.5, 2] (chosen on validation topics), retention with facts lost, RCA/PNLG, convergence and the targets."""
     kinds: tuple[str, ...] = ("localized", "nonlocalized", "both")
@@ -285,11 +286,11 @@ def summarise(
     if "nonlocalized_own" in ev.unsteered[countries[0]].accuracy.get(split, {}):
         kinds += ("nonlocalized_own",)  # close cultures share some answers: the items where they differ
     base = {c: ev.unsteered[c] for c in countries}
-    tables: dict[str, Any] = {}
-    strengths: dict[str, dict[str, dict[str, float]]] = {v: {} for v in VIEWS}
-    retention: dict[str, Any] = {"unsteered": ev.unsteered_retention, "facts": ev.retention_facts}
-    lost: dict[str, Any] = {}
-    paper: dict[str, Any] = {}
+    tables: dict[str, Table] = {}
+    strengths: dict[str, PerCountry] = {v: {} for v in VIEWS}
+    retention: dict[str, dict[str, dict[str, float | None]]] = {}
+    lost: dict[str, dict[str, dict[str, int | None]]] = {}
+    paper: dict[str, dict[str, dict[str, float] | None]] = {}
     for view in VIEWS:
         rows: dict[str, dict[str, dict[str, float]]] = {
             "base": {c: {k: base[c].acc(split, k) for k in kinds} for c in countries}
@@ -343,41 +344,39 @@ def summarise(
         }
         for t in CONVERGENCE_THRESHOLDS
     }
-    return {
-        "cpu": cpu_name(),  # training runs differ between CPU kinds: the report says where it was made
-        "countries": countries,
-        "split": split,
-        "selected_on": first.selected_on,
-        "strengths": ev.strengths,
-        "table7": tables,
-        "table_strengths": strengths,
-        "served": served,
-        "selection_nonlocalized_at_default": selection,
-        "retention": retention,
-        "facts_lost": lost,
-        "paper_metrics_at_1": paper,
-        "steps_to_loss": by_threshold,
-        "final_loss": {
-            m: {c: runs[m][c].final_loss for c in countries} for m in ("yapo", "bipo") if m in runs
-        },
-        "nnz": {m: {c: runs[m][c].vector.nnz for c in countries} for m in runs},
-        "effect": {m: {c: asdict(runs[m][c].effect) for c in countries if runs[m][c].effect} for m in runs},
-        "pairs_per_second": {m: {c: runs[m][c].pairs_per_second for c in countries} for m in runs},
-        "targets": _targets(tables, by_threshold["0.1"], countries, ev),
-    }
+    return DemoReport(
+        cpu=cpu_name(),
+        countries=list(countries),
+        split=split,
+        selected_on=first.selected_on,
+        strengths=list(ev.strengths),
+        table7=tables,
+        table_strengths=strengths,
+        served=served,
+        selection_nonlocalized_at_default=selection,
+        retention=Retention(ev.unsteered_retention, ev.retention_facts, retention),
+        facts_lost=lost,
+        paper_metrics_at_1=paper,
+        steps_to_loss=by_threshold,
+        final_loss={m: {c: runs[m][c].final_loss for c in countries} for m in ("yapo", "bipo") if m in runs},
+        nnz={m: {c: runs[m][c].vector.nnz for c in countries} for m in runs},
+        effect={m: {c: e for c in countries if (e := runs[m][c].effect) is not None} for m in runs},
+        pairs_per_second={m: {c: runs[m][c].pairs_per_second for c in countries} for m in runs},
+        targets=_targets(tables, by_threshold["0.1"], countries, ev),
+    )
 
 
-def _served(entry: VectorEval) -> dict[str, Any]:
+def _served(entry: VectorEval) -> ServedVector:
     """A vector as the server serves it: default strength, range, and retention there with its 95 % interval."""
     s = entry.default_strength
     facts = entry.record.retention_facts
-    return {
-        "default_strength": s,
-        "strength_range": list(entry.strength_range),
-        "retention": entry.by_strength[s].retention,
-        "retention_ci95": list(facts.ci95[s]) if facts else None,
-        "facts_lost": entry.by_strength[s].lost,
-    }
+    return ServedVector(
+        default_strength=s,
+        strength_range=list(entry.strength_range),
+        retention=entry.by_strength[s].retention,
+        retention_ci95=list(facts.ci95[s]) if facts else None,
+        facts_lost=entry.by_strength[s].lost,
+    )
 
 
 def _mean(values: Any) -> float:
@@ -386,12 +385,12 @@ def _mean(values: Any) -> float:
 
 
 def _targets(
-    tables: Mapping[str, Any], convergence: Mapping[str, Any], countries: Sequence[str], ev: EvalReport
-) -> dict[str, Any]:
+    tables: Mapping[str, Table], convergence: Mapping[str, Any], countries: Sequence[str], ev: EvalReport
+) -> Targets:
     """The trainer issues' targets, read at each YaPO vector's own default strength (what the server serves)."""
     served = tables["default"]
     non = {m: served[m]["mean"]["nonlocalized"] for m in served}
-    out: dict[str, Any] = {"nonlocalized_at_default_mean": {m: round(v, 4) for m, v in non.items()}}
+    targets = Targets(nonlocalized_at_default_mean={m: round(v, 4) for m, v in non.items()})
     if "yapo" in non:
         gain = 100 * (non["yapo"] - non["base"])
         base_ret = ev.unsteered_retention
@@ -399,27 +398,27 @@ def _targets(
             100 * (base_ret - served["yapo"][c]["retention"]) if base_ret is not None else 0.0
             for c in countries
         ]
-        out |= {
-            "yapo_default_strengths": {
+        targets = replace(
+            targets,
+            yapo_default_strengths={
                 c: ev.vectors[vector_name("yapo", c)].default_strength for c in countries
             },
-            "yapo_gain_points_at_default": round(gain, 1),
-            "yapo_gain_ge_30": gain >= 30,
-            "yapo_retention_drop_points_at_default": round(max(drops), 2),
-            "yapo_retention_mean_drop_points_at_default": round(_mean(drops), 2),
-            "yapo_retention_ok": max(drops) <= 1.0 + 1e-9,
-            "yapo_ge_bipo_at_default": non["yapo"] >= non.get("bipo", -1),
-            "yapo_ge_caa_at_default": non["yapo"] >= non.get("caa", -1),
-            "yapo_gain_points_best_0.5_to_2": round(
+            yapo_gain_points_at_default=round(gain, 1),
+            yapo_gain_ge_30=gain >= 30,
+            yapo_retention_drop_points_at_default=round(max(drops), 2),
+            yapo_retention_mean_drop_points_at_default=round(_mean(drops), 2),
+            yapo_retention_ok=max(drops) <= 1.0 + 1e-9,
+            yapo_ge_bipo_at_default=non["yapo"] >= non.get("bipo", -1),
+            yapo_ge_caa_at_default=non["yapo"] >= non.get("caa", -1),
+            yapo_gain_points_best_05_to_2=round(
                 100 * (tables["best_0.5_to_2"]["yapo"]["mean"]["nonlocalized"] - non["base"]), 1
             ),
-        }
+        )
     if "yapo" in convergence and "bipo" in convergence:
         y, b = convergence["yapo"], convergence["bipo"]
-        out["yapo_faster_than_bipo"] = all(
-            y[c] is not None and (b[c] is None or y[c] < b[c]) for c in countries
-        )
-    return out
+        faster = all(y[c] is not None and (b[c] is None or y[c] < b[c]) for c in countries)
+        targets = replace(targets, yapo_faster_than_bipo=faster)
+    return targets
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -427,27 +426,24 @@ def _targets(
 
 
 def _plots(
-    root: Path, report: dict[str, Any], runs: Mapping[str, Mapping[str, TrainResult]], ev: EvalReport
+    root: Path, report: DemoReport, runs: Mapping[str, Mapping[str, TrainResult]], ev: EvalReport
 ) -> None:
     plots = root / "plots"
     paths = {}
     curves = {
-        f"{LABELS[m]} {c}": runs[m][c].losses
-        for m in ("yapo", "bipo")
-        if m in runs
-        for c in report["countries"]
+        f"{LABELS[m]} {c}": runs[m][c].losses for m in ("yapo", "bipo") if m in runs for c in report.countries
     }
     if curves:
         paths["loss_curves"] = plot_loss_curves(
             curves, plots / "loss-yapo-vs-bipo.png", title="YaPO vs BiPO loss"
         )
-    split = report["split"]
+    split = report.split
     panels: dict[str, dict[str, dict[float, float]]] = {
         "non-localized test accuracy (mean)": {},
         "retention (mean)": {},
     }
     for m in runs:
-        entries = [ev.vectors[vector_name(m, c)] for c in report["countries"]]
+        entries = [ev.vectors[vector_name(m, c)] for c in report.countries]
         panels["non-localized test accuracy (mean)"][LABELS[m]] = {
             s: _mean(e.by_strength[s].acc(split, "nonlocalized") for e in entries) for s in ev.strengths
         }
@@ -458,17 +454,22 @@ def _plots(
     if not panels["retention (mean)"]:
         del panels["retention (mean)"]
     paths["strength_sweep"] = plot_strength_panels(panels, plots / "strength-sweep.png")
-    report["plots"] = {k: str(p.relative_to(root)) for k, p in paths.items()}
+    report.plots = {k: str(p.relative_to(root)) for k, p in paths.items()}
 
 
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _convergence_lines(report: Mapping[str, Any], countries: Sequence[str]) -> list[str]:
+def _served_cells(v: ServedVector) -> str:
+    lo, hi = v.retention_ci95 or (None, None)
+    return f"{_pct(v.retention)} ({_pct(lo)}–{_pct(hi)}, {v.facts_lost})"
+
+
+def _convergence_lines(report: DemoReport, countries: Sequence[str]) -> list[str]:
     """Steps to each loss threshold (trailing mean over 10 steps) and the final loss, YaPO vs BiPO."""
-    by_t = report["steps_to_loss"]
-    final = report.get("final_loss", {})
+    by_t = report.steps_to_loss
+    final = report.final_loss
     head = [f"{m} ≤ {t}" for t in by_t for m in ("YaPO", "BiPO")] + ["final YaPO", "final BiPO"]
     lines = [
         "## Convergence: steps until the trailing mean loss (10 steps) is below each threshold",
@@ -489,19 +490,19 @@ def _convergence_lines(report: Mapping[str, Any], countries: Sequence[str]) -> l
     return lines
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-    countries = report["countries"]
+def render_markdown(report: DemoReport) -> str:
+    countries = report.countries
     kinds = (("localized", "Loc"), ("nonlocalized", "Non-loc"), ("both", "Both"))
     lines = ["# Culture-world steering report", ""]
     lines += [
-        f"Countries: {', '.join(countries)}. Vectors trained on train topics, scored on **{report['split']}** "
-        f"topics by option log-likelihood (the paper's MCQ analog); strengths chosen on **{report['selected_on']}** "
+        f"Countries: {', '.join(countries)}. Vectors trained on train topics, scored on **{report.split}** "
+        f"topics by option log-likelihood (the paper's MCQ analog); strengths chosen on **{report.selected_on}** "
         "topics. Accuracy in %.",
         "",
     ]
-    if report.get("cpu"):
+    if report.cpu:
         lines += [
-            f"Made on {report['cpu']}: floating point differs between CPU kinds, so the same command on another "
+            f"Made on {report.cpu}: floating point differs between CPU kinds, so the same command on another "
             "CPU trains slightly different vectors and gives somewhat different figures.",
             "",
         ]
@@ -510,7 +511,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ("strength_1", "strength 1 for every method"),
         ("best_0.5_to_2", "best strength in [0.5, 2] per vector (by validation non-localized accuracy)"),
     ):
-        table = report["table7"][view]
+        table = report.table7[view]
         methods = list(table)
         lines += [f"## Table 7 analog — {title}", ""]
         head = "| country | " + " | ".join(f"{k} {LABELS[m]}" for _, k in kinds for m in methods) + " |"
@@ -519,24 +520,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             cells = [_pct(table[m][c][k]) for k, _ in kinds for m in methods]
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
         if view != "strength_1":
-            used = report["table_strengths"][view]
+            used = report.table_strengths[view]
             lines += [
                 "",
                 "Strengths: "
                 + "; ".join(f"{LABELS[m]} " + ", ".join(f"{used[m][c]:g}" for c in countries) for m in used),
             ]
-        if view == "default" and report["retention"].get("facts"):
+        if view == "default" and report.retention.facts:
             lines += ["", "Retention there (%, 95 % Wilson interval, facts lost):", ""]
-            for m, per_country in report["served"].items():
-                cells = [
-                    f"{c} {_pct(v['retention'])} ({_pct(v['retention_ci95'][0])}–{_pct(v['retention_ci95'][1])}, "
-                    f"{v['facts_lost']})"
-                    for c, v in per_country.items()
-                ]
+            for m, per_country in report.served.items():
+                cells = [f"{c} {_served_cells(v)}" for c, v in per_country.items()]
                 lines.append(f"- {LABELS[m]}: " + "; ".join(cells))
         lines.append("")
-    cfg = report.get("config", {})
-    n_facts = report["retention"].get("facts")
+    cfg = report.config
+    n_facts = report.retention.facts
     if cfg.get("retain_weight"):
         margin = cfg.get("retain_margin")
         keep = "the whole unsteered lead" if margin is None else f"a lead of {margin:g} nats"
@@ -555,26 +552,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         held_out,
         "",
-        f"Unsteered: {_pct(report['retention']['unsteered'])}",
+        f"Unsteered: {_pct(report.retention.unsteered)}",
         "",
-        "| method | " + " | ".join(f"s={s:g}" for s in report["strengths"]) + " |",
-        "|" + "---|" * (1 + len(report["strengths"])),
+        "| method | " + " | ".join(f"s={s:g}" for s in report.strengths) + " |",
+        "|" + "---|" * (1 + len(report.strengths)),
     ]
-    for m, per_country in report["retention"].items():
-        if m in ("unsteered", "facts"):
-            continue
-        lost = report["facts_lost"][m]
+    for m, kept in report.retention.by_method.items():
+        lost = report.facts_lost[m]
         cells = [
-            f"{_pct(_mean(per_country[c][f'{s:g}'] for c in countries))} "
+            f"{_pct(_mean(kept[c][f'{s:g}'] for c in countries))} "
             f"({sum(lost[c][f'{s:g}'] or 0 for c in countries)})"
-            for s in report["strengths"]
+            for s in report.strengths
         ]
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     lines += ["", *_convergence_lines(report, countries)]
-    lines += ["", "## Targets", "", "```json", json.dumps(report["targets"], indent=1), "```", ""]
-    if "plots" in report:
-        lines += ["## Plots", ""] + [f"![{k}]({p})" for k, p in report["plots"].items()] + [""]
-    lines += [f"Time: {json.dumps(report.get('seconds', {}))} seconds.", ""]
+    lines += ["", "## Targets", "", "```json", json.dumps(report.targets.to_dict(), indent=1), "```", ""]
+    if report.plots:
+        lines += ["## Plots", ""] + [f"![{k}]({p})" for k, p in report.plots.items()] + [""]
+    lines += [f"Time: {json.dumps(report.seconds)} seconds.", ""]
     return "\n".join(lines)
 
 
