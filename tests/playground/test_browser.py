@@ -48,7 +48,7 @@ def test_catalog_cards_show_a_headline_and_a_sweep_chart(ready_page: Any) -> Non
     """Each card: method, default strength, accuracy and retention there against unsteered, and the sweep."""
     page = ready_page
     card = page.locator(f'#catalog .entry[data-name="{VECTOR}"]')
-    # conftest's SWEEP_EVAL at the default strength 20: accuracy 0.64 (unsteered 0.31), retention 0.86 (0.9)
+    # kit_catalog's SWEEP_EVAL at the default strength 20: accuracy 0.64 (unsteered 0.31), retention 0.86 (0.9)
     assert card.locator(".headline").inner_text() == (
         "yapo · default strength 20 · accuracy 64 % (+33 pts vs unsteered)"
         " · retention 86 % (−4 pts vs unsteered)"

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import SWEEP_EVAL
 
 from server.routes.playground import STATIC_DIR
 from server.routes.vectors import sweep
+from tests.playground.kit_catalog import SWEEP_EVAL
 
 REPO = Path(__file__).resolve().parents[2]
 
