@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from server.routes.playground import STATIC_DIR
-from server.routes.vectors import sweep
+from server.serving.vectors import sweep
 from tests.playground.kit_catalog import SWEEP_EVAL
 
 REPO = Path(__file__).resolve().parents[2]
