@@ -32,6 +32,11 @@ class EngineInfo(ResponseModel):
     compile_s: float = 0.0
     threads: int = Field(default=0, description="torch intra-op threads of the serving process")
     interop_threads: int = Field(default=0, description="torch inter-op threads of the serving process")
+    backend: str = Field(default="native", description="the engine: native or vllm")
+    parallel: dict[str, int | str] = Field(
+        default_factory=dict,
+        description="vllm: tensor_parallel_size, pipeline_parallel_size, distributed executor",
+    )
 
 
 class ReadyResponse(ResponseModel):
