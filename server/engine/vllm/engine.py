@@ -165,6 +165,27 @@ def to_token_logprob(chosen: int, entry: Mapping[int, Any], top: int) -> TokenLo
     return TokenLogprob(int(chosen), float(entry[chosen].logprob), best[:top])
 
 
+def sampling_params(row: Row, front: FrontEnd) -> Any:
+    """vLLM's sampling parameters for a row: EOS and stop strings are left to our output stage."""
+    from vllm import SamplingParams
+
+    s = row.sampling
+    steer = steer_args(row.steer, front)
+    return SamplingParams(
+        n=1,
+        max_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k if s.top_k > 0 else 0,
+        seed=None if s.greedy else row.seed % (1 << 63),
+        logprobs=s.logprobs,
+        prompt_logprobs=s.prompt_logprobs,
+        ignore_eos=True,
+        detokenize=False,
+        extra_args=None if steer is None else steer.to_args(),
+    )
+
+
 class VllmEngine:
     """An `EngineClient` over a started `AsyncLLM` with the sparse-steer plugin in its workers."""
 
@@ -271,7 +292,9 @@ class VllmEngine:
         if salt is not None:
             prompt["cache_salt"] = salt
         final = None
-        async for out in self.llm.generate(prompt, self.sampling_params(row), f"steer-probe-{next(_ids)}"):
+        async for out in self.llm.generate(
+            prompt, sampling_params(row, self.front), f"steer-probe-{next(_ids)}"
+        ):
             final = out
         if final is None or not final.outputs[0].logprobs:
             return {}
@@ -308,7 +331,7 @@ class VllmEngine:
             prompt["cache_salt"] = salt
         done = False
         try:
-            params = self.sampling_params(row)
+            params = sampling_params(row, self.front)
             async for out in self.llm.generate(prompt, params, rid):
                 done = out.finished
                 self._take(row, out)
@@ -344,26 +367,6 @@ class VllmEngine:
             self.output.token(row, int(ids[i]), logprob)
             if row.finished:
                 return
-
-    def sampling_params(self, row: Row) -> Any:
-        """vLLM's sampling parameters for a row: EOS and stop strings are left to our output stage."""
-        from vllm import SamplingParams
-
-        s = row.sampling
-        steer = steer_args(row.steer, self.front)
-        return SamplingParams(
-            n=1,
-            max_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k if s.top_k > 0 else 0,
-            seed=None if s.greedy else row.seed % (1 << 63),
-            logprobs=s.logprobs,
-            prompt_logprobs=s.prompt_logprobs,
-            ignore_eos=True,
-            detokenize=False,
-            extra_args=None if steer is None else steer.to_args(),
-        )
 
     # --- state --------------------------------------------------------------------------------------------
     def load(self) -> EngineLoad:
