@@ -151,3 +151,53 @@ def native_model(vllm_world: VllmWorld) -> Any:
             model_name="culture-world",
         )
     )
+
+
+@dataclass
+class Served:
+    url: str
+    state: Any
+
+
+def serve(settings: Any, timeout: float = 300) -> Any:
+    """The real app under uvicorn in a thread, on a free loopback port, until ready (a context manager)."""
+    import contextlib
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from server.app import create_app
+    from server.state import ServerState
+
+    @contextlib.contextmanager
+    def running() -> Any:
+        state = ServerState(settings)
+        app = create_app(settings, state=state)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    ready = httpx.get(f"{url}/ready", timeout=5)
+                    if ready.status_code == 200:
+                        break
+                    if ready.json().get("status") == "failed":
+                        raise RuntimeError(ready.json().get("detail"))
+                time.sleep(0.2)
+            else:
+                raise TimeoutError(f"{settings.backend} server not ready in {timeout} s")
+            yield Served(url, state)
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            sock.close()
+
+    return running()
