@@ -102,6 +102,7 @@ class ServerState:
             status = await asyncio.to_thread(prepare_engine, engine, s)
             self.metrics.kv_cache_bytes.set(engine.runner.cache_bytes)
             self.metrics.set_engine(status)
+            self.metrics.set_backend("native", {})
             if status.reason and s.engine != "eager":
                 log.warning("engine: %s (%s)", status.mode, status.reason)
             self.detail = "loading catalog"
@@ -125,6 +126,7 @@ class ServerState:
             self.detail = "starting vLLM"
             engine = await VllmEngine.create(vllm_options(s), self.metrics)
             self.engine = engine
+            self.metrics.set_backend("vllm", engine.options.parallel)
             self.detail = "loading catalog"
             self.catalog = await asyncio.to_thread(self._open_catalog, engine.model_info(), engine.coders)
             self.service = Service.over(engine, self.catalog, s, self.metrics)

@@ -53,7 +53,9 @@ def test_ready_names_the_backend_and_its_layout(servers: tuple[Served, Served]) 
     assert engine["backend"] == "vllm"
     assert engine["parallel"]["tensor_parallel_size"] == 1
     assert httpx.get(f"{native.url}/ready").json()["engine"]["backend"] == "native"
-    assert httpx.get(f"{vllm.url}/metrics").status_code == 200
+    metrics = httpx.get(f"{vllm.url}/metrics").text.splitlines()
+    (info,) = [line for line in metrics if line.startswith("steer_engine_info{")]
+    assert 'backend="vllm"' in info and 'tensor_parallel_size="1"' in info and info.endswith(" 1.0")
 
 
 @pytest.mark.parametrize(

@@ -401,7 +401,10 @@ class VllmEngine:
         self._accepting = False
         for request in list(self._requests):
             request.cancel()
-        llm, self.llm = self.llm, None  # collected now, not at interpreter exit (its __del__ shuts down again)
+        llm, self.llm = (
+            self.llm,
+            None,
+        )  # collected now, not at interpreter exit (its __del__ shuts down again)
         if llm is not None:
             llm.shutdown()
 
