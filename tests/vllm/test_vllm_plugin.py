@@ -261,11 +261,24 @@ def test_v2_model_state_contract_on_a_fake_batch(
     native_model: Any, vllm_world: VllmWorld, layout: SteerLayout
 ) -> None:
     """V2 runs on GPUs only: its hook is driven here with a batch shaped like V2's (decode requests first)."""
-    from server.engine.vllm.model_state import model_state_class
-    from server.engine.vllm.plugin import build_steering
+    from transformers import AutoModelForCausalLM
+    from vllm.v1.worker.gpu import model_runner as v2
+    from vllm.v1.worker.gpu.model_states import resolve_model_state_cls
 
-    cfg = SimpleNamespace(model_config=SimpleNamespace(hf_config=native_model.model.config))
-    steering = build_steering(cfg, layout, torch.device("cpu"), torch.float32)
+    from server.engine.vllm.model_state import model_state_class
+    from server.engine.vllm.plugin import STEERING_ATTR, install_on_model, register
+
+    register()  # V2 picks its model state inside load_model: the plugin wraps that choice
+    # a copy of the model: the hooks stay off the native engine's
+    model = AutoModelForCausalLM.from_pretrained(vllm_world.model)
+    cfg = SimpleNamespace(
+        additional_config=layout.to_config(),
+        model_config=SimpleNamespace(hf_config=model.config, dtype=torch.float32),
+    )
+    assert getattr(v2.init_model_state, "_sparse_steer_patched", False)  # calls install_on_model first
+    steering = install_on_model(cfg, model, torch.device("cpu"))
+    assert steering is getattr(model, STEERING_ATTR)
+    assert resolve_model_state_cls(cfg, model) is model_state_class()  # what V2 then builds
     yapo = configs(vllm_world, native_model)["yapo"]
     from server.engine.vllm.engine import steer_args
 

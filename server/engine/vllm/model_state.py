@@ -9,6 +9,7 @@ V2 runs on GPUs only: on CPU this is checked with a fake batch (tests/vllm), nev
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from server.engine.vllm.tokens import TokenSteering
@@ -26,6 +27,7 @@ def feed_v2(steering: TokenSteering, input_batch: Any, req_states: Any) -> None:
     )
 
 
+@functools.cache
 def model_state_class() -> type:
     """vLLM's default model state with steering (built on call: importing V2 needs vLLM's GPU modules)."""
     from vllm.v1.worker.gpu.model_states.default import DefaultModelState

@@ -1,8 +1,9 @@
 """The vLLM plugin: steering installed into the model of every vLLM worker, fed by the model runner.
 
 `register` is the `vllm.general_plugins` entry point: vLLM calls it in every process (front end, engine core,
-each worker) before a model runner is built. It wraps the runners' `load_model` (V1's `GPUModelRunner`; the CPU
-runner overrides it without calling super; V2's runner) so that, when the config carries our layout
+each worker) before a model runner is built. It wraps V1's `load_model` (`GPUModelRunner`; the CPU runner
+overrides it without calling super) and V2's `init_model_state` (called inside V2's `load_model`, right after the
+model is built) so that, when the config carries our layout
 (`SteerLayout` in `additional_config`), the loaded model gets a `TokenSteering` with one forward hook per local
 decoder layer, installed once before vLLM compiles the model (Dynamo inlines hooks present at trace time; the
 hooks read only tensors updated in place). V1's `_prepare_inputs` is wrapped to write the per-token slot map of
@@ -43,11 +44,11 @@ def register() -> None:
     else:
         _wrap_load(CPUModelRunner)
     try:
-        from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
+        from vllm.v1.worker.gpu import model_runner as v2
     except ImportError:  # V2 needs GPU-only modules in some builds
         pass
     else:
-        _wrap_load(V2Runner)
+        _wrap_init_model_state(v2)
 
 
 def _wrap_load(cls: type) -> None:
@@ -63,6 +64,22 @@ def _wrap_load(cls: type) -> None:
 
     setattr(load_model, _PATCHED, True)
     cls.load_model = load_model  # type: ignore[attr-defined]
+
+
+def _wrap_init_model_state(module: Any) -> None:
+    """V2 picks the model-state class inside its `load_model` (`init_model_state`), so steering is installed
+    on the model just before: the model then names our class (`get_model_state_cls`)."""
+    original = module.init_model_state
+    if getattr(original, _PATCHED, False):
+        return
+
+    @functools.wraps(original)
+    def init_model_state(vllm_config: Any, model: nn.Module, encoder_cache: Any, device: Any) -> Any:
+        install_on_model(vllm_config, model, torch.device(device))
+        return original(vllm_config, model, encoder_cache, device)
+
+    setattr(init_model_state, _PATCHED, True)
+    module.init_model_state = init_model_state
 
 
 def _wrap_prepare_inputs(cls: type) -> None:
@@ -106,16 +123,24 @@ def feed_v1(runner: Any, steering: TokenSteering, num_scheduled_tokens: Any) -> 
 
 
 def install_steering(runner: Any) -> TokenSteering | None:
-    """After a runner loaded its model: build the worker's steering and hook the decoder layers (or nothing,
-    when the config carries no layout of ours)."""
-    cfg = runner.vllm_config
+    """After a V1 runner loaded its model: steering on the model, and the runner's handle for its feeder."""
+    steering = install_on_model(runner.vllm_config, runner.model, torch.device(runner.device))
+    if steering is not None:
+        setattr(runner, STEERING_ATTR, steering)
+    return steering
+
+
+def install_on_model(cfg: Any, model: nn.Module, device: torch.device) -> TokenSteering | None:
+    """Build the worker's steering and hook the decoder layers (or nothing, when the config carries no layout
+    of ours); the model also names the V2 model-state class that feeds it."""
     layout = SteerLayout.from_config(cfg.additional_config)
     if layout is None:
         return None
-    model: nn.Module = runner.model
-    steering = build_steering(cfg, layout, torch.device(runner.device), cfg.model_config.dtype)
+    held = getattr(model, STEERING_ATTR, None)
+    if held is not None:
+        return held  # type: ignore[no-any-return]
+    steering = build_steering(cfg, layout, device, cfg.model_config.dtype)
     hook_layers(model, steering)
-    setattr(runner, STEERING_ATTR, steering)
     setattr(model, STEERING_ATTR, steering)
     from server.engine.vllm.model_state import model_state_class
 
