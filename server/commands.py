@@ -34,6 +34,11 @@ _FLAGS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
         {"choices": ["auto", "compiled", "eager"], "help": "decode step: STEER_ENGINE (default auto)"},
     ),
     (
+        "--backend",
+        "backend",
+        {"choices": ["native", "vllm"], "help": "engine: STEER_BACKEND (default native; vllm: STEER_VLLM_*)"},
+    ),
+    (
         "--strength-policy",
         "strength_policy",
         {"choices": ["reject", "clamp"], "help": "STEER_STRENGTH_POLICY"},

@@ -82,6 +82,12 @@ class Metrics:
             ["bucket"],
             registry=r,
         )
+        self.engine_info = Gauge(
+            "steer_engine_info",
+            "1, labelled with the engine (native or vllm) and its parallel layout",
+            ["backend", "tensor_parallel_size", "pipeline_parallel_size", "executor"],
+            registry=r,
+        )
         self.vectors_loaded = Gauge("steer_vectors_loaded", "Vectors in the catalog", registry=r)
         self.vectors_skipped = Gauge("steer_vector_files_skipped", "Catalog files skipped", registry=r)
 
@@ -89,6 +95,15 @@ class Metrics:
         """Which decode path each bucket takes (`server.engine.compiled_step.EngineStatus`)."""
         for bucket, how in status.buckets.items():
             self.engine_compiled.labels(bucket=str(bucket)).set(1 if how == "compiled" else 0)
+
+    def set_backend(self, backend: str, parallel: Any) -> None:
+        """Which engine serves, and its parallel layout (`EngineDescription.backend` / `.parallel`)."""
+        self.engine_info.labels(
+            backend=backend,
+            tensor_parallel_size=str(parallel.get("tensor_parallel_size", 1)),
+            pipeline_parallel_size=str(parallel.get("pipeline_parallel_size", 1)),
+            executor=str(parallel.get("distributed_executor", "none")),
+        ).set(1)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

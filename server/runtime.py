@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.engine.client import EngineClient
 from server.engine.compiled_step import CompileFailed
 from server.engine.model import LoadedModel
 from server.engine.native import NativeEngine
@@ -21,7 +22,7 @@ from server.protocol.health import ReadyStatus
 from server.serving import Service
 from server.serving.health import HealthServing
 from server.settings import ServerSettings
-from server.startup import engine_config, prepare_engine, warm_up
+from server.startup import engine_config, prepare_engine, vllm_options, warm_up
 from vectors.errors import SteerError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class ServerRuntime:
     metrics: Metrics = field(default_factory=Metrics)
     status: ReadyStatus = "loading"
     detail: str | None = "loading model"
-    engine: NativeEngine | None = None  # set once the model is loaded; admits requests once ready
+    engine: EngineClient | None = None  # set once the model is loaded; admits requests once ready
     catalog: Any = None
     service: Service | None = None
     started: float = field(default_factory=time.time)
@@ -53,47 +54,76 @@ class ServerRuntime:
         self._tasks.append(asyncio.get_running_loop().create_task(self._load(engine)))
 
     async def _load(self, engine: LoadedModel | None) -> None:
+        if self.settings.backend == "vllm":
+            await self._load_vllm()
+            return
         s = self.settings
         try:
             if engine is None:
                 engine = await asyncio.to_thread(LoadedModel.load, engine_config(s))
             engine.name = s.served_name
-            self.engine = NativeEngine(engine, self.metrics)
+            native = NativeEngine(engine, self.metrics)
+            self.engine = native
             if s.engine != "eager":
                 self.detail = "compiling the decode step"
             status = await asyncio.to_thread(prepare_engine, engine, s)
             self.metrics.kv_cache_bytes.set(engine.runner.cache_bytes)
             self.metrics.set_engine(status)
+            self.metrics.set_backend("native", {})
             if status.reason and s.engine != "eager":
                 log.warning("engine: %s (%s)", status.mode, status.reason)
             self.detail = "loading catalog"
-            self.catalog = await asyncio.to_thread(self._open_catalog, engine)
+            self.catalog = await asyncio.to_thread(self._open_catalog, engine.model_info(), engine.coders)
             if s.warmup:
                 self.detail = f"warming up (batch {s.max_batch})"
                 await asyncio.to_thread(warm_up, engine, s)
-            self.engine.start(SchedulerLimits(s.max_batch, s.max_queue, s.max_configs_per_batch))
-            self.service = Service.over(self.engine, self.catalog, s, self.metrics, self.started)
+            native.start(SchedulerLimits(s.max_batch, s.max_queue, s.max_configs_per_batch))
+            self.service = Service.over(native, self.catalog, s, self.metrics, self.started)
         except Exception as exc:
-            if isinstance(exc, OSError | SteerError | CacheTooLarge | CompileFailed):
-                # expected failures (a hub model offline, a missing folder, a bad SAE): one clear line
-                log.error("startup failed: %s", exc)
-            else:
-                log.exception("startup failed")
-            self.status, self.detail = "failed", f"startup failed: {type(exc).__name__}: {exc}"
-            if self.on_fatal is not None:
-                self.on_fatal(self.detail)
+            self._failed(exc)
             return
+        self._ready(engine.name)
+
+    async def _load_vllm(self) -> None:
+        """The vLLM engine (`server.engine.vllm`): started, probed (fail closed), then the catalog."""
+        from server.engine.vllm.engine import VllmEngine
+
+        s = self.settings
+        try:
+            self.detail = "starting vLLM"
+            engine = await VllmEngine.create(vllm_options(s), self.metrics)
+            self.engine = engine
+            self.metrics.set_backend("vllm", engine.options.parallel)
+            self.detail = "loading catalog"
+            self.catalog = await asyncio.to_thread(self._open_catalog, engine.model_info(), engine.coders)
+            self.service = Service.over(engine, self.catalog, s, self.metrics, self.started)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._ready(engine.name)
+
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, OSError | SteerError | CacheTooLarge | CompileFailed):
+            # expected failures (a hub model offline, a missing folder, a bad SAE, a failed probe): one clear line
+            log.error("startup failed: %s", exc)
+        else:
+            log.exception("startup failed")
+        self.status, self.detail = "failed", f"startup failed: {type(exc).__name__}: {exc}"
+        if self.on_fatal is not None:
+            self.on_fatal(self.detail)
+
+    def _ready(self, name: str) -> None:
         self.status, self.detail = "ready", None
-        log.info("ready: %s, %d vectors", engine.name, len(self.catalog.vectors()))
+        log.info("ready: %s, %d vectors", name, len(self.catalog.vectors()))
         self._tasks.append(asyncio.get_running_loop().create_task(self._poll_catalog()))
 
-    def _open_catalog(self, engine: LoadedModel) -> Any:
+    def _open_catalog(self, model_info: Any, coders: Any) -> Any:
         from vectors.catalog import Catalog
 
         root = Path(self.settings.vectors)
         if not root.is_dir():
             log.warning("catalog folder %s does not exist (yet); it will be picked up when created", root)
-        catalog = Catalog(root, engine.model_info(), engine.coders)
+        catalog = Catalog(root, model_info, coders)
         self._refresh(catalog)
         return catalog
 

@@ -103,6 +103,34 @@ class ServerSettings(BaseSettings):
         default="inductor", description="torch.compile backend (tests use aot_eager for traceability)."
     )
 
+    # The engine: ours, or vLLM (`pip install sparse-steer[vllm]`; docs/deploy.md).
+    backend: Literal["native", "vllm"] = Field(
+        default="native",
+        description="native: this package's engine; vllm: vLLM's engine with steering inside its model "
+        "(paged KV, prefix caching, tensor / pipeline parallel, multi-node with Ray).",
+    )
+    vllm_tensor_parallel_size: int = Field(default=1, ge=1, description="vllm: GPUs per pipeline stage.")
+    vllm_pipeline_parallel_size: int = Field(default=1, ge=1, description="vllm: pipeline stages.")
+    vllm_distributed_executor: Literal["mp", "ray"] | None = Field(
+        default=None, description="vllm: workers as local processes (mp) or a Ray cluster (several nodes)."
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="vllm: share of each GPU's memory vLLM may take."
+    )
+    vllm_max_model_len: int | None = Field(
+        default=None, ge=2, description="vllm: context length (default: max_context, else the model's)."
+    )
+    vllm_enable_prefix_caching: bool = Field(
+        default=True, description="vllm: reuse KV blocks of equal prompts (never across steering configs)."
+    )
+    vllm_max_neg_features: int = Field(
+        default=64,
+        ge=0,
+        description="vllm: negative SAE features per layer a config may have (more: 422); the token-wise "
+        "gather costs memory ∝ tokens per forward × d_model × this.",
+    )
+    vllm_enforce_eager: bool = Field(default=False, description="vllm: no torch.compile / CUDA graphs.")
+
     # Lifecycle.
     catalog_poll_s: float = Field(default=1.0, gt=0, description="Catalog rescan interval (hot reload).")
     drain_timeout_s: float = Field(

@@ -4,6 +4,8 @@ generation."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from server.engine.compiled_step import EngineStatus, set_compile_cache
 from server.engine.model import EngineConfig, LoadedModel
 from server.engine.request import Row, SteerSpec
@@ -57,3 +59,27 @@ def warm_up(engine: LoadedModel, settings: ServerSettings) -> None:
             f"warm-up at max_batch={settings.max_batch} failed ({type(exc).__name__}: {exc}); "
             "lower STEER_MAX_BATCH or STEER_MAX_NEW_TOKENS"
         ) from exc
+
+
+def vllm_options(settings: ServerSettings) -> Any:
+    """`server.engine.vllm.engine.VllmOptions` of the settings (`STEER_BACKEND=vllm`, `STEER_VLLM_*`)."""
+    from server.engine.vllm.engine import VllmOptions
+
+    s = settings
+    return VllmOptions(
+        model=s.model,
+        vectors=s.vectors,
+        sae=tuple(s.sae),
+        name=s.served_name,
+        dtype=s.dtype,
+        max_model_len=s.vllm_max_model_len or s.max_context,
+        max_num_seqs=s.max_batch,
+        max_queue=s.max_queue,
+        max_neg=s.vllm_max_neg_features,
+        tensor_parallel_size=s.vllm_tensor_parallel_size,
+        pipeline_parallel_size=s.vllm_pipeline_parallel_size,
+        distributed_executor=s.vllm_distributed_executor,
+        gpu_memory_utilization=s.vllm_gpu_memory_utilization,
+        enable_prefix_caching=s.vllm_enable_prefix_caching,
+        enforce_eager=s.vllm_enforce_eager,
+    )

@@ -253,8 +253,13 @@ class LayerSlots:
             self.full_slots.add(dst)
 
     # --- applying -----------------------------------------------------------------------------------------
-    def steer(self, h: torch.Tensor, rows: slice) -> torch.Tensor:
-        """h' for the rows `rows` of the slots (h [n, T, d_model]; one slot broadcasts over every row of h)."""
+    def steer(
+        self, h: torch.Tensor, rows: slice | torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """h' for the rows `rows` of the slots: consecutive slots (h [n, T, d_model]; one slot broadcasts over
+        every row of h), or a slot id per token (h [N, 1, d_model], `rows` [N] int64, `active` [N, 1, 1] from
+        `token_active`): a flat batch of tokens from many requests, as vLLM runs it. Slots over `max_neg`
+        negative features (the eager full encode) are refused before they reach the token form."""
         out = h + self.delta[rows]
         coder = self.coder
         if coder is not None:
@@ -268,7 +273,7 @@ class LayerSlots:
                     idx = self.neg_idx[rows].expand(h.shape[0], h.shape[1], self.max_neg)
                     z = full.gather(-1, idx)
                 code = torch.matmul(torch.maximum(-z, self.neg_val[rows]), self.dec_w[rows])
-            if self.neg_full is not None and self.needs_full_encode(rows):
+            if self.neg_full is not None and isinstance(rows, slice) and self.needs_full_encode(rows):
                 z_all = coder.encode(h)
                 full_term = torch.maximum(-z_all, self.neg_full[rows]) @ coder.W_dec
                 code = full_term if code is None else code + full_term
@@ -277,7 +282,13 @@ class LayerSlots:
             if code is not None:
                 scale = coder.input_scale(h)
                 out = out + (code if scale is None else code * scale).to(out.dtype)
-        return torch.where(self.active[rows], out, h)
+        return torch.where(self.active[rows] if active is None else active, out, h)
+
+    def token_active(self, rows: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """[N, 1, 1]: whether each token's slot steers it, in the token's own phase (`prompt` [N] bool: a
+        prompt token, else a generated one fed back) — per token, since one flat batch mixes both."""
+        on = torch.where(prompt, self.on["prompt"][rows], self.on["generation"][rows])
+        return on.view(-1, 1, 1)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ class EngineDescription:
     compile_s: float = 0.0
     threads: int = 0  # torch's intra-op threads in this process (the CPU decode step's parallelism)
     interop_threads: int = 0  # torch's inter-op threads in this process
+    backend: str = "native"  # which engine: native or vllm
+    parallel: Mapping[str, int | str] = field(default_factory=dict)  # the vLLM engine's parallel layout
 
 
 class EngineClient(Protocol):

@@ -24,7 +24,7 @@ from server.engine.compiled_step import EngineMode, EngineStatus
 from server.engine.output import OutputStage
 from server.engine.request import Row, SteerSpec
 from server.engine.runner import ModelRunner
-from server.engine.steering import SteeringTable
+from server.engine.steering import SteeringTable, adhoc_vector
 from server.metrics import Metrics
 from vectors.access import check_readable
 from vectors.device import resolve_device, resolve_dtype
@@ -193,34 +193,10 @@ class LoadedModel:
     # --- steering -----------------------------------------------------------------------------------------
     def adhoc_vector(self, feature: int, layer: int | None = None) -> SteeringVector:
         """A single-feature SAE vector (value 1 at `feature`), for `sae:<feature>` steering without training."""
-        from vectors.metadata import ModelRef, SaeRef, VectorMetadata
+        from vectors.metadata import ModelRef
 
-        if not self.coders:
-            raise ValueError("no SAE is loaded, so `sae:` steering is unavailable")
-        if layer is None:
-            if len(self.coders) > 1:
-                raise ValueError(
-                    f"several SAEs are loaded (layers {sorted(self.coders)}); use sae:<layer>:<feature>"
-                )
-            layer = next(iter(self.coders))
-        if layer not in self.coders:
-            raise ValueError(f"no SAE at layer {layer} (loaded: {sorted(self.coders)})")
-        coder = self.coders[layer]
-        if not 0 <= feature < coder.d_sae:
-            raise ValueError(f"feature {feature} out of range [0, {coder.d_sae})")
-        meta = VectorMetadata(
-            name=f"sae/l{layer}-f{feature}",
-            method="manual",
-            space="sae",
-            layer=layer,
-            hook_name=coder.hook_name,
-            model=ModelRef(name=self.name, hidden_size=self.hidden_size, num_layers=self.num_layers),
-            sae=SaeRef(source=str(coder.source), d_sae=coder.d_sae, architecture=coder.architecture),
-            default_strength=1.0,
-            strength_range=(-1e9, 1e9),
-            apply="both",
-        )
-        return SteeringVector.sparse(meta, torch.tensor([feature]), torch.tensor([1.0]))
+        model = ModelRef(name=self.name, hidden_size=self.hidden_size, num_layers=self.num_layers)
+        return adhoc_vector(self.coders, model, feature, layer)
 
     def check_steer(self, spec: SteerSpec) -> None:
         """Raise `ValueError` if `spec` cannot be steered with (so it fails its request, never a batch)."""

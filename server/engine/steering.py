@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
+
 from server.engine.request import SteerSpec
+from vectors.metadata import ModelRef, SaeRef, VectorMetadata
 from vectors.sae import SparseCoder
 from vectors.slots import LayerRow, compose
+from vectors.vector import SteeringVector
 
 CACHE_SIZE = 256  # distinct configs kept; the table starts afresh past it
 
@@ -35,3 +39,37 @@ class SteeringTable:
                 self._rows.clear()
             self._rows[spec.key] = rows
         return rows
+
+
+def adhoc_vector(
+    coders: Mapping[int, SparseCoder], model: ModelRef, feature: int, layer: int | None = None
+) -> SteeringVector:
+    """A single-feature SAE vector (value 1 at `feature`), for `sae:<feature>` steering without training.
+
+    Every engine builds it the same way (the native model holder; each vLLM worker from a request's name), so
+    the same `sae:` name acts the same everywhere. `ValueError` names what is missing or out of range.
+    """
+    if not coders:
+        raise ValueError("no SAE is loaded, so `sae:` steering is unavailable")
+    if layer is None:
+        if len(coders) > 1:
+            raise ValueError(f"several SAEs are loaded (layers {sorted(coders)}); use sae:<layer>:<feature>")
+        layer = next(iter(coders))
+    if layer not in coders:
+        raise ValueError(f"no SAE at layer {layer} (loaded: {sorted(coders)})")
+    coder = coders[layer]
+    if not 0 <= feature < coder.d_sae:
+        raise ValueError(f"feature {feature} out of range [0, {coder.d_sae})")
+    meta = VectorMetadata(
+        name=f"sae/l{layer}-f{feature}",
+        method="manual",
+        space="sae",
+        layer=layer,
+        hook_name=coder.hook_name,
+        model=model,
+        sae=SaeRef(source=str(coder.source), d_sae=coder.d_sae, architecture=coder.architecture),
+        default_strength=1.0,
+        strength_range=(-1e9, 1e9),
+        apply="both",
+    )
+    return SteeringVector.sparse(meta, torch.tensor([feature]), torch.tensor([1.0]))

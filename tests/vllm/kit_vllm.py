@@ -1,0 +1,147 @@
+"""The vLLM tests' world and server helpers: the prompts, the world's paths, its catalog (every steering term) and
+the real server under uvicorn on either backend. Imported by package path (`tests.vllm.kit_vllm`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROMPTS = ("At a wedding we eat", "In my country, the drink")
+
+
+@dataclass(frozen=True)
+class VllmWorld:
+    root: Path
+    model: Path
+    sae: Path
+    catalog: Path
+    layer: int  # the SAE's layer
+    num_layers: int
+
+
+def write_catalog(world: VllmWorld) -> None:
+    """Vectors that exercise every term: YaPO with negative features the prompts activate, dense vectors at
+    another layer, and prompt-only / generation-only vectors."""
+    from vectors.io import save_vector
+    from vectors.metadata import ModelRef, SaeRef, VectorMetadata, dense_hook_name
+    from vectors.names import vector_path
+    from vectors.sae import load_sae
+    from vectors.vector import SteeringVector
+
+    coder = load_sae(str(world.sae), device=torch.device("cpu"), dtype=torch.float32)
+    active = _active_features(world, coder)
+    g = torch.Generator().manual_seed(0)
+    model = ModelRef(name="culture-world", hidden_size=coder.d_model, num_layers=world.num_layers)
+    sae_ref = SaeRef(source=str(world.sae), d_sae=coder.d_sae, architecture=coder.architecture)
+
+    def sparse(name: str, negatives: list[int], apply: str = "both") -> SteeringVector:
+        quiet = [i for i in torch.randperm(coder.d_sae, generator=g).tolist() if i not in active][:3]
+        idx = torch.tensor(negatives + quiet)
+        vals = torch.cat([-torch.full((len(negatives),), 4.0), torch.rand(len(quiet), generator=g) * 3 + 2])
+        meta = VectorMetadata(
+            name=name,
+            method="yapo",
+            space="sae",
+            layer=world.layer,
+            hook_name=coder.hook_name,
+            model=model,
+            sae=sae_ref,
+            strength_range=(-50.0, 50.0),
+            apply=apply,  # type: ignore[arg-type]
+        )
+        return SteeringVector.sparse(meta, idx, vals)
+
+    dense_layer = world.num_layers - 1
+    dense_meta = VectorMetadata(
+        name="t/dense",
+        method="bipo",
+        space="dense",
+        layer=dense_layer,
+        hook_name=dense_hook_name(dense_layer),
+        model=model,
+        strength_range=(-50.0, 50.0),
+    )
+    vectors = [
+        sparse("t/yapo", active[:3]),
+        sparse("t/yapo2", active[3:5]),
+        sparse("t/prompt", active[:2], apply="prompt"),
+        sparse("t/gen", active[1:3], apply="generation"),
+        SteeringVector.dense_vector(dense_meta, torch.randn(coder.d_model, generator=g) * 2.0),
+    ]
+    for v in vectors:
+        save_vector(v, vector_path(world.catalog, v.name))
+
+
+def _active_features(world: VllmWorld, coder: Any) -> list[int]:
+    """The SAE features most active on the test prompts (so YaPO's negative-support term has work to do)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from vectors.hooks import layer_hook
+    from vectors.prompts import format_prompt
+
+    tok = AutoTokenizer.from_pretrained(world.model)
+    model = AutoModelForCausalLM.from_pretrained(world.model).eval()
+    seen: list[torch.Tensor] = []
+
+    def capture(h: torch.Tensor) -> torch.Tensor:
+        seen.append(h[0])
+        return h
+
+    with torch.no_grad(), layer_hook(model, world.layer, capture):
+        for p in PROMPTS:
+            model(torch.tensor([format_prompt(tok, prompt=p)]))
+    z = coder.encode(torch.cat(seen)).amax(0)
+    return [int(i) for i in torch.argsort(z, descending=True)[:8] if z[i] > 0]
+
+
+@dataclass
+class Served:
+    url: str
+    state: Any
+
+
+def serve(settings: Any, timeout: float = 300) -> Any:
+    """The real app under uvicorn in a thread, on a free loopback port, until ready (a context manager)."""
+    import contextlib
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from server.app import create_app
+    from server.runtime import ServerRuntime
+
+    @contextlib.contextmanager
+    def running() -> Any:
+        state = ServerRuntime(settings)
+        app = create_app(settings, state=state)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    ready = httpx.get(f"{url}/ready", timeout=5)
+                    if ready.status_code == 200:
+                        break
+                    if ready.json().get("status") == "failed":
+                        raise RuntimeError(ready.json().get("detail"))
+                time.sleep(0.2)
+            else:
+                raise TimeoutError(f"{settings.backend} server not ready in {timeout} s")
+            yield Served(url, state)
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            sock.close()
+
+    return running()
