@@ -52,12 +52,14 @@ class DecodeRunner(Protocol):
     steering: SlotSteering
     next_ids: torch.Tensor
     positions: torch.Tensor
+    key_positions: torch.Tensor
 
     def buffers(self) -> list[torch.Tensor]: ...
     def free(self, slot: int) -> None: ...
     def prefill(self, start: int, rows: Sequence[NewRow]) -> StepOutput: ...
+    def kv_len(self, start: int, n: int) -> int: ...
     def eager_logits(self, start: int, n: int) -> torch.Tensor: ...
-    def graph_step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
+    def graph_step(self, ids: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor) -> torch.Tensor: ...
 
 
 class CompileFailed(RuntimeError):
@@ -99,7 +101,7 @@ class CompiledDecode:
         self.backend = backend
         self.cuda = runner.device.type == "cuda"
         self.ok: list[int] = []
-        self._fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self._fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     # --- use ----------------------------------------------------------------------------------------------
     def bucket(self, n: int) -> int | None:
@@ -111,10 +113,16 @@ class CompiledDecode:
         assert self._fn is not None
         r = self.runner
         ids, positions = r.next_ids[:b].unsqueeze(1), r.positions[:b].unsqueeze(1)
-        r.cache.bind(0, positions, r.max_context)
         r.steering.select(0, b, "generation")
-        out = self._fn(ids, positions)
-        return out.clone() if self.cuda else out  # a replay overwrites the graph's outputs
+        if self.cuda:  # one static shape per CUDA graph: every key position
+            return self._fn(ids, positions, r.key_positions).clone()  # a replay overwrites its outputs
+        # CPU: one graph for every batch of 2 or more rows and every context length (dynamic dimensions)
+        keys = r.key_positions[: r.kv_len(0, b)]
+        torch._dynamo.maybe_mark_dynamic(keys, 0)
+        if b > 1:
+            torch._dynamo.maybe_mark_dynamic(ids, 0)
+            torch._dynamo.maybe_mark_dynamic(positions, 0)
+        return self._fn(ids, positions, keys)
 
     # --- start-up -----------------------------------------------------------------------------------------
     def prepare(
@@ -137,7 +145,8 @@ class CompiledDecode:
         limit = max(torch._dynamo.config.cache_size_limit, len(sizes) + 2)
         torch._dynamo.config.cache_size_limit = limit
         mode = "reduce-overhead" if self.cuda else None
-        self._fn = torch.compile(r.graph_step, dynamic=False, mode=mode, backend=self.backend)
+        dynamic = False if self.cuda else None  # CPU: only the dimensions marked in `logits` are dynamic
+        self._fn = torch.compile(r.graph_step, dynamic=dynamic, mode=mode, backend=self.backend)
         t_all = time.perf_counter()
         for b in sorted(sizes, reverse=True):
             t0 = time.perf_counter()

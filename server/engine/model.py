@@ -91,12 +91,9 @@ class LoadedModel:
         log.info("loading model %s on %s (%s)", cfg.model, device, dtype)
         check_readable(cfg.model)  # a local model we cannot read is said so (a hub id names no path)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        extra: dict[str, Any] = {}
-        from transformers import AutoConfig
-
-        if getattr(AutoConfig.from_pretrained(cfg.model), "model_type", "") in EAGER_ATTENTION:
-            extra["attn_implementation"] = "eager"
-        model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **extra)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            cfg.model, dtype=dtype, **attention_kwargs(cfg.model)
+        )
         model = model.to(device)
         coders: dict[int, Any] = {}
         if cfg.sae:
@@ -236,6 +233,15 @@ class LoadedModel:
         """A batcher over this model's runner and steering table (its rows' events go to their requests)."""
         output = OutputStage(self.tokenizer, self.eos_ids, metrics)
         return Batcher(self.runner, self.steering, output, metrics)
+
+
+def attention_kwargs(model: str) -> dict[str, Any]:
+    """`from_pretrained` arguments choosing the attention kernel the engine needs for this model."""
+    from transformers import AutoConfig
+
+    if getattr(AutoConfig.from_pretrained(model), "model_type", "") in EAGER_ATTENTION:
+        return {"attn_implementation": "eager"}
+    return {}
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
