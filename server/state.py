@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from server.engine.compiled_step import CompileFailed, EngineStatus, set_compile_cache
+from server.engine.host import configure_threads
 from server.engine.model import EngineConfig, LoadedModel
 from server.engine.native import NativeEngine
 from server.engine.request import Row, SteerSpec
@@ -64,7 +65,8 @@ class ServerState:
     async def _load(self, engine: LoadedModel | None) -> None:
         s = self.settings
         try:
-            if engine is None:
+            if engine is None:  # a process of its own (a given engine keeps its caller's threads)
+                configure_threads(s.threads)
                 engine = await asyncio.to_thread(LoadedModel.load, engine_config(s))
             engine.name = s.served_name
             self.engine = NativeEngine(engine, self.metrics)
@@ -159,6 +161,7 @@ def prepare_engine(engine: LoadedModel, s: ServerSettings) -> EngineStatus:
 def compile_only(s: ServerSettings) -> EngineStatus:
     """Load the model and SAE of the settings and compile the decode step, nothing else: fills the inductor
     cache so that a later start-up with the same settings (and shapes) compiles in seconds."""
+    configure_threads(s.threads)
     engine = LoadedModel.load(engine_config(s))
     try:
         return prepare_engine(engine, s)

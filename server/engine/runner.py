@@ -228,20 +228,27 @@ class ModelRunner:
         return logits
 
     def _sample(self, logits: torch.Tensor, start: int) -> StepOutput:
-        """Choose each row's next id, remember it as the row's next input; one host copy of the ids."""
+        """Choose each row's next id, remember it as the row's next input; one host copy of the ids.
+
+        Work over the vocabulary beyond the argmax runs only for the rows that need it: sampling noise (and the
+        top-k / top-p sort) for sampling rows, the log-softmax for rows that asked for log-probs.
+        """
         n = logits.shape[0]
-        params = [p for p in self._params[start : start + n] if p is not None]
-        chosen = self.sampler.sample(
-            logits,
-            start,
-            sampled=any(not p.greedy for p in params),
-            filtered=any(p.filters for p in params),
-        )
+        params = self._params[start : start + n]
+        sampled = [i for i, p in enumerate(params) if p is not None and not p.greedy]
+        filtered = any(p.filters for p in params if p is not None)
+        chosen = self.sampler.sample(logits, start, sampled=sampled, filtered=filtered)
         self.next_ids[start : start + n] = chosen
-        tops = [p.logprobs if p is not None else None for p in self._params[start : start + n]]
         logprobs: list[TokenLogprob | None] = [None] * n
-        if any(t is not None for t in tops):
-            logprobs = chosen_logprobs(logits, chosen, tops)
+        wants = [i for i, p in enumerate(params) if p is not None and p.logprobs is not None]
+        if wants:
+            tops = [params[i].logprobs for i in wants]  # type: ignore[union-attr]
+            if len(wants) == n:
+                logprobs = chosen_logprobs(logits, chosen, tops)
+            else:
+                pick = torch.tensor(wants, device=logits.device)
+                for i, lp in zip(wants, chosen_logprobs(logits[pick], chosen[pick], tops), strict=True):
+                    logprobs[i] = lp
         return StepOutput(chosen.tolist(), logprobs)
 
 
