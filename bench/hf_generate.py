@@ -1,6 +1,6 @@
 """The way most researchers steer today, next to the served engine: Hugging Face `generate` with a forward hook.
 
-A steering-vectors / repeng-style hook adds a dense vector to one decoder layer's output at every position of
+A steering-vectors / repeng-style hook (on a copy of the model with stock transformers modules) adds a dense vector to one decoder layer's output at every position of
 every forward, and `generate` decodes greedily with its own cache: at batch 1, and for `clients` concurrent prompts
 as one left-padded batch (the best a script does with many prompts). Against it, interleaved per round, the
 engine's served decode path (`LoadedModel.generate`: continuous batching over slots, the compiled step of buckets 1
@@ -10,6 +10,7 @@ engine tokens/s over HF tokens/s.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -22,11 +23,14 @@ from vectors.hooks import layer_hook
 
 def run_hf(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
     from server.engine.model import LoadedModel
+    from server.engine.packed import unpack_linears
     from server.engine.request import Row, SteerSpec
     from server.engine.sampling import SamplingParams
 
     n, tokens = cfg.clients, cfg.new_tokens
     sae = world.saes[0]
+    stock = copy.deepcopy(world.model)  # HF's side: stock transformers modules, none of the engine's hooks
+    unpack_linears(stock)
     engine = LoadedModel(
         world.model,
         world.tokenizer,
@@ -52,13 +56,11 @@ def run_hf(world: BenchWorld, cfg: BenchConfig) -> dict[str, Any]:
         return sum(len(r.output_ids) for r in rows) / (now() - t0)
 
     def hf(b: int) -> float:
-        runner = engine.runner
-        runner.steering.select(0, runner.slots, "generation")  # every slot free: the engine's hooks return h
         ids = torch.tensor(prompts[:b], device=world.device)
         mask = torch.ones_like(ids)
         t0 = now()
-        with torch.inference_mode(), layer_hook(world.model, world.layer, lambda h: h + delta):
-            out = world.model.generate(
+        with torch.inference_mode(), layer_hook(stock, world.layer, lambda h: h + delta):
+            out = stock.generate(
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=tokens,

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from server.engine.batcher import Batcher
 from server.engine.compiled_step import EngineMode, EngineStatus
 from server.engine.output import OutputStage
+from server.engine.packed import can_pack, pack_linears
 from server.engine.request import Row, SteerSpec
 from server.engine.runner import ModelRunner
 from server.engine.steering import SteeringTable
@@ -67,6 +68,8 @@ class LoadedModel:
         max_neg_features: int = 256,
     ) -> None:
         self.model = model.eval()
+        if can_pack(model):  # CPU float32: the matrix products on oneDNN-packed weights
+            log.info("packed %d linear layers for oneDNN", pack_linears(model))
         self.tokenizer = tokenizer
         self.coders: dict[int, Any] = dict(coders or {})
         self.name = name
