@@ -28,7 +28,7 @@ def _pack(weight: torch.Tensor) -> None:
         weakref.finalize(weight, _PACKED.pop, key, None)
 
 
-@torch.library.custom_op("steer::packed_linear", mutates_args=())  # type: ignore[misc]
+@torch.library.custom_op("steer::packed_linear", mutates_args=())
 def packed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weightᵀ through the packed copy of `weight` (`F.linear` if it has none)."""
     packed = _PACKED.get(weight.data_ptr())
@@ -38,7 +38,7 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@packed_linear.register_fake  # type: ignore[untyped-decorator]
+@packed_linear.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
@@ -56,16 +56,14 @@ class PackedLinear(nn.Module):
         _pack(linear.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = packed_linear(x, self.weight)
+        y: torch.Tensor = packed_linear(x, self.weight)
         return y if self.bias is None else y + self.bias
 
 
 def can_pack(model: Any) -> bool:
     """Packing applies to float32 models on CPU with oneDNN available."""
     param = next(model.parameters())
-    return bool(
-        torch.backends.mkldnn.is_available() and param.device.type == "cpu" and param.dtype == torch.float32
-    )
+    return bool(torch._C._has_mkldnn and param.device.type == "cpu" and param.dtype == torch.float32)
 
 
 def pack_linears(model: nn.Module) -> int:
