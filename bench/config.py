@@ -64,7 +64,7 @@ class BenchConfig:
             ks=(16, 64),
             prompt_len=16,
             new_tokens=16,
-            server_new_tokens=16,
+            server_new_tokens=8,  # the serial server decodes 32 requests one after the other
             repeats=3,
         )
         return replace(base, **overrides)

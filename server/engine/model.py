@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from server.engine.batcher import Batcher
 from server.engine.compiled_step import EngineMode, EngineStatus
 from server.engine.output import OutputStage
-from server.engine.packed import can_pack, pack_linears
+from server.engine.packed import can_pack, pack_linears, unpack_linears
 from server.engine.request import Row, SteerSpec
 from server.engine.runner import ModelRunner
 from server.engine.steering import SteeringTable
@@ -155,8 +155,10 @@ class LoadedModel:
             return self.runner.compile(requested, backend, buckets)
 
     def close(self) -> None:
-        """Remove the engine's hooks from the model (another engine may then drive it)."""
+        """Remove the engine's hooks and packed layers from the model (another engine or a trainer may then use
+        it)."""
         self.runner.close()
+        unpack_linears(self.model)
 
     # --- properties -------------------------------------------------------------------------------------
     @property

@@ -43,6 +43,22 @@ def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+def _setup(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
+    ctx.save_for_backward(inputs[1])
+
+
+def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """Gradients flow to the input only (steering vectors train through a frozen model): a packed copy would go
+    stale if its weight trained, so that is refused."""
+    if ctx.needs_input_grad[1]:
+        raise RuntimeError("a packed linear layer's weight cannot train; unpack_linears(model) first")
+    (weight,) = ctx.saved_tensors
+    return grad @ weight, None
+
+
+packed_linear.register_autograd(_backward, setup_context=_setup)
+
+
 class PackedLinear(nn.Module):
     """An `nn.Linear` whose product runs on a oneDNN-packed copy of its weight (same parameters, same result up to
     float rounding)."""
@@ -89,3 +105,4 @@ def unpack_linears(model: nn.Module) -> None:
     ]
     for parent, name, child in swaps:
         setattr(parent, name, child.linear[0])
+        _PACKED.pop(child.weight.data_ptr(), None)
