@@ -447,14 +447,14 @@ def shape_folder(cfg: BenchConfig, root: Path = Path("var/bench")) -> Path:
     return out
 
 
-def shape_world(cfg: BenchConfig) -> BenchWorld:
+def shape_world(cfg: BenchConfig, root: Path = Path("var/bench")) -> BenchWorld:
     """The random world of `cfg.shape` (`shape_folder`), loaded as `steer serve` loads a model."""
     from transformers import AutoTokenizer
 
     from server.engine.model import attention_kwargs
     from vectors.sae import load_sae
 
-    folder = shape_folder(cfg)
+    folder = shape_folder(cfg, root)
     device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]
     model_dir = str(folder / "model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
