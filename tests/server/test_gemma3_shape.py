@@ -56,6 +56,10 @@ def engine_for(coder: SparseCoder, slots: int = 8) -> LoadedModel:
     return LoadedModel(gemma3(), Tokens(), {LAYER: coder}, max_context=96, max_batch=slots)
 
 
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n)
+
+
 def run_joins(engine: LoadedModel, configs: list[SteerSpec]) -> tuple[list[list[int]], list[int]]:
     """Six rows of different lengths and steering joining at steps 0, 2, 3 and 6; their tokens and lengths."""
     ids = prompts(6)
@@ -98,7 +102,11 @@ def test_eager_and_compiled_match_hf_generate(coder: SparseCoder, configs: list[
     assert counters["stats"]["unique_graphs"] == 1  # one graph: dynamic batch and context length
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled, _ = run_joins(engine, configs)
-    assert compiled == want
+        assert compiled == want
+        long = torch.randint(1, VOCAB, (70,), generator=torch.Generator().manual_seed(9)).tolist()
+        rows = [Row(long, SamplingParams(max_new_tokens=8), configs[1]), Row(ids[3], greedy(8))]
+        engine.generate(rows)  # keys read: 128, not the 64 the graph was first traced with
+    assert rows[0].output_ids == hf_tokens(engine, coder, long, configs[1], 8)
 
 
 def test_logprobs_and_seeded_sampling(coder: SparseCoder) -> None:
