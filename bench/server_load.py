@@ -26,6 +26,9 @@ from bench.timing import interleave, median, now, paired_ratio, percentile, summ
 from bench.world import BenchWorld, distinct_vectors
 
 
+SERVER_CONTEXT = 512  # positions per slot (a real model's own context would not fit 32 slots in memory)
+
+
 @dataclass(frozen=True)
 class Round:
     """One round: every client sent one request; wall time from the first send to the last answer."""
@@ -103,7 +106,14 @@ def bench_engine(world: BenchWorld, slots: int) -> Any:
     from server.engine.model import LoadedModel
 
     coders = {s.coder.layer: s.coder for s in world.saes[:1]}
-    engine = LoadedModel(world.model, world.tokenizer, coders, name=world.model_name, max_batch=slots)
+    engine = LoadedModel(
+        world.model,
+        world.tokenizer,
+        coders,
+        name=world.model_name,
+        max_batch=slots,
+        max_context=SERVER_CONTEXT,
+    )
     engine.eos_ids = frozenset()
     return engine
 
