@@ -25,7 +25,6 @@ from bench.config import BenchConfig
 from bench.timing import interleave, median, now, paired_ratio, percentile, summary
 from bench.world import BenchWorld, distinct_vectors
 
-
 SERVER_CONTEXT = 512  # positions per slot (a real model's own context would not fit 32 slots in memory)
 
 

@@ -1,8 +1,9 @@
 """Linear layers on oneDNN-packed weights (CPU, float32): the matrix products that are ~90 % of a decode step.
 
-torch's `F.linear` on CPU calls MKL's sgemm, which on AMD EPYC runs about half as fast as oneDNN on a weight
-reordered once into its blocked layout (measured on the 262,144 × 640 head of Gemma 3 270M: 2.1× at 32 rows, 1.3×
-at one row; docs/BENCHMARKS.md). `pack_linears` swaps every `nn.Linear` of a model for a `PackedLinear` that keeps
+torch's `F.linear` on CPU calls MKL's sgemm, which on AMD EPYC runs well behind oneDNN on a weight reordered once
+into its blocked layout: a Gemma 3 270M decode step at 32 rows was 1.47× faster packed (docs/BENCHMARKS.md). Below
+`PACKED_MIN_ROWS` rows the product reads each weight once either way and MKL was as fast or faster, so it is used.
+`pack_linears` swaps every `nn.Linear` of a model for a `PackedLinear` that keeps
 the original weight (tied embeddings still read it) and multiplies by its packed copy. The packed tensor is opaque
 to the compiler, so it sits in a table outside the graph, found by the address of the original weight, and the
 product is a custom op (`steer::packed_linear`) on that weight: the compiled decode step calls it like any library
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+# Below this many rows the product reads each weight once either way and MKL was faster (6 % at one row).
+PACKED_MIN_ROWS = 4
 _PACKED: dict[int, torch.Tensor] = {}  # data_ptr of a weight [out, in] -> its oneDNN-packed copy
 
 
@@ -32,7 +35,8 @@ def _pack(weight: torch.Tensor) -> None:
 def packed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weightᵀ through the packed copy of `weight` (`F.linear` if it has none)."""
     packed = _PACKED.get(weight.data_ptr())
-    if packed is None or tuple(packed.shape) != tuple(weight.shape):
+    rows = x.numel() // max(1, x.shape[-1])
+    if packed is None or tuple(packed.shape) != tuple(weight.shape) or rows < PACKED_MIN_ROWS:
         return torch.nn.functional.linear(x, weight)
     out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
     return out
