@@ -43,6 +43,11 @@ def register(subparsers: Any) -> None:
         "--random-world", action="store_true", help="ignore any built world: random weights of its shape"
     )
     parser.add_argument(
+        "--shape",
+        choices=["gemma3-270m"],
+        help="with --quick: a real model's shape with random weights (written once under var/bench/)",
+    )
+    parser.add_argument(
         "--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on GPU)"
     )
     parser.add_argument("--seed", type=int, help="seed of the random model, SAE, vectors and prompts")
@@ -54,6 +59,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         cfg = BenchConfig.gpu()
     elif args.smoke:
         cfg = BenchConfig.smoke()
+    elif args.shape:
+        cfg = BenchConfig.real_shape(args.shape)
     else:
         cfg = BenchConfig.quick()
     changes: dict[str, Any] = {}

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Mode = Literal["quick", "gpu", "smoke"]
-SUITES: tuple[str, ...] = ("decode", "engine", "server", "join", "train")
+SUITES: tuple[str, ...] = ("decode", "engine", "server", "join", "train", "hf")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class BenchConfig:
         1  # torch intra-op threads; 1 on a shared CPU (spinning threads collapse under load)
     )
     world: str | None = "var/demo"  # a built culture world; None or missing → random weights of its shape
+    shape: str | None = None  # a real model's shape with random weights (`bench.world.SHAPES`), instead
     gpu_model: str = "gemma-2-2b"
     gpu_sae_widths: tuple[int, ...] = (16384, 65536)
     extra: dict[str, Any] = field(default_factory=dict)  # shape overrides (tests)
@@ -51,6 +52,22 @@ class BenchConfig:
     def quick(cls, **overrides: Any) -> BenchConfig:
         """CPU, culture-world shapes, ≤ 3 minutes on 2 cores."""
         return replace(cls(), **overrides)
+
+    @classmethod
+    def real_shape(cls, shape: str, **overrides: Any) -> BenchConfig:
+        """CPU, a real model's shape (`--quick --shape gemma3-270m`): its steps cost ~100× the culture world's,
+        so fewer and shorter cases (the engine, the server and HF generate; no training)."""
+        base = cls(
+            shape=shape,
+            suites=("engine", "server", "hf"),
+            batch_sizes=(1, 32),
+            ks=(16, 64),
+            prompt_len=16,
+            new_tokens=16,
+            server_new_tokens=8,  # the serial server decodes 32 requests one after the other
+            repeats=3,
+        )
+        return replace(base, **overrides)
 
     @classmethod
     def gpu(cls, **overrides: Any) -> BenchConfig:

@@ -31,6 +31,8 @@ SUMMARY_KEYS = (
     "server_steered_vs_unsteered",
     "join_cost_ratio",
     "server_ready_s",
+    "engine_vs_hf_b1",
+    "engine_vs_hf_batch",
 )
 _PACKAGES = ("torch", "transformers", "tokenizers", "sae-lens", "fastapi", "uvicorn", "httpx", "pydantic")
 
@@ -144,6 +146,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     join = result.get("join")
     if isinstance(join, dict) and "join_cost_ratio" in join:
         out["join_cost_ratio"] = join["join_cost_ratio"]
+    hf = result.get("hf")
+    if isinstance(hf, dict) and "clients" in hf:
+        out["engine_vs_hf_b1"] = hf["engine_vs_hf_b1"]
+        out["engine_vs_hf_batch"] = hf[f"engine_vs_hf_b{hf['clients']}"]
     train = result.get("train")
     if isinstance(train, dict):
         out["train_fast_vs_reference"] = train.get("fast_vs_reference", train.get("status"))
@@ -241,6 +247,17 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         ]
     elif server is not None:
         lines += ["", f"server: {server}"]
+    hf = result.get("hf")
+    if isinstance(hf, dict) and "tok_s" in hf:
+        rows = [[case, v["median"]] for case, v in hf["tok_s"].items()]
+        lines += [
+            "",
+            f"hf: HF generate + a forward hook vs the engine (steered alike), {hf['new_tokens']} tokens after a "
+            f"{hf['prompt_len']}-token prompt",
+            *_table(["case", "tok/s"], rows),
+        ]
+    elif hf is not None:
+        lines += ["", f"hf: {hf}"]
     train = result.get("train")
     if isinstance(train, dict) and train.get("status") == "ok":
         rows = [[name, mode["what"], mode["pairs_per_s"]["median"]] for name, mode in train["modes"].items()]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bench.config import BenchConfig
+from bench.config import SUITES, BenchConfig
 from bench.report import SCHEMA, loadavg, machine_info, summarize, versions, write_json
 from bench.world import BenchWorld, load_world
 
@@ -37,6 +37,7 @@ def check_device(cfg: BenchConfig) -> torch.device:
 def _suites() -> dict[str, Callable[[BenchWorld, BenchConfig], dict[str, Any]]]:
     from bench.decode import run_decode
     from bench.engine_decode import run_engine
+    from bench.hf_generate import run_hf
     from bench.join import run_join
     from bench.server_load import run_server
     from bench.train_speed import run_train
@@ -47,6 +48,7 @@ def _suites() -> dict[str, Callable[[BenchWorld, BenchConfig], dict[str, Any]]]:
         "server": run_server,
         "join": run_join,
         "train": run_train,
+        "hf": run_hf,
     }
 
 
@@ -110,8 +112,4 @@ def _run(cfg: BenchConfig, device: torch.device, say: Callable[[str], None]) -> 
 
 
 def failed_suites(result: dict[str, Any]) -> list[str]:
-    return [
-        k
-        for k in ("decode", "engine", "server", "join", "train")
-        if isinstance(result.get(k), dict) and result[k].get("status") == "failed"
-    ]
+    return [k for k in SUITES if isinstance(result.get(k), dict) and result[k].get("status") == "failed"]

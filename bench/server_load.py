@@ -25,6 +25,8 @@ from bench.config import BenchConfig
 from bench.timing import interleave, median, now, paired_ratio, percentile, summary
 from bench.world import BenchWorld, distinct_vectors
 
+SERVER_CONTEXT = 512  # positions per slot (a real model's own context would not fit 32 slots in memory)
+
 
 @dataclass(frozen=True)
 class Round:
@@ -103,7 +105,14 @@ def bench_engine(world: BenchWorld, slots: int) -> Any:
     from server.engine.model import LoadedModel
 
     coders = {s.coder.layer: s.coder for s in world.saes[:1]}
-    engine = LoadedModel(world.model, world.tokenizer, coders, name=world.model_name, max_batch=slots)
+    engine = LoadedModel(
+        world.model,
+        world.tokenizer,
+        coders,
+        name=world.model_name,
+        max_batch=slots,
+        max_context=SERVER_CONTEXT,
+    )
     engine.eos_ids = frozenset()
     return engine
 

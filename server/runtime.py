@@ -13,6 +13,7 @@ from typing import Any
 
 from server.engine.client import EngineClient
 from server.engine.compiled_step import CompileFailed
+from server.engine.host import configure_threads
 from server.engine.model import LoadedModel
 from server.engine.native import NativeEngine
 from server.engine.runner import CacheTooLarge
@@ -59,7 +60,8 @@ class ServerRuntime:
             return
         s = self.settings
         try:
-            if engine is None:
+            if engine is None:  # a process of its own (a given engine keeps its caller's threads)
+                configure_threads(s.threads)
                 engine = await asyncio.to_thread(LoadedModel.load, engine_config(s))
             engine.name = s.served_name
             native = NativeEngine(engine, self.metrics)

@@ -56,6 +56,12 @@ class ServerSettings(BaseSettings):
     max_queue: int = Field(default=64, ge=0, description="Requests waiting for a batch row; more → 429.")
     max_configs_per_batch: int = Field(default=4, ge=1, description="Distinct steering configs per batch.")
     max_vectors_per_request: int = Field(default=8, ge=1)
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads of the serving process (default: the CPUs it may run on, its "
+        "affinity mask); inter-op threads are 1. See server/engine/host.py.",
+    )
     max_neg_features: int = Field(
         default=256,
         ge=0,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from server.engine.compiled_step import EngineStatus, set_compile_cache
+from server.engine.host import configure_threads
 from server.engine.model import EngineConfig, LoadedModel
 from server.engine.request import Row, SteerSpec
 from server.engine.sampling import SamplingParams
@@ -38,6 +39,7 @@ def prepare_engine(engine: LoadedModel, s: ServerSettings) -> EngineStatus:
 def compile_only(s: ServerSettings) -> EngineStatus:
     """Load the model and SAE of the settings and compile the decode step, nothing else: fills the inductor
     cache so that a later start-up with the same settings (and shapes) compiles in seconds."""
+    configure_threads(s.threads)
     engine = LoadedModel.load(engine_config(s))
     try:
         return prepare_engine(engine, s)

@@ -322,14 +322,14 @@ class SlotSteering:
             i: LayerSlots(i, slots, self.d_model, self.coders.get(i), max_neg, param.device, param.dtype)
             for i in hooked
         }
-        self._rows = slice(0, slots)
+        self._start = 0  # first slot of the next forward (its row count is the batch's: no guard on it)
         self._handles = install_hooks(model, {i: self._edit(i) for i in hooked})
 
     def _edit(self, layer: int) -> Edit:
         table = self.layers[layer]
 
         def edit(h: torch.Tensor) -> torch.Tensor:
-            rows = slice(0, 1) if self.broadcast else slice(self._rows.start, self._rows.start + h.shape[0])
+            rows = slice(0, 1) if self.broadcast else slice(self._start, self._start + h.shape[0])
             return table.steer(h, rows)
 
         return edit
@@ -374,7 +374,7 @@ class SlotSteering:
 
     def select(self, start: int, n: int, phase: Phase) -> None:
         """The next forward covers slots [start, start + n), in `phase` (its switches copied into place)."""
-        self._rows = slice(start, start + n)
+        self._start = start
         for layer in self.layers.values():
             layer.active[start : start + n, 0, 0].copy_(layer.on[phase][start : start + n])
 

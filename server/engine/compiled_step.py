@@ -1,11 +1,14 @@
-"""The compiled decode step (engine v2, part 2): one graph per batch-size bucket, checked against eager first.
+"""The compiled decode step (engine v2, part 2): the decode forward compiled once, checked against eager per bucket.
 
-A decode step over slots [0, n) runs in the graph of the smallest bucket b ≥ n (1, 2, 4, 8, … up to
-`max_batch`); slots [n, b) are free (their steering cleared, position 0) and their outputs are dropped. Shapes
-inside a bucket never change — the slot cache, the steering buffers, ids and positions are the runner's
-preallocated tensors, attention reads all `max_context` keys — so joins, leaves, steering configs and sampling
-parameters change buffer contents only and never recompile. On CPU the step is `torch.compile(dynamic=False)`
-(inductor); on CUDA `mode="reduce-overhead"` captures it in CUDA graphs.
+A decode step over slots [0, n) runs in the smallest verified bucket b ≥ n (1, 2, 4, 8, … up to `max_batch`);
+slots [n, b) are free (their steering cleared, position 0) and their outputs are dropped. The slot cache, the
+steering buffers, ids and positions are the runner's preallocated tensors, so joins, leaves, steering configs and
+sampling parameters change buffer contents only and never recompile.
+On CPU the step is `torch.compile` (inductor) with two dynamic dimensions, the batch and the number of key
+positions read (the longest live row's context rounded up to `KV_BLOCK`, not `max_context`): ONE graph serves every
+bucket and context length (a lone row runs with a free slot beside it, since a size-1 batch would be specialised
+into a graph of its own), so a cold start compiles once. On CUDA `mode="reduce-overhead"` captures one CUDA graph
+per bucket with static shapes (attention reads all `max_context` keys).
 
 Every bucket is verified at start-up: a probe batch with mixed steering (YaPO with negative features, dense,
 unsteered) decodes a few steps eagerly and then compiled from the same state, fed the same tokens; logits must
@@ -52,12 +55,14 @@ class DecodeRunner(Protocol):
     steering: SlotSteering
     next_ids: torch.Tensor
     positions: torch.Tensor
+    key_positions: torch.Tensor
 
     def buffers(self) -> list[torch.Tensor]: ...
     def free(self, slot: int) -> None: ...
     def prefill(self, start: int, rows: Sequence[NewRow]) -> StepOutput: ...
+    def kv_len(self, start: int, n: int) -> int: ...
     def eager_logits(self, start: int, n: int) -> torch.Tensor: ...
-    def graph_step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
+    def graph_step(self, ids: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor) -> torch.Tensor: ...
 
 
 class CompileFailed(RuntimeError):
@@ -99,7 +104,10 @@ class CompiledDecode:
         self.backend = backend
         self.cuda = runner.device.type == "cuda"
         self.ok: list[int] = []
-        self._fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        # CPU: every step runs at least 2 rows (a free slot fills in for a lone row), so that one graph with a
+        # dynamic batch serves every bucket: a size-1 dimension would be specialised into a second graph
+        self.min_rows = 2 if not self.cuda and runner.slots >= 2 else 1
+        self._fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     # --- use ----------------------------------------------------------------------------------------------
     def bucket(self, n: int) -> int | None:
@@ -110,11 +118,18 @@ class CompiledDecode:
         """Last-position logits [b, V] of one decode step over slots [0, b) in bucket b's graph."""
         assert self._fn is not None
         r = self.runner
-        ids, positions = r.next_ids[:b].unsqueeze(1), r.positions[:b].unsqueeze(1)
-        r.cache.bind(0, positions, r.max_context)
-        r.steering.select(0, b, "generation")
-        out = self._fn(ids, positions)
-        return out.clone() if self.cuda else out  # a replay overwrites the graph's outputs
+        m = max(b, self.min_rows)
+        ids, positions = r.next_ids[:m].unsqueeze(1), r.positions[:m].unsqueeze(1)
+        r.steering.select(0, m, "generation")
+        if self.cuda:  # one static shape per CUDA graph: every key position
+            return self._fn(ids, positions, r.key_positions).clone()  # a replay overwrites its outputs
+        # CPU: one graph for every batch and every context length (dynamic dimensions)
+        keys = r.key_positions[: r.kv_len(0, m)]
+        torch._dynamo.maybe_mark_dynamic(keys, 0)
+        if m > 1:
+            torch._dynamo.maybe_mark_dynamic(ids, 0)
+            torch._dynamo.maybe_mark_dynamic(positions, 0)
+        return self._fn(ids, positions, keys)[:b]
 
     # --- start-up -----------------------------------------------------------------------------------------
     def prepare(
@@ -137,7 +152,8 @@ class CompiledDecode:
         limit = max(torch._dynamo.config.cache_size_limit, len(sizes) + 2)
         torch._dynamo.config.cache_size_limit = limit
         mode = "reduce-overhead" if self.cuda else None
-        self._fn = torch.compile(r.graph_step, dynamic=False, mode=mode, backend=self.backend)
+        dynamic = False if self.cuda else None  # CPU: only the dimensions marked in `logits` are dynamic
+        self._fn = torch.compile(r.graph_step, dynamic=dynamic, mode=mode, backend=self.backend)
         t_all = time.perf_counter()
         for b in sorted(sizes, reverse=True):
             t0 = time.perf_counter()

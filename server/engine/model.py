@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from server.engine.batcher import Batcher
 from server.engine.compiled_step import EngineMode, EngineStatus
 from server.engine.output import OutputStage
+from server.engine.packed import can_pack, pack_linears, unpack_linears
 from server.engine.request import Row, SteerSpec
 from server.engine.runner import ModelRunner
 from server.engine.steering import SteeringTable, adhoc_vector
@@ -67,6 +68,8 @@ class LoadedModel:
         max_neg_features: int = 256,
     ) -> None:
         self.model = model.eval()
+        if can_pack(model):  # CPU float32: the matrix products on oneDNN-packed weights
+            log.info("packed %d linear layers for oneDNN", pack_linears(model))
         self.tokenizer = tokenizer
         self.coders: dict[int, Any] = dict(coders or {})
         self.name = name
@@ -91,12 +94,9 @@ class LoadedModel:
         log.info("loading model %s on %s (%s)", cfg.model, device, dtype)
         check_readable(cfg.model)  # a local model we cannot read is said so (a hub id names no path)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        extra: dict[str, Any] = {}
-        from transformers import AutoConfig
-
-        if getattr(AutoConfig.from_pretrained(cfg.model), "model_type", "") in EAGER_ATTENTION:
-            extra["attn_implementation"] = "eager"
-        model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **extra)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            cfg.model, dtype=dtype, **attention_kwargs(cfg.model)
+        )
         model = model.to(device)
         coders: dict[int, Any] = {}
         if cfg.sae:
@@ -155,8 +155,10 @@ class LoadedModel:
             return self.runner.compile(requested, backend, buckets)
 
     def close(self) -> None:
-        """Remove the engine's hooks from the model (another engine may then drive it)."""
+        """Remove the engine's hooks and packed layers from the model (another engine or a trainer may then use
+        it)."""
         self.runner.close()
+        unpack_linears(self.model)
 
     # --- properties -------------------------------------------------------------------------------------
     @property
@@ -212,6 +214,15 @@ class LoadedModel:
         """A batcher over this model's runner and steering table (its rows' events go to their requests)."""
         output = OutputStage(self.tokenizer, self.eos_ids, metrics)
         return Batcher(self.runner, self.steering, output, metrics)
+
+
+def attention_kwargs(model: str) -> dict[str, Any]:
+    """`from_pretrained` arguments choosing the attention kernel the engine needs for this model."""
+    from transformers import AutoConfig
+
+    if getattr(AutoConfig.from_pretrained(model), "model_type", "") in EAGER_ATTENTION:
+        return {"attn_implementation": "eager"}
+    return {}
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -26,7 +26,7 @@ from vectors.slots import Phase, SlotSteering
 
 log = logging.getLogger(__name__)
 
-KV_BLOCK = 64  # eager decode reads keys up to the longest row, rounded up to this
+KV_BLOCK = 64  # a decode step reads keys up to the longest row, rounded up to this
 
 
 class CacheTooLarge(RuntimeError):
@@ -57,6 +57,7 @@ class ModelRunner:
         self.sampler = Sampler(slots, self.device)
         self.next_ids = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.key_positions = torch.arange(max_context, device=self.device)  # a step reads a prefix of these
         self.lengths = [0] * slots  # host copy of `positions`: how many tokens each slot's cache holds
         self._params: list[SamplingParams | None] = [None] * slots
         layer_types = list(getattr(cfg, "layer_types", None) or [])
@@ -79,7 +80,7 @@ class ModelRunner:
 
     def buffers(self) -> list[torch.Tensor]:
         """Every tensor allocated at start-up (their addresses never change)."""
-        own = [self.next_ids, self.positions]
+        own = [self.next_ids, self.positions, self.key_positions]
         return self.cache.buffers() + self.steering.buffers() + self.sampler.buffers() + own
 
     # --- slots --------------------------------------------------------------------------------------------
@@ -166,18 +167,26 @@ class ModelRunner:
             self.lengths[slot] += 1
         return out
 
+    def kv_len(self, start: int, n: int) -> int:
+        """Key positions a decode step over slots [start, start + n) reads: the longest row's, rounded up."""
+        longest = max(self.lengths[start : start + n]) + 1
+        return min(self.max_context, -(-longest // KV_BLOCK) * KV_BLOCK)
+
     def eager_logits(self, start: int, n: int) -> torch.Tensor:
         """Last-position logits [n, V] of an eager decode step (keys read up to the longest row, rounded up)."""
         rows = slice(start, start + n)
-        longest = max(self.lengths[rows]) + 1
-        kv_len = min(self.max_context, -(-longest // KV_BLOCK) * KV_BLOCK)
         positions = self.positions[rows].unsqueeze(1)
-        logits = self._forward(self.next_ids[rows].unsqueeze(1), positions, start, kv_len, "generation", 1)
+        logits = self._forward(
+            self.next_ids[rows].unsqueeze(1), positions, start, self.kv_len(start, n), "generation", 1
+        )
         return logits[:, -1]
 
-    def graph_step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The decode forward that `server.engine.compiled_step` compiles: slots [0, b), every key position, no host sync."""
-        return self._model(ids, positions, self.max_context, 1)[:, -1]
+    def graph_step(self, ids: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The decode forward that `server.engine.compiled_step` compiles: slots [0, b) reading the key positions
+        `keys` (a prefix of `key_positions`; its length may be a dynamic dimension), no host sync."""
+        kv_len = keys.shape[0]
+        self.cache.bind(0, positions, kv_len)
+        return self._model(ids, positions, kv_len, 1)[:, -1]
 
     def compile(
         self, requested: EngineMode, backend: str = "inductor", buckets: list[int] | None = None
@@ -219,20 +228,27 @@ class ModelRunner:
         return logits
 
     def _sample(self, logits: torch.Tensor, start: int) -> StepOutput:
-        """Choose each row's next id, remember it as the row's next input; one host copy of the ids."""
+        """Choose each row's next id, remember it as the row's next input; one host copy of the ids.
+
+        Work over the vocabulary beyond the argmax runs only for the rows that need it: sampling noise (and the
+        top-k / top-p sort) for sampling rows, the log-softmax for rows that asked for log-probs.
+        """
         n = logits.shape[0]
-        params = [p for p in self._params[start : start + n] if p is not None]
-        chosen = self.sampler.sample(
-            logits,
-            start,
-            sampled=any(not p.greedy for p in params),
-            filtered=any(p.filters for p in params),
-        )
+        params = self._params[start : start + n]
+        sampled = [i for i, p in enumerate(params) if p is not None and not p.greedy]
+        filtered = any(p.filters for p in params if p is not None)
+        chosen = self.sampler.sample(logits, start, sampled=sampled, filtered=filtered)
         self.next_ids[start : start + n] = chosen
-        tops = [p.logprobs if p is not None else None for p in self._params[start : start + n]]
         logprobs: list[TokenLogprob | None] = [None] * n
-        if any(t is not None for t in tops):
-            logprobs = chosen_logprobs(logits, chosen, tops)
+        wants = [i for i, p in enumerate(params) if p is not None and p.logprobs is not None]
+        if wants:
+            tops = [params[i].logprobs for i in wants]  # type: ignore[union-attr]
+            if len(wants) == n:
+                logprobs = chosen_logprobs(logits, chosen, tops)
+            else:
+                pick = torch.tensor(wants, device=logits.device)
+                for i, lp in zip(wants, chosen_logprobs(logits[pick], chosen[pick], tops), strict=True):
+                    logprobs[i] = lp
         return StepOutput(chosen.tolist(), logprobs)
 
 

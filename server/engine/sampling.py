@@ -10,6 +10,7 @@ where a stateful generator would not advance.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -77,19 +78,17 @@ class Sampler:
         self.temperature = zeros(torch.float32)
         self.top_k = zeros(torch.int64)
         self.top_p = torch.ones(slots, dtype=torch.float32, device=device)
-        self.greedy = torch.ones(slots, dtype=torch.bool, device=device)
         self.seed_lo = zeros(torch.int64)
         self.seed_hi = zeros(torch.int64)
         self.step = zeros(torch.int64)
 
     def buffers(self) -> list[torch.Tensor]:
-        return [self.temperature, self.top_k, self.top_p, self.greedy, self.seed_lo, self.seed_hi, self.step]
+        return [self.temperature, self.top_k, self.top_p, self.seed_lo, self.seed_hi, self.step]
 
     def set(self, slot: int, params: SamplingParams, seed: int, step: int = 0) -> None:
         self.temperature[slot] = params.temperature
         self.top_k[slot] = min(params.top_k, 1 << 62)  # any k ≥ the vocabulary keeps every token
         self.top_p[slot] = params.top_p
-        self.greedy[slot] = params.greedy
         self.seed_lo[slot] = seed & _M32
         self.seed_hi[slot] = (seed >> 32) & _M32
         self.step[slot] = step
@@ -98,26 +97,31 @@ class Sampler:
         for t in self.buffers():
             t[dst] = t[src]
 
-    def sample(self, logits: torch.Tensor, start: int, *, sampled: bool, filtered: bool) -> torch.Tensor:
+    def sample(
+        self, logits: torch.Tensor, start: int, *, sampled: Sequence[int] = (), filtered: bool = False
+    ) -> torch.Tensor:
         """Next ids [n] for slots [start, start + n) from their logits [n, V]; advances their step counters.
 
-        `sampled` / `filtered` say whether any row samples / uses top-k or top-p (else that work is skipped;
-        the choice of each row does not depend on them).
+        `sampled` lists the rows (offsets into the batch) that sample; the others are greedy and pay only the
+        argmax. `filtered` says whether any sampled row uses top-k or top-p (they need a sort over the vocabulary).
+        The choice of each row depends on its own logits and parameters only.
         """
         n, vocab = logits.shape
         rows = slice(start, start + n)
         chosen = logits.argmax(dim=-1)
         if sampled:
+            pick = torch.tensor(list(sampled), device=logits.device)
+            slots = pick + start
             # Shift so the best score is 0 first: a tiny temperature then sends the others to -inf
             # instead of overflowing (NaN).
-            scores = logits.float()
-            scores = (scores - scores.max(dim=-1, keepdim=True).values) / self.temperature[rows].clamp_min(
+            scores = (logits if len(sampled) == n else logits[pick]).float()
+            scores = (scores - scores.max(dim=-1, keepdim=True).values) / self.temperature[slots].clamp_min(
                 1e-30
             ).unsqueeze(1)
             if filtered:
-                scores = _filter(scores, self.top_k[rows], self.top_p[rows])
-            noise = gumbel_noise(self.seed_lo[rows], self.seed_hi[rows], self.step[rows], vocab)
-            chosen = torch.where(self.greedy[rows], chosen, (scores + noise).argmax(dim=-1))
+                scores = _filter(scores, self.top_k[slots], self.top_p[slots])
+            noise = gumbel_noise(self.seed_lo[slots], self.seed_hi[slots], self.step[slots], vocab)
+            chosen[pick] = (scores + noise).argmax(dim=-1)
         self.step[rows] += 1
         return chosen
 

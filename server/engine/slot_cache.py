@@ -42,7 +42,7 @@ class CacheShape:
     def bytes(self) -> int:
         """Memory of K and V for every layer."""
         item = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.layers * self.slots * self.kv_heads * self.max_context * self.head_dim * item
+        return 2 * self.layers * self.slots * self.kv_heads * (self.max_context + 1) * self.head_dim * item
 
 
 class _SlotLayer(CacheLayerMixin):
@@ -78,7 +78,9 @@ class SlotCache(Cache):
     def __init__(self, shape: CacheShape, device: torch.device) -> None:
         super().__init__(layers=[_SlotLayer(self, i) for i in range(shape.layers)])
         self.shape = shape
-        size = (shape.slots, shape.kv_heads, shape.max_context, shape.head_dim)
+        # One spare position: a step never reads the whole buffer, so a compiled graph whose key count is dynamic
+        # is not specialised (and recompiled) for the step that reads all `max_context` keys.
+        size = (shape.slots, shape.kv_heads, shape.max_context + 1, shape.head_dim)
         self.keys = [torch.zeros(size, dtype=shape.dtype, device=device) for _ in range(shape.layers)]
         self.values = [torch.zeros(size, dtype=shape.dtype, device=device) for _ in range(shape.layers)]
         self.start = 0

@@ -70,6 +70,9 @@ def test_smoke_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert join["running_rows"] == cfg["clients"] - 1 and join["long_context"] > join["short_context"]
     assert len(join["join_ms"]["long"]["samples"]) == cfg["repeats"]
 
+    hf = result["hf"]  # HF generate with a forward hook vs the engine, at batch 1 and `clients`
+    assert set(hf["tok_s"]) == {"engine_b1", "hf_b1", f"engine_b{cfg['clients']}", f"hf_b{cfg['clients']}"}
+
     train = result["train"]
     assert train["status"] == "ok" and set(train["modes"]) == {"fast", "reference"}
     assert _positive(train["fast_vs_reference"])

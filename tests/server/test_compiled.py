@@ -92,7 +92,7 @@ def test_self_check_falls_back_per_bucket(tiny_world: TinyWorld, monkeypatch: py
     with pytest.raises(CompileFailed, match="bucket 2: eager: logits differ"):
         engine.runner.compile("compiled", "aot_eager")
 
-    def broken(ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def broken(ids: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("no kernel for you")
 
     monkeypatch.setattr(engine.runner, "graph_step", broken)
