@@ -13,11 +13,11 @@ from torch._dynamo.utils import counters
 from server.engine.model import LoadedModel
 from server.engine.request import Row, SteerSpec
 from server.engine.sampling import SamplingParams
-from tests.model_families import HIDDEN, VOCAB
-from tests.server.test_srv_slots import LAYER, Tokens, coder, configs, hf_tokens, prompts
+from tests.kit_families import HIDDEN, VOCAB
+from tests.server.test_slots import LAYER, Tokens, coder, configs, hf_tokens, prompts
 from vectors.sae import SparseCoder
 
-__all__ = ["coder", "configs"]  # fixtures shared with test_srv_slots
+__all__ = ["coder", "configs"]  # fixtures shared with test_slots
 
 WINDOW = 8
 
