@@ -22,9 +22,9 @@ $(BIN)/steer: pyproject.toml $(LOCK)
 	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e .
 	touch $(BIN)/steer
 
-# What `make test` adds: test tools, linters and the real clients the tests drive.
+# What `make test` adds: test tools, linters, the real clients the tests drive and the real model (gemma3).
 $(VENV)/.dev: $(BIN)/steer
-	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e ".[dev]"
+	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e ".[dev,gemma3]"
 	touch $(VENV)/.dev
 
 # Regenerate the lock: a fresh venv resolves pyproject.toml's ranges today, and its versions become the lock.
@@ -33,7 +33,7 @@ lock:
 	$(PYTHON) -m venv var/lock-venv
 	var/lock-venv/bin/pip install --upgrade pip
 	var/lock-venv/bin/pip install "torch==$(TORCH_VERSION)"
-	var/lock-venv/bin/pip install "torch==$(TORCH_VERSION)" -e ".[dev]"
+	var/lock-venv/bin/pip install "torch==$(TORCH_VERSION)" -e ".[dev,gemma3]"
 	$(PYTHON) requirements/freeze_lock.py var/lock-venv/bin/python $(LOCK)
 	rm -rf var/lock-venv
 
