@@ -49,7 +49,8 @@ class Gemma3Config:
     lr: float = 1e-2
     bipo_lr: float = 0.1
     strengths: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0])
-    threads: int = 1  # as WorldConfig.threads: beside other torch jobs, 2 threads on 2 cores slow down many-fold
+    # as WorldConfig.threads: beside other torch jobs, 2 threads on 2 cores slow down many-fold
+    threads: int = 1
 
     @classmethod
     def quick(cls, seed: int = 0) -> Gemma3Config:
