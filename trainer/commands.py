@@ -34,9 +34,11 @@ def _register_demo(subparsers: Any) -> None:
     build.add_argument("--seed", type=int, default=0, help="seed of everything in the build (default: 0)")
     build.add_argument(
         "--preset",
-        choices=("default", "small", "wide"),
+        choices=("default", "small", "wide", "gemma3-270m", "gemma3-270m-quick"),
         default="default",
-        help="world size: default (the demo), small (tests, seconds), wide (d_model 256, 16x SAE; ~16 min)",
+        help="world size: default (the demo), small (tests, seconds), wide (d_model 256, 16x SAE; ~16 min); "
+        "gemma3-270m: the real model from sparse-steer[gemma3] with an SAE and vectors trained on it "
+        "(docs/real-model-results.md), gemma3-270m-quick: the same on a tiny budget (one country)",
     )
     build.add_argument("--small", action="store_true", help="same as --preset small")
     build.add_argument(
@@ -85,6 +87,8 @@ def _demo_build(args: Any) -> int:
     from trainer.world import WorldConfig, build_world
 
     preset = "small" if args.small else args.preset
+    if preset.startswith("gemma3-270m"):
+        return _gemma3_build(args, quick=preset.endswith("-quick"))
     presets = {"default": WorldConfig, "small": WorldConfig.small, "wide": WorldConfig.wide}
     given = {
         "sae_layer": args.sae_layer,
@@ -108,6 +112,21 @@ def _demo_build(args: Any) -> int:
     report = build_report(DemoConfig(root=args.out, threads=config.threads, workers=workers))
     print(json.dumps({"targets": report.targets.to_dict(), "seconds": report.seconds}, indent=1))
     print(f"vectors in {args.out}/vectors, report in {args.out}/report.md")
+    return 0
+
+
+def _gemma3_build(args: Any, *, quick: bool) -> int:
+    """The real-model world (trainer/gemma3/build.py): resumable stages, then the report."""
+    from dataclasses import replace
+
+    from trainer.gemma3.build import Gemma3Config, build_gemma3
+
+    config = Gemma3Config.quick(args.seed) if quick else Gemma3Config(seed=args.seed)
+    given = {"sae_layer": args.sae_layer, "sae_expansion": args.sae_expansion, "threads": args.threads}
+    config = replace(config, **{k: v for k, v in given.items() if v is not None})
+    summary = build_gemma3(args.out, config)
+    print(json.dumps({k: summary[k] for k in ("layer", "sae", "seconds")}, indent=1))
+    print(f"world, vectors and report in {args.out} (report.md)")
     return 0
 
 

@@ -113,7 +113,7 @@ def layer_activations(model: Any, rows: torch.Tensor, layer: int) -> torch.Tenso
     handle = model.model.layers[layer].register_forward_hook(hook)
     try:
         for start in range(0, len(rows), 64):
-            model(input_ids=rows[start : start + 64])
+            model(input_ids=rows[start : start + 64], logits_to_keep=1)  # the head is not needed (262k wide)
     finally:
         handle.remove()
     return torch.cat(captured)
