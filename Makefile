@@ -61,9 +61,13 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint $(VLLM_VENV)/.done
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_VENV)/bin/pytest tests/vllm
+# The vLLM venv installs (network and disk, minutes) while the main suite runs; tests/vllm runs after both.
+test: lint
+	mkdir -p var; \
+	$(MAKE) vllm-venv > var/vllm-venv.log 2>&1 & venv=$$!; \
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest; main=$$?; \
+	wait $$venv || { tail -n 40 var/vllm-venv.log; exit 1; }; \
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_VENV)/bin/pytest tests/vllm && exit $$main
 
 # The world (model, SAE, data) and the demo catalog (vectors + report) are built once; each stage
 # leaves its marker file only when complete, so an interrupted build resumes where it stopped.

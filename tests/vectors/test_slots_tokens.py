@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vectors_testkit import SAE_VARIANTS, dense_meta, random_code, sae_meta
 
+from tests.vectors.kit_vectors import SAE_VARIANTS, dense_meta, random_code, sae_meta
 from vectors.sae import SparseCoder
 from vectors.slots import LayerSlots, compose
 from vectors.vector import SteeringVector
