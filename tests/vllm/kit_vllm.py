@@ -119,7 +119,7 @@ def serve(settings: Any, timeout: float = 300) -> Any:
     @contextlib.contextmanager
     def running() -> Any:
         state = ServerRuntime(settings)
-        app = create_app(settings, state=state)
+        app = create_app(settings, runtime=state)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
