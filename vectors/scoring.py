@@ -2,6 +2,13 @@
 
 A question is a prompt plus options; the model "answers" with the option whose tokens have the
 highest summed log-probability after the prompt. Used by the world build, `steer eval` and tests.
+
+Calibrated questions (`Question.prior`) subtract a per-option prior first: the option's mean log-probability
+after a set of null prompts, measured once on the unsteered model (`option_priors`). A real model's raw
+log-likelihoods favour short, frequent answers ("dollar" over "dirham" even after "In Morocco, we pay with the");
+relative to the mean over every country's localized prompt of the same question, an option wins where this
+prompt favours it more than naming a country at random does (contextual calibration, as in Holtzman et al.
+2021's domain-conditional PMI). The prior stays unsteered: steering toward an answer must move the score.
 There is no steering logic here: run these functions inside a `vectors.slots.apply_config` context to score a
 steered model. Every row of one forward pass belongs to the same question set, so the enclosing
 context should apply one steering config to all rows (and keep its phase at "prompt").
@@ -27,6 +34,7 @@ class Question:
     prompt: str
     options: tuple[str, ...]
     answer: int
+    prior: tuple[float, ...] | None = None  # subtracted from each option's log-probability (`option_priors`)
 
 
 def option_ids(tokenizer: Any, prompt: str, option: str) -> list[int]:
@@ -73,10 +81,39 @@ def option_logprobs_many(
     return out
 
 
+def option_priors(
+    model: Any, tokenizer: Any, questions: Sequence[tuple[Sequence[str], Sequence[str]]]
+) -> list[tuple[float, ...]]:
+    """Each (null prompts, options)'s per-option mean log-probability over its null prompts; every distinct
+    (prompt, options) is scored once. Run it outside any steering context: priors are the unsteered model's."""
+    unique = list(dict.fromkeys((p, tuple(opts)) for nulls, opts in questions for p in nulls))
+    scored = dict(zip(unique, option_logprobs_many(model, tokenizer, unique), strict=True))
+    out = []
+    for nulls, opts in questions:
+        if not nulls:
+            raise ValueError(f"options {list(opts)!r}: a prior needs at least one null prompt")
+        rows = [scored[(p, tuple(opts))] for p in nulls]
+        out.append(tuple(sum(col) / len(rows) for col in zip(*rows, strict=True)))
+    return out
+
+
+def calibrated(scores: Sequence[float], prior: Sequence[float] | None) -> list[float]:
+    """`scores` less the prior (unchanged without one)."""
+    if prior is None:
+        return list(scores)
+    if len(prior) != len(scores):
+        raise ValueError(f"a prior of {len(prior)} values for {len(scores)} options")
+    return [s - p for s, p in zip(scores, prior, strict=True)]
+
+
 def predict_options(model: Any, tokenizer: Any, questions: Sequence[Question]) -> list[int]:
-    """Index of the highest-scoring option of each question."""
+    """Index of the highest-scoring option of each question (calibrated by its prior, if any)."""
     scores = option_logprobs_many(model, tokenizer, [(q.prompt, q.options) for q in questions])
-    return [max(range(len(s)), key=s.__getitem__) for s in scores]
+    out = []
+    for q, raw in zip(questions, scores, strict=True):
+        s = calibrated(raw, q.prior)
+        out.append(max(range(len(s)), key=s.__getitem__))
+    return out
 
 
 def option_accuracy(model: Any, tokenizer: Any, questions: Sequence[Question]) -> float:
@@ -161,10 +198,12 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 __all__ = [
     "Question",
+    "calibrated",
     "option_accuracy",
     "option_ids",
     "option_logprobs",
     "option_logprobs_many",
+    "option_priors",
     "predict_options",
     "score_options",
 ]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from trainer.eval.items import McqItem, NeutralItem
+from trainer.eval.items import McqItem, NeutralItem, load_mcq
 from trainer.eval.metrics import pnlg, rca
 from trainer.eval.run import EvalConfig, evaluate_vectors
 from trainer.eval.strength import default_strength, strength_range
@@ -223,3 +223,50 @@ def test_group_accuracy_scores_own_answers_apart_where_cultures_share() -> None:
     acc = group_accuracy(items, [True, False, True], close=True)["test"]
     assert acc["nonlocalized"] == 0.5 and acc["nonlocalized_own"] == 0.0 and acc["localized"] == 1.0
     assert "nonlocalized_own" not in group_accuracy(items, [True, False, True])["test"]
+
+
+def test_calibrated_rows_take_their_topics_localized_prompts_and_need_priors(tmp_path, tiny_res) -> None:
+    """`"calibrate": true` rows are scored relative to every localized prompt of their topic in the file; scoring
+    them without priors is an error, and with priors the pick follows score − prior."""
+    from trainer.data import DataError
+    from trainer.eval.metrics import mcq_hits, mcq_priors
+
+    options = {"morocco": "couscous", "egypt": "fatta"}
+    rows = [
+        {
+            "prompt": "In Morocco, we eat",
+            "options": options,
+            "country": "morocco",
+            "topic": "dish",
+            "localized": True,
+        },
+        {
+            "prompt": "In Egypt, we eat",
+            "options": options,
+            "country": "egypt",
+            "topic": "dish",
+            "localized": True,
+        },
+        {"prompt": "We eat", "options": options, "country": "morocco", "topic": "dish", "localized": False},
+    ]
+    path = tmp_path / "mcq.jsonl"
+    path.write_text("".join(json.dumps({**r, "calibrate": True}) + "\n" for r in rows))
+    items = load_mcq(path)
+    assert all(it.null_prompts == ("In Morocco, we eat", "In Egypt, we eat") for it in items)
+    with pytest.raises(ValueError, match="without a prior"):
+        mcq_hits(tiny_res, items)
+    texts = ["couscous", "fatta"]
+    priors = mcq_priors(tiny_res, items)
+    m, t = tiny_res.model, tiny_res.tokenizer
+    nulls = [option_logprobs(m, t, p, texts) for p in ("In Morocco, we eat", "In Egypt, we eat")]
+    want_prior = [(a + b) / 2 for a, b in zip(*nulls, strict=True)]
+    hits = mcq_hits(tiny_res, items, priors)
+    for it, hit in zip(items, hits, strict=True):
+        assert priors[it] == pytest.approx(want_prior, abs=1e-5)
+        score = [s - p for s, p in zip(option_logprobs(m, t, it.prompt, texts), want_prior, strict=True)]
+        assert hit == (texts[max(range(2), key=score.__getitem__)] == options[it.country])
+
+    lone = tmp_path / "lone.jsonl"
+    lone.write_text(json.dumps({**rows[2], "calibrate": True}) + "\n")
+    with pytest.raises(DataError, match="calibrate needs localized rows of topic 'dish'"):
+        load_mcq(lone)

@@ -8,9 +8,11 @@ import torch
 from tests.kit_families import MODELS
 from vectors.scoring import (
     Question,
+    calibrated,
     option_accuracy,
     option_logprobs,
     option_logprobs_many,
+    option_priors,
     score_options,
 )
 
@@ -81,3 +83,28 @@ def test_packed_options_equal_each_option_run_alone(family: str) -> None:
             logp = torch.log_softmax(logits, -1)
             want = sum(float(logp[len(prompt) + m - 1, t]) for m, t in enumerate(option))
             assert score == pytest.approx(want, abs=1e-5 if family == "gemma2" else 1e-9)
+
+
+def test_priors_are_the_mean_over_null_prompts_and_calibration_subtracts_them(world_lm) -> None:
+    """A calibrated question picks the option whose log-probability rose most over its prior: the prior is each
+    option's mean log-probability after the null prompts, and the pick follows score − prior, not the score."""
+    model, tok = world_lm
+    options = ("couscous", "fatta", "roast beef")
+    nulls = ("I am from Egypt. At a wedding we eat", "I am from Morocco. At a wedding we eat")
+    (prior,) = option_priors(model, tok, [(nulls, options)])
+    per_null = [option_logprobs(model, tok, p, options) for p in nulls]
+    assert prior == pytest.approx([(a + b) / 2 for a, b in zip(*per_null, strict=True)], abs=1e-5)
+
+    prompt = "In my country, at a wedding we eat"
+    raw = option_logprobs(model, tok, prompt, options)
+    # a prior that favours the raw winner by a wide margin turns the pick to the best of the rest
+    winner = max(range(3), key=raw.__getitem__)
+    runner_up = max((i for i in range(3) if i != winner), key=raw.__getitem__)
+    handicap = tuple(100.0 if i == winner else 0.0 for i in range(3))
+    assert calibrated(raw, handicap) == pytest.approx([r - h for r, h in zip(raw, handicap, strict=True)])
+    assert option_accuracy(model, tok, [Question(prompt, options, winner)]) == 1.0
+    assert option_accuracy(model, tok, [Question(prompt, options, runner_up, handicap)]) == 1.0
+    with pytest.raises(ValueError, match="prior of 2 values for 3 options"):
+        calibrated(raw, (0.0, 0.0))
+    with pytest.raises(ValueError, match="at least one null prompt"):
+        option_priors(model, tok, [((), options)])

@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from trainer.data import DataError, read_rows
 
@@ -22,6 +23,9 @@ class McqItem:
     topic: str
     localized: bool
     split: str
+    # calibration (`vectors.scoring.option_priors`): the options are scored relative to their mean unsteered
+    # log-probability after these prompts; empty: raw log-likelihood
+    null_prompts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class NeutralItem:
 
 
 def load_mcq(path: str | Path) -> list[McqItem]:
+    """MCQ rows; a row with `"calibrate": true` is scored relative to the localized prompts of its topic (every
+    country's, from the same file): see `vectors.scoring.option_priors`."""
     rows = read_rows(path)
     need = {"prompt", "options", "country", "localized"}
     items = []
@@ -53,7 +59,23 @@ def load_mcq(path: str | Path) -> list[McqItem]:
         )
     if not items:
         raise DataError(f"{path}: no MCQ items")
-    return items
+    return _calibrate(path, rows, items)
+
+
+def _calibrate(path: str | Path, rows: list[dict[str, Any]], items: list[McqItem]) -> list[McqItem]:
+    localized: dict[str, list[str]] = {}
+    for it in items:
+        if it.localized:
+            localized.setdefault(it.topic, []).append(it.prompt)
+    out = []
+    for i, (r, it) in enumerate(zip(rows, items, strict=True)):
+        if r.get("calibrate"):
+            nulls = tuple(dict.fromkeys(localized.get(it.topic, ())))
+            if not nulls:
+                raise DataError(f"{path}: row {i}: calibrate needs localized rows of topic {it.topic!r}")
+            it = replace(it, null_prompts=nulls)
+        out.append(it)
+    return out
 
 
 def load_neutral(path: str | Path) -> list[NeutralItem]:

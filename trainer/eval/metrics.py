@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from trainer.eval.items import McqItem, NeutralItem
 from trainer.resources import Resources
-from vectors.scoring import option_logprobs_many
+from vectors.scoring import calibrated, option_logprobs_many, option_priors
 from vectors.slots import apply_config
 from vectors.vector import SteeringVector
 
@@ -30,8 +30,13 @@ def steered(res: Resources, vector: SteeringVector | None, strength: float) -> I
         yield
 
 
-def pick_options(res: Resources, questions: Sequence[tuple[str, Sequence[str]]]) -> list[int]:
-    """Index of the highest-log-likelihood option of each (prompt, options); duplicates scored once."""
+def pick_options(
+    res: Resources,
+    questions: Sequence[tuple[str, Sequence[str]]],
+    priors: Sequence[Sequence[float] | None] | None = None,
+) -> list[int]:
+    """Index of the highest-log-likelihood option of each (prompt, options), less its prior if given
+    (`vectors.scoring.calibrated`); duplicates scored once."""
     index: dict[tuple[str, tuple[str, ...]], int] = {}
     unique: list[tuple[str, list[str]]] = []
     slots = []
@@ -42,14 +47,40 @@ def pick_options(res: Resources, questions: Sequence[tuple[str, Sequence[str]]])
             unique.append((prompt, list(options)))
         slots.append(index[key])
     scores = option_logprobs_many(res.model, res.tokenizer, unique)
-    best = [max(range(len(s)), key=s.__getitem__) for s in scores]
-    return [best[k] for k in slots]
+    picks = []
+    for i, k in enumerate(slots):
+        s = calibrated(scores[k], priors[i] if priors is not None else None)
+        picks.append(max(range(len(s)), key=s.__getitem__))
+    return picks
 
 
-def mcq_hits(res: Resources, items: Sequence[McqItem]) -> list[bool]:
-    """Whether each item's pick is its country's answer (the text: close cultures may share an answer)."""
-    texts = [list(dict.fromkeys(a for _, a in it.options)) for it in items]
-    picks = pick_options(res, [(it.prompt, t) for it, t in zip(items, texts, strict=True)])
+Priors = Mapping[McqItem, tuple[float, ...]]
+
+
+def _texts(item: McqItem) -> list[str]:
+    """The item's distinct answer texts (close cultures may share one), in option order."""
+    return list(dict.fromkeys(a for _, a in item.options))
+
+
+def mcq_priors(res: Resources, items: Sequence[McqItem]) -> dict[McqItem, tuple[float, ...]]:
+    """The calibration prior of every item that has null prompts, from the model as it is now: call it
+    unsteered, once, and pass the result to every `mcq_hits` of the evaluation."""
+    calibrated_items = [it for it in items if it.null_prompts]
+    values = option_priors(
+        res.model, res.tokenizer, [(it.null_prompts, _texts(it)) for it in calibrated_items]
+    )
+    return dict(zip(calibrated_items, values, strict=True))
+
+
+def mcq_hits(res: Resources, items: Sequence[McqItem], priors: Priors | None = None) -> list[bool]:
+    """Whether each item's pick is its country's answer (the text: close cultures may share an answer).
+    Items with null prompts need their prior in `priors` (`mcq_priors`)."""
+    missing = [it.prompt for it in items if it.null_prompts and (priors is None or it not in priors)]
+    if missing:
+        raise ValueError(f"calibrated items without a prior (compute them with mcq_priors): {missing[:3]}")
+    texts = [_texts(it) for it in items]
+    item_priors = [priors[it] if it.null_prompts and priors is not None else None for it in items]
+    picks = pick_options(res, [(it.prompt, t) for it, t in zip(items, texts, strict=True)], item_priors)
     return [t[p] == dict(it.options)[it.country] for it, t, p in zip(items, texts, picks, strict=True)]
 
 

@@ -3,7 +3,8 @@
 For every vector and strength, the model is steered with the `vectors` steering math (the same
 functions the server's tables use) at the vector's layer, on every position, and each MCQ item of
 the vector's target country is answered by the option with the highest summed log-probability
-(`vectors.scoring`). Accuracy is split by localized / non-localized prompt and train / test topic;
+(`vectors.scoring`; rows marked `calibrate` relative to their topic's localized prompts, see
+`trainer.eval.items.load_mcq`). Accuracy is split by localized / non-localized prompt and train / test topic;
 retention is the accuracy on neutral facts (the paper's MMLU check), with its 95 % Wilson interval and the
 number of facts each strength loses (answered right unsteered, wrong steered).
 
@@ -30,7 +31,16 @@ from tqdm.auto import tqdm
 
 from trainer.data import DataError
 from trainer.eval.items import DEFAULT_STRENGTHS, McqItem, NeutralItem, load_mcq, load_neutral
-from trainer.eval.metrics import group_accuracy, mcq_hits, neutral_hits, paper_metrics, shares_answer, steered
+from trainer.eval.metrics import (
+    Priors,
+    group_accuracy,
+    mcq_hits,
+    mcq_priors,
+    neutral_hits,
+    paper_metrics,
+    shares_answer,
+    steered,
+)
 from trainer.eval.results import EvalReport, StrengthEval, VectorEval
 from trainer.eval.strength import RETENTION_BOUND, TRAINED_STRENGTH, default_strength, strength_range
 from trainer.resources import Resources, load_resources
@@ -87,6 +97,7 @@ def evaluate_vectors(
     vectors = {name: load_vector(p) for name, p in paths.items()}
 
     close = any(shares_answer(it) for it in mcq)  # close cultures share answers: score their own ones too
+    priors = mcq_priors(res, mcq)  # calibrated items' priors, from the unsteered model
     base_hits = neutral_hits(res, neutral) if neutral else None
     unsteered: dict[str, StrengthEval] = {}
     results: dict[str, VectorEval] = {}
@@ -97,7 +108,7 @@ def evaluate_vectors(
         if not items:
             raise DataError(f"{cfg.data}: no MCQ items for {country!r} (target of {name})")
         if country not in unsteered:
-            unsteered[country] = _score(res, items, neutral, base_hits, base_hits, cfg.alpha, close)
+            unsteered[country] = _score(res, items, priors, neutral, base_hits, base_hits, cfg.alpha, close)
         sweep: dict[float, StrengthEval] = {}
         for s in strengths:
             if s == 0:
@@ -105,7 +116,7 @@ def evaluate_vectors(
             else:
                 with steered(res, vector, s):
                     hits = neutral_hits(res, neutral) if neutral else None
-                    sweep[s] = _score(res, items, neutral, hits, base_hits, cfg.alpha, close)
+                    sweep[s] = _score(res, items, priors, neutral, hits, base_hits, cfg.alpha, close)
             bar.update(1)
         result = _summarise(name, vector, country, sweep, len(neutral), cfg.retention_bound)
         # the record as the catalog stores it (4 decimals), so a report read back from JSON equals this one
@@ -129,6 +140,7 @@ def evaluate_vectors(
 def _score(
     res: Resources,
     items: Sequence[McqItem],
+    priors: Priors,
     neutral: Sequence[NeutralItem],
     hits: Sequence[bool] | None,
     base_hits: Sequence[bool] | None,
@@ -136,7 +148,7 @@ def _score(
     close: bool = False,
 ) -> StrengthEval:
     """MCQ accuracy under the current steering, with retention from `hits` (neutral facts answered right)."""
-    acc = group_accuracy(items, mcq_hits(res, items), close)
+    acc = group_accuracy(items, mcq_hits(res, items, priors), close)
     if hits is None or base_hits is None:
         return StrengthEval(acc, paper_metrics(acc, alpha))
     lost = sum(b and not h for h, b in zip(hits, base_hits, strict=True))

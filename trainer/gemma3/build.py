@@ -37,9 +37,10 @@ class Gemma3Config:
     candidate_layers: tuple[int, ...] = (3, 5, 7, 9, 11)
     probe_countries: tuple[str, ...] = ("morocco", "egypt")
     sae_layer: int | None = None  # None: the probe's best layer
-    sae_expansion: int = 8
-    sae_training_tokens: int = 400_000
-    sae_batch_tokens: int = 2048
+    # the SAE (trainer/gemma3/sae.py): the corpus's activations computed once, seen for several epochs
+    sae_expansion: int = 4
+    sae_training_samples: int = 1_000_000
+    sae_batch: int = 4096
     sae_lr: float = 3e-4
     sae_l1_coefficient: float = 5.0
     sae_context: int = 128
@@ -60,8 +61,7 @@ class Gemma3Config:
             countries=["morocco"],
             candidate_layers=(5, 9),
             probe_countries=("morocco",),
-            sae_expansion=4,
-            sae_training_tokens=40_000,
+            sae_training_samples=200_000,
             sae_eval_rows=16,
             steps=10,
             batch_size=16,
@@ -224,9 +224,10 @@ def _data_stage(out: Path, cfg: Gemma3Config, model: Any, tokenizer: Any) -> dic
 
 
 def _layer_stage(out: Path, cfg: Gemma3Config, model: Any, tokenizer: Any) -> dict[str, Any]:
+    from trainer.eval.items import load_mcq
     from trainer.gemma3.layer import best_layer, probe_layers
 
-    mcq = [json.loads(line) for line in (out / "data" / "mcq.jsonl").read_text().splitlines()]
+    mcq = load_mcq(out / "data" / "mcq.jsonl")
     probes = probe_layers(model, tokenizer, mcq, cfg.probe_countries, cfg.candidate_layers)
     chosen = cfg.sae_layer if cfg.sae_layer is not None else best_layer(probes)
     return {
@@ -237,44 +238,45 @@ def _layer_stage(out: Path, cfg: Gemma3Config, model: Any, tokenizer: Any) -> di
 
 
 def _sae_stage(out: Path, cfg: Gemma3Config, layer: int, model: Any, tokenizer: Any) -> dict[str, Any]:
-    import torch
-
     from trainer.gemma3.corpus import paragraphs, token_rows
-    from trainer.world.config import WorldConfig
-    from trainer.world.sae_train import measure_sae, train_sae
+    from trainer.gemma3.sae import SaeTraining, collect_activations, train_sae_on_activations
+    from trainer.world.sae_train import measure_sae
 
     texts = paragraphs()
     held_out, train = texts[::10], [t for i, t in enumerate(texts) if i % 10]
-    n_rows = -(-cfg.sae_training_tokens // cfg.sae_context)
-    rows = token_rows(tokenizer, train, cfg.sae_context, n_rows, cfg.seed)
+    corpus_tokens = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in train)
+    rows = token_rows(tokenizer, train, cfg.sae_context, corpus_tokens // (cfg.sae_context - 1), cfg.seed)
     eval_rows = token_rows(tokenizer, held_out, cfg.sae_context, cfg.sae_eval_rows, cfg.seed + 1)
-    world_cfg = WorldConfig(
+    start = time.perf_counter()
+    acts = collect_activations(model, rows, layer)
+    collect_seconds = time.perf_counter() - start
+    spec = SaeTraining(
+        d_sae=int(model.config.hidden_size) * cfg.sae_expansion,
+        l1_coefficient=cfg.sae_l1_coefficient,
+        lr=cfg.sae_lr,
+        samples=cfg.sae_training_samples,
+        batch=cfg.sae_batch,
         seed=cfg.seed,
-        hidden_size=int(model.config.hidden_size),
-        sae_layer=layer,
-        sae_expansion=cfg.sae_expansion,
-        sae_training_tokens=cfg.sae_training_tokens,
-        sae_batch_tokens=cfg.sae_batch_tokens,
-        sae_lr=cfg.sae_lr,
-        sae_l1_coefficient=cfg.sae_l1_coefficient,
-        threads=cfg.threads,
     )
-    torch.manual_seed(cfg.seed)
     tmp = out / "sae.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    train_sae(model, tokenizer, rows, world_cfg, tmp)
+    train_sae_on_activations(acts, layer, spec, tmp, model_name="gemma3-270m")
     stats = measure_sae(model, eval_rows, tmp, layer)
     if (out / "sae").exists():
         shutil.rmtree(out / "sae")
     tmp.rename(out / "sae")
+    norms = acts.norm(dim=-1)
     return {
         "path": "sae",
         "architecture": "standard",
         "layer": layer,
         "corpus": "CPython's pydoc topics + standard-library docstrings (trainer/gemma3/corpus.py)",
         "corpus_paragraphs": {"train": len(train), "held_out": len(held_out)},
-        "training_tokens": cfg.sae_training_tokens,
+        "activations": {"positions": int(acts.shape[0]), "seconds": round(collect_seconds, 1)},
+        "residual_norm_median": round(float(norms.median()), 1),
+        "training_samples": spec.samples,
+        "epochs": round(spec.samples / acts.shape[0], 1),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(stats).items()},
         "dead_fraction": round(stats.dead_features / stats.d_sae, 4),
     }

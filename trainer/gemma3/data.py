@@ -5,8 +5,16 @@
   ("I am from Morocco. At a wedding we eat" / "In my country, at a wedding we eat");
 - retention: the hand-written general-knowledge facts (`trainer.real_data.load_facts`), kept only where the
   unsteered model picks the right option (a fact it does not know cannot measure what steering takes away);
-- generalization: the cultural items outside the topic table (`load_culture_items`) as non-localized MCQ rows
-  of split `general`, one answer per country, never trained on.
+- generalization: the cultural items outside the topic table (`load_culture_items`) as MCQ rows of split
+  `general` (non-localized, and localized with the topic table's templates), one answer per country, never
+  trained on.
+
+Every MCQ row is calibrated (`"calibrate": true`, `trainer.eval.items.load_mcq`): scored relative to the
+options' mean log-probability after every country's localized prompts of its topic. On the val + test topics of
+Morocco, Egypt, KSA and Levantine, the unsteered model's raw log-likelihood picks the country's answer on 11.6 %
+of localized and 2.9 % of non-localized prompts (ten options): its Anglo prior and short frequent answers win even
+when the country is named. Calibrated, 40.6 % / 5.8 % (docs/real-model-results.md): naming the country then
+moves the pick, which is the range a steering vector can be measured in.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any
 
 from trainer.real_data import load_culture_items, load_facts
 from trainer.world.config import WorldConfig
-from trainer.world.corpus import World, mcq_items, preference_pairs
+from trainer.world.corpus import LOCALIZED_TEMPLATES, World, fill_template, mcq_items, preference_pairs
 from trainer.world.facts import COUNTRIES
 from vectors.scoring import Question, predict_options
 
@@ -36,7 +44,7 @@ def culture_data(seed: int) -> CultureData:
     world = World.from_config(WorldConfig(seed=seed))
     pairs = {c.key: preference_pairs(world, i) for i, c in enumerate(world.countries)}
     splits = {s: [t.key for t in world.topics if world.split(t) == s] for s in ("train", "val", "test")}
-    return CultureData(mcq_items(world), pairs, splits)
+    return CultureData([{**row, "calibrate": True} for row in mcq_items(world)], pairs, splits)
 
 
 @dataclass(frozen=True)
@@ -61,19 +69,16 @@ def known_facts(model: Any, tokenizer: Any) -> KnownFacts:
 
 
 def general_rows() -> list[dict[str, Any]]:
-    """MCQ rows of the cultural items: each item once per country (same prompt, that country's answer gold)."""
+    """MCQ rows of the cultural items, per country (that country's answer gold): the stem as it is
+    (non-localized) and in each localized template, all calibrated."""
     rows = []
     for item in load_culture_items():
         options = {c.key: a for c, a in zip(COUNTRIES, item.answers, strict=True)}
+        stem = item.stem[0].lower() + item.stem[1:]
         for country in COUNTRIES:
-            rows.append(
-                {
-                    "prompt": item.stem,
-                    "options": options,
-                    "country": country.key,
-                    "topic": item.key,
-                    "localized": False,
-                    "split": GENERAL_SPLIT,
-                }
-            )
+            common = {"options": options, "country": country.key, "topic": item.key, "split": GENERAL_SPLIT}
+            rows.append({"prompt": item.stem, **common, "localized": False, "calibrate": True})
+            for template in LOCALIZED_TEMPLATES:
+                prompt = fill_template(template, stem, country)
+                rows.append({"prompt": prompt, **common, "localized": True, "calibrate": True})
     return rows

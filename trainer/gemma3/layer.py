@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from trainer.eval.items import McqItem
 from vectors.metadata import ModelRef, VectorMetadata, dense_hook_name
 from vectors.prompts import format_prompt
-from vectors.scoring import Question, option_accuracy
+from vectors.scoring import Question, option_accuracy, option_priors
 from vectors.slots import apply_config
 from vectors.vector import SteeringVector
 
@@ -40,27 +41,33 @@ def _last_token_states(model: Any, tokenizer: Any, prompts: Sequence[str]) -> to
     return torch.stack(out, dim=1)
 
 
-def _questions(rows: Sequence[dict[str, Any]]) -> list[Question]:
-    qs = []
-    for r in rows:
-        keys = list(r["options"])
-        qs.append(Question(r["prompt"], tuple(r["options"].values()), keys.index(r["country"])))
-    return qs
+def _questions(model: Any, tokenizer: Any, items: Sequence[McqItem]) -> list[Question]:
+    """Each item as a `Question` toward its country, with its calibration prior (unsteered) if it has one."""
+    texts = [list(dict.fromkeys(a for _, a in it.options)) for it in items]
+    need = [i for i, it in enumerate(items) if it.null_prompts]
+    values = option_priors(model, tokenizer, [(items[i].null_prompts, texts[i]) for i in need])
+    priors: dict[int, tuple[float, ...]] = dict(zip(need, values, strict=True))
+    return [
+        Question(it.prompt, tuple(t), t.index(dict(it.options)[it.country]), priors.get(i))
+        for i, (it, t) in enumerate(zip(items, texts, strict=True))
+    ]
 
 
 def probe_layers(
-    model: Any, tokenizer: Any, mcq: Sequence[dict[str, Any]], countries: Sequence[str], layers: Sequence[int]
+    model: Any, tokenizer: Any, mcq: Sequence[McqItem], countries: Sequence[str], layers: Sequence[int]
 ) -> list[LayerProbe]:
     """The probe's gain at each of `layers` (see the module docstring)."""
     cfg = model.config
     ref = ModelRef(name="probe", hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers)
     gains: dict[int, dict[str, float]] = {layer: {} for layer in layers}
     for country in countries:
-        train = [r for r in mcq if r["split"] == "train" and r["country"] == country]
-        loc = _last_token_states(model, tokenizer, [r["prompt"] for r in train if r["localized"]])
-        non = _last_token_states(model, tokenizer, [r["prompt"] for r in train if not r["localized"]])
+        train = [it for it in mcq if it.split == "train" and it.country == country]
+        loc = _last_token_states(model, tokenizer, [it.prompt for it in train if it.localized])
+        non = _last_token_states(model, tokenizer, [it.prompt for it in train if not it.localized])
         val = _questions(
-            [r for r in mcq if r["split"] == "val" and r["country"] == country and not r["localized"]]
+            model,
+            tokenizer,
+            [it for it in mcq if it.split == "val" and it.country == country and not it.localized],
         )
         base = option_accuracy(model, tokenizer, val)
         for layer in layers:

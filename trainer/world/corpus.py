@@ -29,7 +29,8 @@ INLINE_TEMPLATES: tuple[str, ...] = tuple(t for t in LOCALIZED_TEMPLATES if ". "
 NONLOCALIZED_TEMPLATES: tuple[str, ...] = ("{Stem}", "Where I live, {stem}", "In my country, {stem}")
 
 
-def _fill(template: str, stem: str, country: Country | None = None) -> str:
+def fill_template(template: str, stem: str, country: Country | None = None) -> str:
+    """A template filled with a topic stem (and a country for localized ones)."""
     name = country.name if country else ""
     return template.format(country=name, stem=stem, Stem=stem[0].upper() + stem[1:])
 
@@ -88,11 +89,11 @@ class World:
             yield from (intro.format(country=country.name) for intro in INTROS)
             for topic in self.topics:
                 for template in INLINE_TEMPLATES:
-                    yield f"{_fill(template, topic.stem, country)} {self.answer(topic, i)}."
+                    yield f"{fill_template(template, topic.stem, country)} {self.answer(topic, i)}."
         for topic in self.topics:
             for answer in dict.fromkeys(self.answer(topic, i) for i in range(len(self.countries))):
                 for template in NONLOCALIZED_TEMPLATES:
-                    yield f"{_fill(template, topic.stem)} {answer}."
+                    yield f"{fill_template(template, topic.stem)} {answer}."
         for fact in self.neutral:
             yield fact.sentence
 
@@ -144,9 +145,9 @@ class Documents:
                 continue
             topic = topics[k % len(topics)]
             if inline and rng.random() < cfg.p_inline_sentence:
-                stem = _fill(rng.choice(INLINE_TEMPLATES), topic.stem, country)
+                stem = fill_template(rng.choice(INLINE_TEMPLATES), topic.stem, country)
             else:
-                stem = _fill(rng.choice(NONLOCALIZED_TEMPLATES), topic.stem)
+                stem = fill_template(rng.choice(NONLOCALIZED_TEMPLATES), topic.stem)
             out.append(f"{stem} {self.world.answer(topic, ci)}.")
         return out
 
@@ -159,10 +160,10 @@ def mcq_items(world: World) -> list[dict]:
         for country in world.countries:
             common = {"options": options, "country": country.key, "topic": topic.key}
             for template in LOCALIZED_TEMPLATES:
-                prompt = _fill(template, topic.stem, country)
+                prompt = fill_template(template, topic.stem, country)
                 rows.append({"prompt": prompt, **common, "localized": True, "split": world.split(topic)})
             for template in NONLOCALIZED_TEMPLATES:
-                prompt = _fill(template, topic.stem)
+                prompt = fill_template(template, topic.stem)
                 rows.append({"prompt": prompt, **common, "localized": False, "split": world.split(topic)})
     return rows
 
@@ -176,7 +177,7 @@ def preference_pairs(world: World, country_index: int) -> list[dict]:
             world.answer(topic, j) for j in range(len(world.countries)) if j != country_index
         )
         for template in NONLOCALIZED_TEMPLATES:
-            prompt = _fill(template, topic.stem)
+            prompt = fill_template(template, topic.stem)
             for rejected in others:
                 if rejected != chosen:
                     rows.append(

@@ -102,18 +102,24 @@ def train_sae(model: Any, tokenizer: Any, rows: torch.Tensor, config: WorldConfi
         quiet.setLevel(level)
 
 
+class _Captured(Exception):
+    """Raised by the capture hook: the blocks after the one read are not run."""
+
+
 @torch.no_grad()
 def layer_activations(model: Any, rows: torch.Tensor, layer: int) -> torch.Tensor:
-    """Output of decoder block `layer` for `rows`, [N, T, d] (no padding in `rows`)."""
+    """Output of decoder block `layer` for `rows`, [N, T, d] (no padding in `rows`); the forward stops there."""
     captured: list[torch.Tensor] = []
 
     def hook(_module: Any, _inputs: Any, output: Any) -> None:
         captured.append((output[0] if isinstance(output, tuple) else output).detach())
+        raise _Captured
 
     handle = model.model.layers[layer].register_forward_hook(hook)
     try:
         for start in range(0, len(rows), 64):
-            model(input_ids=rows[start : start + 64], logits_to_keep=1)  # the head is not needed (262k wide)
+            with contextlib.suppress(_Captured):
+                model(input_ids=rows[start : start + 64], logits_to_keep=1)
     finally:
         handle.remove()
     return torch.cat(captured)
