@@ -38,7 +38,7 @@ def _register_demo(subparsers: Any) -> None:
         default="default",
         help="world size: default (the demo), small (tests, seconds), wide (d_model 256, 16x SAE; ~16 min); "
         "gemma3-270m: the real model from sparse-steer[gemma3] with an SAE and vectors trained on it "
-        "(docs/real-model-results.md), gemma3-270m-quick: the same on a tiny budget (one country)",
+        "(docs/real-model-results.md), gemma3-270m-quick: the same for one country on a smaller budget",
     )
     build.add_argument("--small", action="store_true", help="same as --preset small")
     build.add_argument(
