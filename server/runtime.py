@@ -42,7 +42,9 @@ class ServerRuntime:
     catalog: Any = None
     service: Service | None = None
     started: float = field(default_factory=time.time)
-    on_fatal: Callable[[str], None] | None = None  # set by `steer serve`: exit non-zero
+    on_fatal: Callable[[str], None] | None = (
+        None  # set by `steer serve`: exit non-zero (start-up or engine failed)
+    )
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     health: HealthServing = field(init=False)  # /ready and /metrics, answered from the first moment
 
@@ -94,6 +96,7 @@ class ServerRuntime:
         try:
             self.detail = "starting vLLM"
             engine = await VllmEngine.create(vllm_options(s), self.metrics)
+            engine.on_dead = self._engine_died
             self.engine = engine
             self.metrics.set_backend("vllm", engine.options.parallel)
             self.detail = "loading catalog"
@@ -111,6 +114,13 @@ class ServerRuntime:
         else:
             log.exception("startup failed")
         self.status, self.detail = "failed", f"startup failed: {type(exc).__name__}: {exc}"
+        if self.on_fatal is not None:
+            self.on_fatal(self.detail)
+
+    def _engine_died(self, reason: str) -> None:
+        """The engine stopped for good while serving (vLLM's engine core died): not ready, and exit non-zero so
+        that the orchestrator restarts the server, rather than a live process that answers nothing."""
+        self.status, self.detail = "failed", f"engine failed: {reason}"
         if self.on_fatal is not None:
             self.on_fatal(self.detail)
 

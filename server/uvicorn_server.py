@@ -46,7 +46,7 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     def fatal(self, reason: str) -> None:
-        """Startup failed: exit non-zero instead of serving a server that can never be ready."""
+        """Start-up failed, or the engine died: exit non-zero instead of serving a server that can never be ready."""
         log.error("%s", reason)
         self.exit_code = 1
         self.should_exit = True

@@ -27,6 +27,11 @@ class NotAccepting(Exception):
     """The engine is draining, stopped or not started (→ 503)."""
 
 
+class SteeringUnavailable(Exception):
+    """The engine could not load a request's steering after admission, e.g. a vector file that changed or
+    broke between the front end's catalog scan and a worker's read (→ 409, with this message)."""
+
+
 @dataclass(frozen=True)
 class EngineLoad:
     """How busy the engine is now."""

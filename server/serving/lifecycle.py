@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from server.engine.client import EngineClient, NotAccepting, QueueFull
+from server.engine.client import EngineClient, NotAccepting, QueueFull, SteeringUnavailable
 from server.engine.request import Event, Request
 from server.errors import ApiError
 from server.metrics import Metrics
@@ -191,6 +191,10 @@ def failure(error: BaseException | None) -> ApiError:
     """The ApiError for a row that failed inside the engine."""
     if isinstance(error, torch.OutOfMemoryError):
         return ApiError(503, "out of memory while generating; retry later", type="out_of_memory")
+    if isinstance(error, SteeringUnavailable):
+        return ApiError(409, str(error), type="steering_unavailable")
+    if isinstance(error, NotAccepting):
+        return ApiError(503, str(error), type="unavailable")
     name = type(error).__name__ if error is not None else "unknown"
     return ApiError(500, f"generation failed ({name})", type="internal_error")
 

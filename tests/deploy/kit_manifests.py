@@ -288,3 +288,41 @@ def duration_s(value: str | int) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value)
     assert parts, f"unreadable duration {value!r}"
     return sum(float(n) * units[u] for n, u in parts)
+
+
+# ------------------------------------------------------------------------------- custom resources (CRDs)
+
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) → the custom resource's own schema, cut from the operator's CRD (tools/crd_schema.py)."""
+    out = {}
+    for path in sorted(SCHEMAS.glob("*.json")):
+        doc = json.loads(path.read_text())
+        out[(doc["apiVersion"], doc["kind"])] = doc["schema"]
+    return out
+
+
+def strict_schema(schema: Any) -> Any:
+    """A CRD schema that refuses unknown fields (`kubectl apply --validate=strict`): every object with declared
+    properties gets `additionalProperties: false`, unless it keeps unknown fields on purpose."""
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) for k, v in schema.items()}
+    open_ended = "additionalProperties" in out or out.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in out and not open_ended:
+        out["additionalProperties"] = False
+    return out
+
+
+def pod_templates(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The pod templates a workload holds, by role: `template` of a Deployment or Job, `leaderTemplate` and
+    `workerTemplate` of a LeaderWorkerSet."""
+    spec = doc["spec"]
+    if doc["kind"] == "LeaderWorkerSet":
+        lws = spec["leaderWorkerTemplate"]
+        return {role: lws[f"{role}Template"] for role in ("leader", "worker") if f"{role}Template" in lws}
+    return {"pod": spec["template"]} if "template" in spec else {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,14 @@ import pytest
 
 from server.engine.model import LoadedModel
 from server.middleware import route_table
-from tests.server.kit_server import parse_sse, run_server, settings_for
+from tests.server.kit_api import (
+    Api,
+    check_catalog_and_model_ids,
+    check_ready_and_metrics_name_the_engine,
+    check_stream_matches_json,
+    check_unknown_vector_is_a_422,
+)
+from tests.server.kit_server import run_server, settings_for
 from tests.server.kit_world import CATALOG, TinyWorld, make_vector
 
 PROMPT = "At a wedding we eat"
@@ -52,6 +58,12 @@ def client(server: Any) -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def api(client: httpx.Client) -> Api:
+    """The checks every engine must pass (`tests.server.kit_api`; tests/vllm runs them on the vLLM engine)."""
+    return Api(client, model="tiny", vector="culture/one", prompt=PROMPT)
+
+
 def gen(client: httpx.Client, **body: Any) -> dict[str, Any]:
     r = client.post("/generate", json={"prompt": PROMPT, **body})
     assert r.status_code == 200, r.text
@@ -61,11 +73,12 @@ def gen(client: httpx.Client, **body: Any) -> dict[str, Any]:
 # --- basics -------------------------------------------------------------------------------------------------
 
 
-def test_health_and_ready(client: httpx.Client) -> None:
+def test_health_and_ready(client: httpx.Client, api: Api) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready" and ready.json()["limits"]["max_batch"] == 8
+    check_ready_and_metrics_name_the_engine(api)
 
 
 def test_generate_reports_steering(client: httpx.Client) -> None:
@@ -255,20 +268,8 @@ def test_vector_detail(client: httpx.Client) -> None:
 # --- streaming ----------------------------------------------------------------------------------------------
 
 
-def test_stream_matches_non_stream(client: httpx.Client) -> None:
-    body = {"prompt": PROMPT, "steer": {"culture/one": 3.0}, "max_new_tokens": 12, "compare": True}
-    full = client.post("/generate", json=body).json()
-    with client.stream("POST", "/generate", json={**body, "stream": True}) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        events = parse_sse(list(r.iter_lines()))
-    tokens = [json.loads(d)["text"] for e, d in events if e == "token"]
-    assert len(tokens) >= 2
-    assert "".join(tokens) == full["text"]
-    kind, done = events[-1]
-    assert kind == "done"
-    done = json.loads(done)
-    assert done["usage"] == full["usage"] and done["unsteered_text"] == full["unsteered_text"]
-    assert done["steer"][0]["name"] == "culture/one"
+def test_stream_matches_non_stream(api: Api) -> None:
+    check_stream_matches_json(api)
 
 
 # --- OpenAI-compatible ----------------------------------------------------------------------------------------
@@ -279,11 +280,9 @@ def oai(server: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
 
-def test_openai_models(oai: openai.OpenAI, server: Any) -> None:
-    ids = [m.id for m in oai.models.list().data]
-    names = sorted(v.name for v in server.runtime.catalog.vectors())
-    assert set(CATALOG) <= set(names)
-    assert ids == ["tiny", *(f"tiny:{name}" for name in names)]
+def test_openai_models(api: Api, server: Any) -> None:
+    assert set(CATALOG) <= {v.name for v in server.runtime.catalog.vectors()}
+    check_catalog_and_model_ids(api)
 
 
 def test_openai_completion_with_steer(
@@ -320,7 +319,8 @@ def test_openai_chat_and_stream(oai: openai.OpenAI) -> None:
     assert len([c for c in stream if c.choices]) >= 2
 
 
-def test_openai_errors(oai: openai.OpenAI) -> None:
+def test_openai_errors(oai: openai.OpenAI, api: Api) -> None:
+    check_unknown_vector_is_a_422(api)
     with pytest.raises(openai.UnprocessableEntityError) as e:
         oai.completions.create(model="tiny", prompt="x", max_tokens=4, extra_body={"steer": {"nope/x": 1.0}})
     assert e.value.body["param"] == "steer.nope/x"

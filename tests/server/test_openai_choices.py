@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from server.engine.model import LoadedModel
+from tests.server.kit_api import Api, check_choices_and_seeds
 from tests.server.kit_server import parse_sse, run_server, settings_for
 from tests.server.kit_world import TinyWorld
 
@@ -83,27 +84,9 @@ def test_prompt_list_gives_each_prompt_its_solo_answer_in_order(oai: openai.Open
     assert both.model_extra["steer"] == solo[0].model_extra["steer"]
 
 
-def test_greedy_choices_are_identical(oai: openai.OpenAI) -> None:
-    one = chat(oai)
-    three = chat(oai, n=3)
-    assert [c.index for c in three.choices] == [0, 1, 2]
-    assert {c.message.content for c in three.choices} == {one.choices[0].message.content}
-    assert three.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counts once
-    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
-
-
-def test_seeded_choice_i_is_a_single_request_with_seed_plus_i(oai: openai.OpenAI) -> None:
-    kw = {"temperature": 1.0, "seed": 1234}
-    three = complete(oai, PROMPTS[0], n=3, **kw)
-    texts = [c.text for c in three.choices]
-    assert len(set(texts)) > 1  # independent samples
-    assert [c.text for c in complete(oai, PROMPTS[0], n=3, **kw).choices] == texts  # reproducible
-    for i, text in enumerate(texts):
-        assert complete(oai, PROMPTS[0], temperature=1.0, seed=1234 + i).choices[0].text == text
-    msgs = chat(oai, n=2, **kw).choices
-    assert [c.message.content for c in msgs] == [
-        chat(oai, temperature=1.0, seed=1234 + i).choices[0].message.content for i in range(2)
-    ]
+def test_greedy_choices_are_identical_and_seeded_ones_reproduce(server: Any) -> None:
+    with server.client() as http:
+        check_choices_and_seeds(Api(http, model=MODEL, vector="demo/delta", prompt=PROMPTS[0], strength=4.0))
 
 
 def test_prompts_times_n_are_prompt_major(oai: openai.OpenAI) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from server.engine.model import LoadedModel
+from tests.server.kit_api import UNSUPPORTED, Api, check_unsupported_is_a_422
 from tests.server.kit_server import run_server, settings_for
 from tests.server.kit_world import TinyWorld
 from vectors.prompts import encode_text, format_prompt
@@ -324,34 +325,13 @@ def test_neutral_chat_fields_and_message_shapes(oai: openai.OpenAI) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want
 
 
-@pytest.mark.parametrize(
-    ("route", "field", "value"),
-    [
-        ("completions", "frequency_penalty", 0.5),
-        ("completions", "presence_penalty", -1.0),
-        ("completions", "logit_bias", {"5": 10}),
-        ("completions", "best_of", 3),
-        ("completions", "suffix", " tail"),
-        ("completions", "logprobs", True),
-        ("completions", "stenght", 2),  # a typo is never silently ignored
-        ("chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("chat/completions", "tool_choice", "required"),
-        ("chat/completions", "response_format", {"type": "json_object"}),
-        ("chat/completions", "presence_penalty", 0.1),
-        ("chat/completions", "functions", [{"name": "f"}]),
-    ],
-)
+@pytest.mark.parametrize(("route", "field", "value"), UNSUPPORTED)
 def test_non_neutral_values_of_missing_features_are_422s(
     http: httpx.Client, route: str, field: str, value: Any
 ) -> None:
-    body: dict[str, Any] = {"model": MODEL, "max_tokens": 2, field: value}
-    body.update(
-        {"prompt": PROMPT} if route == "completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    check_unsupported_is_a_422(
+        Api(http, model=MODEL, vector="culture/one", prompt=PROMPT), route, field, value
     )
-    err = error_of(http.post(f"/v1/{route}", json=body))
-    assert err["param"] == field or err["param"].startswith(field), err
-    if field not in ("stenght", "functions", "logprobs"):
-        assert "not supported" in err["message"]
 
 
 def test_content_parts_other_than_text_are_refused(http: httpx.Client) -> None:

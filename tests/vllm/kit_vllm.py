@@ -103,7 +103,7 @@ class Served:
     state: Any
 
 
-def serve(settings: Any, timeout: float = 300) -> Any:
+def serve(settings: Any, timeout: float = 600) -> Any:
     """The real app under uvicorn in a thread, on a free loopback port, until ready (a context manager)."""
     import contextlib
     import socket

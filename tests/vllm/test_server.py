@@ -4,19 +4,29 @@ One vLLM server (compiled: vLLM's CPU default, Dynamo + inductor; its start-up p
 graph) and one native server on the same world. /generate (JSON, compare, SSE) and /v1/completions (steered
 model ids, log-probs) must answer as the native server does; /ready names the backend and its parallel layout;
 a config over the plugin's negative-feature limit is a 422 naming the setting.
+
+The server suites' API checks (`tests.server.kit_api`: catalog and model ids, unknown vector, JSON and SSE, `n`
+and seeds, unsupported fields, /ready and /metrics) run here on both engines.
+
+Failures: a vector file that changed or broke between the front end's catalog scan and a worker's read fails only
+its request (409, naming the vector) and the engine serves on; a vLLM engine core that dies turns `/ready` to 503
+"failed" and new requests to 503 (the last test: it kills the module's vLLM server).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from server.settings import ServerSettings
+from tests.server.kit_api import CHECKS, UNSUPPORTED, Api, check_unsupported_is_a_422
 from tests.vllm.kit_vllm import PROMPTS, Served, VllmWorld, serve
 
 
@@ -36,8 +46,9 @@ def settings(world: VllmWorld, **extra: Any) -> ServerSettings:
 @pytest.fixture(scope="module")
 def servers(vllm_world: VllmWorld) -> Iterator[tuple[Served, Served]]:
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the async engine runs its core in a process
+    # The vLLM front end rescans its catalog only when a test says so (`state.catalog.refresh()`).
     with (
-        serve(settings(vllm_world, backend="vllm", vllm_max_neg_features=3)) as vllm,
+        serve(settings(vllm_world, backend="vllm", vllm_max_neg_features=3, catalog_poll_s=3600)) as vllm,
         serve(settings(vllm_world)) as native,
     ):
         yield vllm, native
@@ -125,3 +136,95 @@ def test_too_many_negative_features_is_a_422_naming_the_setting(servers: tuple[S
     )
     assert r.status_code == 422, r.text
     assert "STEER_VLLM_MAX_NEG_FEATURES" in r.text
+
+
+@pytest.fixture(params=["vllm", "native"])
+def api(request: pytest.FixtureRequest, servers: tuple[Served, Served]) -> Iterator[Api]:
+    """Each server as the shared API checks see it (`tests.server.kit_api`, which the native suites run too)."""
+    served = dict(zip(("vllm", "native"), servers, strict=True))[request.param]
+    with httpx.Client(base_url=served.url, timeout=120) as http:
+        yield Api(http, model="culture-world", vector="t/yapo", prompt=PROMPTS[0], backend=request.param)
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS))
+def test_api_behaves_alike_on_both_engines(api: Api, check: str) -> None:
+    CHECKS[check](api)
+
+
+@pytest.mark.parametrize(("route", "field", "value"), UNSUPPORTED)
+def test_unsupported_fields_are_422s_on_both_engines(api: Api, route: str, field: str, value: Any) -> None:
+    check_unsupported_is_a_422(api, route, field, value)
+
+
+def _copy_of_yapo(world: VllmWorld, name: str) -> Path:
+    """t/yapo saved again under another name (a file no worker has read yet)."""
+    from vectors.io import load_vector, save_vector
+    from vectors.names import vector_path
+    from vectors.vector import SteeringVector
+
+    original = load_vector(vector_path(world.catalog, "t/yapo"))
+    assert original.indices is not None and original.values is not None
+    meta = original.meta.model_copy(update={"name": name})
+    path = vector_path(world.catalog, name)
+    save_vector(SteeringVector.sparse(meta, original.indices, original.values), path)
+    return path
+
+
+@pytest.mark.parametrize("how", ["changed", "broken"])
+def test_a_vector_the_workers_cannot_load_fails_only_its_request(
+    servers: tuple[Served, Served], vllm_world: VllmWorld, how: str
+) -> None:
+    from vectors.io import load_vector, save_vector
+    from vectors.vector import SteeringVector
+
+    vllm, _ = servers
+    name = f"t/drift-{how}"
+    path = _copy_of_yapo(vllm_world, name)
+    try:
+        vllm.state.catalog.refresh()  # the front end admits the first version ...
+        if how == "changed":  # ... and the workers, which have not read it yet, find another one
+            v = load_vector(path)
+            assert v.values is not None and v.indices is not None
+            save_vector(SteeringVector.sparse(v.meta, v.indices, v.values * 2), path)
+        else:
+            path.write_bytes(b"not a vector")
+        body = {"prompt": PROMPTS[0], "max_new_tokens": 4, "steer": {name: 2.0}}
+        r = post(vllm, "/generate", body)
+        assert r.status_code == 409, r.text
+        error = r.json()["error"]
+        assert error["type"] == "steering_unavailable" and name in error["message"], error
+        if how == "changed":
+            assert "fingerprint" in error["message"]
+        # the engine serves on: readiness, a steered and an unsteered request
+        assert httpx.get(f"{vllm.url}/ready").status_code == 200
+        for steer in ({"t/yapo": 3.0}, {}):
+            ok = post(vllm, "/generate", {"prompt": PROMPTS[1], "max_new_tokens": 4, "steer": steer})
+            assert ok.status_code == 200, ok.text
+    finally:
+        path.unlink()
+        vllm.state.catalog.refresh()
+
+
+def test_a_dead_engine_core_is_not_ready_and_refuses_requests(servers: tuple[Served, Served]) -> None:
+    """Kills the vLLM engine core (as the kernel's OOM killer would): `/ready` says failed, requests get 503.
+    Last in this module: the module's vLLM server does not serve after it."""
+    import psutil
+
+    vllm, _ = servers
+    cores = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "EngineCore" in " ".join([*p.cmdline(), p.name()])
+    ]
+    assert len(cores) == 1, cores
+    cores[0].kill()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready = httpx.get(f"{vllm.url}/ready", timeout=5)
+        if ready.status_code == 503:
+            break
+        time.sleep(0.2)
+    assert ready.status_code == 503 and ready.json()["status"] == "failed", ready.text
+    assert "vLLM" in ready.json()["detail"]
+    r = post(vllm, "/generate", {"prompt": PROMPTS[0], "max_new_tokens": 4})
+    assert r.status_code == 503, r.text

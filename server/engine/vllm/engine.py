@@ -9,6 +9,15 @@ drain and shutdown follow the native scheduler's rules; vLLM does the batching.
 
 At start-up, before the engine is offered to the HTTP side, `server.engine.vllm.probe` checks that steering
 engaged and matches our reference (fail closed).
+
+Failures: a steered request is first resolved in every worker (`collective_rpc` of the plugin's
+`sparse_steer_prepare`), so a vector a worker cannot load fails that request (`SteeringUnavailable`, 409) and
+vLLM keeps running. If vLLM's engine dies anyway (a worker raised inside a model step, its process was killed),
+its requests fail, the engine refuses new ones (503) and `on_dead` tells the server, which stops being ready and
+exits. vLLM is shut down while the interpreter is whole, and then collected: everything that outlives its start-up
+(the starting thread's frames, futures) holds a `Started` box, emptied at shutdown, never the engine itself, whose
+`__del__` would otherwise shut it down again at interpreter exit and fail there; a vLLM still starting when the
+server stops is shut down as soon as it exists.
 """
 
 from __future__ import annotations
@@ -18,19 +27,27 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from server.engine.client import EngineDescription, EngineLoad, NotAccepting, QueueFull
+from server.engine.client import (
+    EngineDescription,
+    EngineLoad,
+    NotAccepting,
+    QueueFull,
+    SteeringUnavailable,
+)
 from server.engine.logprobs import TokenLogprob
 from server.engine.output import OutputStage
 from server.engine.request import Request, Row, SteerSpec
 from server.engine.steering import SteeringTable, adhoc_vector
 from server.engine.vllm.layout import RequestSteer, SteerLayout, VectorRef
+from server.engine.vllm.plugin import PREPARE, SteerWorkerExtension
 from server.engine.vllm.probe import PROBE_PROMPT, Probe, check_probe, make_probe
 from server.engine.vllm.probe import TOP as PROBE_TOP
 from server.metrics import Metrics
@@ -43,6 +60,7 @@ from vectors.vector import SteeringVector
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
+WATCH_S = 1.0  # how often an idle engine checks that vLLM's engine is alive
 
 
 class VllmUnavailable(SteerError):
@@ -97,6 +115,7 @@ def engine_args(options: VllmOptions, layout: SteerLayout) -> Any:
         enforce_eager=options.enforce_eager,
         seed=options.seed,
         additional_config=layout.to_config(),
+        worker_extension_cls=f"{SteerWorkerExtension.__module__}.{SteerWorkerExtension.__qualname__}",
         disable_log_stats=True,
     )
 
@@ -191,6 +210,13 @@ def sampling_params(row: Row, front: FrontEnd) -> Any:
     )
 
 
+@dataclass
+class Started:
+    """The one strong reference to a started `AsyncLLM` (None once shut down)."""
+
+    llm: Any
+
+
 class VllmEngine:
     """An `EngineClient` over a started `AsyncLLM` with the sparse-steer plugin in its workers."""
 
@@ -198,13 +224,13 @@ class VllmEngine:
 
     def __init__(
         self,
-        llm: Any,
+        started: Started,
         front: FrontEnd,
         options: VllmOptions,
         layout: SteerLayout,
         metrics: Metrics | None = None,
     ) -> None:
-        self.llm = llm
+        self.started = started
         self.front = front
         self.options = options
         self.layout = layout
@@ -213,6 +239,14 @@ class VllmEngine:
         self._accepting = True
         self._requests: set[Request] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.dead: str | None = None  # why vLLM's engine died, once it has
+        self.on_dead: Callable[[str], None] | None = None  # the server's: stop being ready, exit
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def llm(self) -> Any:
+        """The running `AsyncLLM` (None after `shutdown`)."""
+        return self.started.llm
 
     # --- the model ----------------------------------------------------------------------------------------
     @property
@@ -268,13 +302,14 @@ class VllmEngine:
         """Start vLLM with the plugin and check steering against our reference before serving (fail closed:
         `SteeringCheckFailed`, and vLLM is shut down)."""
         front = await asyncio.to_thread(front_end, options)
-        llm, layout = await asyncio.to_thread(start_llm, options)
-        engine = cls(llm, front, options, layout, metrics)
+        started, layout = await start_cancellable(options)
+        engine = cls(started, front, options, layout, metrics)
         try:
             await engine.self_check(options.model)
         except BaseException:
             engine.shutdown()
             raise
+        engine._watch = asyncio.get_running_loop().create_task(engine._watch_engine())
         return engine
 
     async def self_check(self, model_path: str) -> None:
@@ -296,10 +331,10 @@ class VllmEngine:
         salt = cache_salt(spec)
         if salt is not None:
             prompt["cache_salt"] = salt
+        params = sampling_params(row, self.front)
+        await self._prepare(params)
         final = None
-        async for out in self.llm.generate(
-            prompt, sampling_params(row, self.front), f"steer-probe-{next(_ids)}"
-        ):
+        async for out in self.llm.generate(prompt, params, f"steer-probe-{next(_ids)}"):
             final = out
         if final is None or not final.outputs[0].logprobs:
             return {}
@@ -307,6 +342,8 @@ class VllmEngine:
 
     # --- requests -----------------------------------------------------------------------------------------
     def check_room(self, rows: int) -> None:
+        if self.dead is not None:
+            raise NotAccepting(f"the vLLM engine died ({self.dead}); the server is stopping")
         if not self._accepting:
             raise NotAccepting("the server is shutting down")
         if len(self._requests) >= self.options.max_queue + self.options.max_num_seqs:
@@ -337,6 +374,7 @@ class VllmEngine:
         done = False
         try:
             params = sampling_params(row, self.front)
+            await self._prepare(params)
             async for out in self.llm.generate(prompt, params, rid):
                 done = out.finished
                 self._take(row, out)
@@ -345,15 +383,49 @@ class VllmEngine:
         except asyncio.CancelledError:
             self.output.finish(row, "cancelled")
             raise
-        except Exception as exc:
-            log.exception("vLLM request %s failed", rid)
+        except SteeringUnavailable as exc:
+            log.warning("vLLM request %s: %s", rid, exc)
             self.output.finish(row, "error", exc)
+        except Exception as exc:
+            error: Exception = exc
+            if self._engine_died():
+                error = NotAccepting(f"the vLLM engine died ({self.dead}); the server is stopping")
+            else:
+                log.exception("vLLM request %s failed", rid)
+            self.output.finish(row, "error", error)
         finally:
             if not done:
                 with contextlib.suppress(Exception):
                     await self.llm.abort(rid)
         if not row.finished:
             self.output.finish(row, "cancelled" if row.cancelled else "length")
+
+    async def _prepare(self, params: Any) -> None:
+        """Resolve a steered request's vectors in every worker before vLLM schedules it
+        (`SteerWorkerExtension.sparse_steer_prepare`); a worker's failure → `SteeringUnavailable`."""
+        if not params.extra_args:
+            return
+        try:
+            await self.llm.collective_rpc(PREPARE, args=(params.extra_args,))
+        except Exception as exc:
+            if self._engine_died():
+                raise
+            raise SteeringUnavailable(f"a vLLM worker could not load this request's steering: {exc}") from exc
+
+    def _engine_died(self) -> bool:
+        """Whether vLLM's engine is dead; the first time, tell the server (`on_dead`)."""
+        if self.dead is None and self.llm is not None and self.llm.errored:
+            self.dead = "vLLM's engine core stopped: see the log above for its error"
+            self._accepting = False
+            log.error("%s; failing its requests and refusing new ones", self.dead)
+            if self.on_dead is not None:
+                self.on_dead(self.dead)
+        return self.dead is not None
+
+    async def _watch_engine(self) -> None:
+        """Notice a dead engine while no request is running (a running request notices it itself)."""
+        while self.llm is not None and not self._engine_died():
+            await asyncio.sleep(WATCH_S)
 
     def _take(self, row: Row, out: Any) -> None:
         """New tokens of a vLLM output into the row (through the output stage: EOS, stops, events)."""
@@ -404,14 +476,12 @@ class VllmEngine:
 
     def shutdown(self) -> None:
         self._accepting = False
+        if self._watch is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already closed
+                self._watch.get_loop().call_soon_threadsafe(self._watch.cancel)
         for request in list(self._requests):
             request.cancel()
-        llm, self.llm = (
-            self.llm,
-            None,
-        )  # collected now, not at interpreter exit (its __del__ shuts down again)
-        if llm is not None:
-            llm.shutdown()
+        shut_down(self.started)
 
 
 def _device() -> str:
@@ -450,7 +520,7 @@ def front_end(options: VllmOptions) -> FrontEnd:
     return FrontEnd(tokenizer, coders, model, context, vocab, frozenset(eos))
 
 
-def start_llm(options: VllmOptions) -> tuple[Any, SteerLayout]:
+def start_llm(options: VllmOptions) -> tuple[Started, SteerLayout]:
     """Start vLLM (blocking: loads the model in its workers, each with the plugin)."""
     try:
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -463,8 +533,46 @@ def start_llm(options: VllmOptions) -> tuple[Any, SteerLayout]:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     context = options.max_model_len or 2048
     layout = layout_for(options, max(2048, context))
-    llm = AsyncLLM.from_engine_args(engine_args(options, layout))
-    return llm, layout
+    return Started(AsyncLLM.from_engine_args(engine_args(options, layout))), layout
+
+
+async def start_cancellable(options: VllmOptions) -> tuple[Started, SteerLayout]:
+    """`start_llm` in a thread. If the caller is cancelled meanwhile (the server stops while vLLM starts), the
+    engine is shut down as soon as it exists, by whichever side sees it first, instead of running on until
+    interpreter exit (where `AsyncLLM.__del__` fails on a half torn-down interpreter)."""
+    cancelled = threading.Event()
+    lock = threading.Lock()
+    started: list[Started] = []
+
+    def start() -> tuple[Started, SteerLayout] | None:
+        box, layout = start_llm(options)
+        with lock:
+            if cancelled.is_set():
+                shut_down(box)
+                return None
+            started.append(box)
+        return box, layout
+
+    task = asyncio.ensure_future(asyncio.to_thread(start))
+    try:
+        result = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with lock:
+            cancelled.set()
+            orphans = list(started)
+        for box in orphans:
+            shut_down(box)
+        raise
+    assert result is not None  # only a cancelled start returns None
+    return result
+
+
+def shut_down(box: Started) -> None:
+    """Shut vLLM down and empty the box: the engine's last reference goes with this frame, so it is collected
+    now (its `__del__` shuts down again, harmlessly), not at interpreter exit."""
+    llm, box.llm = box.llm, None
+    if llm is not None:
+        llm.shutdown()
 
 
 def reference_probe(model_path: str, front: FrontEnd, dtype: str) -> Probe:

@@ -9,6 +9,10 @@ decoder layer, installed once before vLLM compiles the model (Dynamo inlines hoo
 hooks read only tensors updated in place). V1's `_prepare_inputs` is wrapped to write the per-token slot map of
 each forward; V2 uses the model-state class (`server.engine.vllm.model_state`). Without our layout the runners
 behave exactly as vLLM's own.
+
+`SteerWorkerExtension` (vLLM's `worker_extension_cls`) gives every worker `sparse_steer_prepare`, which the front
+end calls through `collective_rpc` before it submits a steered request: a vector a worker cannot load fails that
+request there (vLLM reports a failed RPC to its caller and keeps running) rather than inside the model step.
 """
 
 from __future__ import annotations
@@ -29,6 +33,28 @@ log = logging.getLogger(__name__)
 
 STEERING_ATTR = "_sparse_steer"  # on the runner and on the model: the worker's TokenSteering
 _PATCHED = "_sparse_steer_patched"
+PREPARE = "sparse_steer_prepare"  # the worker method the front end calls (`collective_rpc`)
+
+
+class SteerWorkerExtension:
+    """Mixed into vLLM's worker class (`worker_extension_cls`): the front end's calls into every worker."""
+
+    model_runner: Any  # the worker's
+
+    def sparse_steer_prepare(self, extra_args: dict[str, Any]) -> None:
+        """Resolve a request's steering in this worker (`TokenSteering.prepare`); raises what would fail it."""
+        steering = worker_steering(self.model_runner)
+        if steering is None:
+            raise RuntimeError("sparse-steer: steering is not installed in this worker (plugin not loaded?)")
+        steering.prepare(extra_args)
+
+
+def worker_steering(runner: Any) -> TokenSteering | None:
+    """A worker's TokenSteering: on its V1 runner, or on the model (V2)."""
+    held = getattr(runner, STEERING_ATTR, None)
+    if held is None:
+        held = getattr(getattr(runner, "model", None), STEERING_ATTR, None)
+    return held
 
 
 def register() -> None:

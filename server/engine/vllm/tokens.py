@@ -15,6 +15,7 @@ import here: the runner-side glue is `server.engine.vllm.plugin` and `.model_sta
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -27,12 +28,15 @@ from vectors.catalog import Catalog
 from vectors.errors import UnknownVector
 from vectors.metadata import ModelRef
 from vectors.sae import SparseCoder
-from vectors.slots import LayerSlots
+from vectors.slots import LayerRow, LayerSlots
 from vectors.vector import SteeringVector
 
 log = logging.getLogger(__name__)
 
 KEPT_VECTORS = 256  # vectors kept by fingerprint, so a request admitted before a hot reload still resolves
+KEPT_CONFIGS = (
+    256  # resolved configs kept (least recently used dropped), so `add` after `prepare` reads no file
+)
 
 
 class VectorSource:
@@ -73,7 +77,7 @@ class VectorSource:
                 f"the request asked for {fingerprint[:12]} (the file changed and the old version is gone)"
             )
         if len(self._known) >= KEPT_VECTORS:
-            self._known.clear()
+            del self._known[next(iter(self._known))]  # the oldest
         self._known[fingerprint] = vector
         return vector
 
@@ -104,6 +108,34 @@ class TokenSteering:
         self._slot_of_key: dict[tuple[object, ...], int] = {}
         self._users = [0] * layout.slots
         self._free = list(range(layout.slots - 1, 0, -1))
+        self._resolved: OrderedDict[tuple[object, ...], dict[int, LayerRow]] = OrderedDict()
+
+    # --- configs ------------------------------------------------------------------------------------------
+    def prepare(self, extra_args: Mapping[str, Any] | None) -> None:
+        """Resolve a request's steering before it is scheduled (the front end asks every worker, through
+        vLLM's `collective_rpc`): a vector that cannot be loaded, or a config this worker cannot hold, raises
+        here, which fails that one request, instead of inside a model step, which would kill vLLM's engine."""
+        steer = RequestSteer.from_args(extra_args)
+        if steer is not None:
+            self._rows(steer)
+
+    def _rows(self, steer: RequestSteer) -> dict[int, LayerRow]:
+        rows = self._resolved.get(steer.key)
+        if rows is None:
+            rows = self.table.rows(self.source.spec(steer))
+            for layer, row in rows.items():
+                if layer not in self.layers:
+                    raise ValueError(f"layer {layer} is not steerable here (hooked: {sorted(self.layers)})")
+                if row.neg_idx.numel() > self.layout.max_neg:
+                    raise ValueError(
+                        f"{row.neg_idx.numel()} negative features at layer {layer}, over "
+                        f"max_neg={self.layout.max_neg}"
+                    )
+            if len(self._resolved) >= KEPT_CONFIGS:
+                self._resolved.popitem(last=False)
+            self._resolved[steer.key] = rows
+        self._resolved.move_to_end(steer.key)
+        return rows
 
     # --- requests -----------------------------------------------------------------------------------------
     def add(self, req_id: str, extra_args: Mapping[str, Any] | None) -> int:
@@ -122,14 +154,7 @@ class TokenSteering:
         return slot
 
     def _write(self, steer: RequestSteer) -> int:
-        rows = self.table.rows(self.source.spec(steer))
-        for layer, row in rows.items():
-            if layer not in self.layers:
-                raise ValueError(f"layer {layer} is not steerable here (hooked: {sorted(self.layers)})")
-            if row.neg_idx.numel() > self.layout.max_neg:
-                raise ValueError(
-                    f"{row.neg_idx.numel()} negative features at layer {layer}, over max_neg={self.layout.max_neg}"
-                )
+        rows = self._rows(steer)
         if not self._free:
             raise RuntimeError(f"all {self.layout.slots - 1} steering slots are in use")
         slot = self._free.pop()
