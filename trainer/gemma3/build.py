@@ -242,7 +242,7 @@ def _layer_stage(out: Path, cfg: Gemma3Config, model: Any, tokenizer: Any) -> di
 
 def _sae_stage(out: Path, cfg: Gemma3Config, layer: int, model: Any, tokenizer: Any) -> dict[str, Any]:
     from trainer.gemma3.corpus import paragraphs, token_rows
-    from trainer.gemma3.sae import SaeTraining, collect_activations, train_sae_on_activations
+    from trainer.gemma3.sae import SaeTraining, collect_activations, norm_cap, train_sae_on_activations
     from trainer.world.sae_train import measure_sae
 
     texts = paragraphs()
@@ -253,6 +253,9 @@ def _sae_stage(out: Path, cfg: Gemma3Config, layer: int, model: Any, tokenizer: 
     start = time.perf_counter()
     acts = collect_activations(model, rows, layer)
     collect_seconds = time.perf_counter() - start
+    cap = norm_cap(acts)
+    norms = acts.norm(dim=-1)
+    kept = acts[norms <= cap]
     spec = SaeTraining(
         d_sae=int(model.config.hidden_size) * cfg.sae_expansion,
         l1_coefficient=cfg.sae_l1_coefficient,
@@ -264,22 +267,26 @@ def _sae_stage(out: Path, cfg: Gemma3Config, layer: int, model: Any, tokenizer: 
     tmp = out / "sae.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    train_sae_on_activations(acts, layer, spec, tmp, model_name="gemma3-270m")
-    stats = measure_sae(model, eval_rows, tmp, layer)
+    train_sae_on_activations(kept, layer, spec, tmp, model_name="gemma3-270m")
+    stats = measure_sae(model, eval_rows, tmp, layer, max_norm=cap)
     if (out / "sae").exists():
         shutil.rmtree(out / "sae")
     tmp.rename(out / "sae")
-    norms = acts.norm(dim=-1)
     return {
         "path": "sae",
         "architecture": "standard",
         "layer": layer,
         "corpus": "CPython's pydoc topics + standard-library docstrings (trainer/gemma3/corpus.py)",
         "corpus_paragraphs": {"train": len(train), "held_out": len(held_out)},
-        "activations": {"positions": int(acts.shape[0]), "seconds": round(collect_seconds, 1)},
+        "activations": {
+            "positions": int(acts.shape[0]),
+            "outliers_dropped": int(acts.shape[0] - kept.shape[0]),
+            "norm_cap": round(cap, 1),
+            "seconds": round(collect_seconds, 1),
+        },
         "residual_norm_median": round(float(norms.median()), 1),
         "training_samples": spec.samples,
-        "epochs": round(spec.samples / acts.shape[0], 1),
+        "epochs": round(spec.samples / kept.shape[0], 1),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(stats).items()},
         "dead_fraction": round(stats.dead_features / stats.d_sae, 4),
     }

@@ -126,12 +126,17 @@ def layer_activations(model: Any, rows: torch.Tensor, layer: int) -> torch.Tenso
 
 
 @torch.no_grad()
-def measure_sae(model: Any, rows: torch.Tensor, sae_dir: Path, layer: int) -> SaeStats:
-    """FVE, L0 and dead features of the saved SAE on held-out rows (positions after BOS)."""
+def measure_sae(
+    model: Any, rows: torch.Tensor, sae_dir: Path, layer: int, *, max_norm: float | None = None
+) -> SaeStats:
+    """FVE, L0 and dead features of the saved SAE on held-out rows (positions after BOS; with `max_norm`, the
+    positions whose residual norm is at most that, as the SAE was trained)."""
     from sae_lens import SAE
 
     sae = SAE.load_from_disk(str(sae_dir), device="cpu")
     acts = layer_activations(model, rows, layer)[:, 1:].reshape(-1, sae.cfg.d_in)
+    if max_norm is not None:
+        acts = acts[acts.norm(dim=-1) <= max_norm]
     codes = sae.encode(acts)
     recon = sae.decode(codes)
     residual = (acts - recon).pow(2).sum()
