@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from server.settings import ServerSettings
-from tests.vllm.kit_vllm import PROMPTS, Served, VllmWorld, serve
+from tests.server.kit_server import RunningServer, run_server
+from tests.vllm.kit_vllm import PROMPTS, VllmWorld
 
 
 def settings(world: VllmWorld, **extra: Any) -> ServerSettings:
@@ -34,20 +35,20 @@ def settings(world: VllmWorld, **extra: Any) -> ServerSettings:
 
 
 @pytest.fixture(scope="module")
-def servers(vllm_world: VllmWorld) -> Iterator[tuple[Served, Served]]:
+def servers(vllm_world: VllmWorld) -> Iterator[tuple[RunningServer, RunningServer]]:
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the async engine runs its core in a process
     with (
-        serve(settings(vllm_world, backend="vllm", vllm_max_neg_features=3)) as vllm,
-        serve(settings(vllm_world)) as native,
+        run_server(settings(vllm_world, backend="vllm", vllm_max_neg_features=3), ready_timeout=300) as vllm,
+        run_server(settings(vllm_world), ready_timeout=300) as native,
     ):
         yield vllm, native
 
 
-def post(server: Served, path: str, body: dict[str, Any]) -> httpx.Response:
+def post(server: RunningServer, path: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", json=body, timeout=120)
 
 
-def test_ready_names_the_backend_and_its_layout(servers: tuple[Served, Served]) -> None:
+def test_ready_names_the_backend_and_its_layout(servers: tuple[RunningServer, RunningServer]) -> None:
     vllm, native = servers
     engine = httpx.get(f"{vllm.url}/ready").json()["engine"]
     assert engine["backend"] == "vllm"
@@ -69,7 +70,9 @@ def test_ready_names_the_backend_and_its_layout(servers: tuple[Served, Served]) 
         {"t/prompt": 5.0},
     ],
 )
-def test_generate_equals_native(servers: tuple[Served, Served], steer: dict[str, float]) -> None:
+def test_generate_equals_native(
+    servers: tuple[RunningServer, RunningServer], steer: dict[str, float]
+) -> None:
     vllm, native = servers
     for prompt in PROMPTS:
         body = {"prompt": prompt, "max_new_tokens": 10, "steer": steer, "compare": bool(steer)}
@@ -80,7 +83,7 @@ def test_generate_equals_native(servers: tuple[Served, Served], steer: dict[str,
         assert ja["usage"] == jb["usage"]
 
 
-def test_streamed_text_equals_the_json_answer(servers: tuple[Served, Served]) -> None:
+def test_streamed_text_equals_the_json_answer(servers: tuple[RunningServer, RunningServer]) -> None:
     vllm, _ = servers
     body = {"prompt": PROMPTS[0], "max_new_tokens": 8, "steer": {"t/yapo": 3.0}}
     whole = post(vllm, "/generate", body).json()["text"]
@@ -92,7 +95,7 @@ def test_streamed_text_equals_the_json_answer(servers: tuple[Served, Served]) ->
     assert "".join(parts) == whole
 
 
-def test_completions_equal_native(servers: tuple[Served, Served]) -> None:
+def test_completions_equal_native(servers: tuple[RunningServer, RunningServer]) -> None:
     vllm, native = servers
     for model in ("culture-world", "culture-world:t/yapo@3"):
         body = {"model": model, "prompt": PROMPTS[1], "max_tokens": 8, "temperature": 0, "logprobs": 2}
@@ -116,7 +119,9 @@ def test_completions_equal_native(servers: tuple[Served, Served]) -> None:
     assert [c["text"] for c in first["choices"]] == [c["text"] for c in again["choices"]]  # seeds reproduce
 
 
-def test_too_many_negative_features_is_a_422_naming_the_setting(servers: tuple[Served, Served]) -> None:
+def test_too_many_negative_features_is_a_422_naming_the_setting(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
     vllm, _ = servers
     r = post(
         vllm,
