@@ -38,8 +38,8 @@ def settings(world: VllmWorld, **extra: Any) -> ServerSettings:
 def servers(vllm_world: VllmWorld) -> Iterator[tuple[RunningServer, RunningServer]]:
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the async engine runs its core in a process
     with (
-        run_server(settings(vllm_world, backend="vllm", vllm_max_neg_features=3), ready_timeout=300) as vllm,
-        run_server(settings(vllm_world), ready_timeout=300) as native,
+        run_server(settings(vllm_world, backend="vllm", vllm_max_neg_features=3), ready_timeout=600) as vllm,
+        run_server(settings(vllm_world), ready_timeout=600) as native,
     ):
         yield vllm, native
 
