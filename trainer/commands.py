@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
 from typing import Any
 
 
@@ -238,6 +237,7 @@ def register_train(subparsers: Any) -> None:
 def _train(args: argparse.Namespace) -> int:
     from trainer.config import TrainConfig
     from trainer.data import Columns, DataError, parse_where
+    from trainer.effect import describe
     from trainer.train import train_vector
     from vectors.errors import SteerError
 
@@ -297,12 +297,12 @@ def _train(args: argparse.Namespace) -> int:
         "dtype": dtype,
         "data": result.encode_stats,
         "log": str(result.log_path) if result.log_path else None,
-        "effect": asdict(result.effect) if result.effect else None,
+        "effect": result.effect.to_dict() if result.effect else None,
     }
     print(json.dumps(summary, indent=1))
     if result.effect is not None:  # on stderr: stdout stays one JSON document
         warn = "warning: " if result.effect.weak else ""
-        print(f"steer train: {warn}{result.effect.describe()}", file=sys.stderr)
+        print(f"steer train: {warn}{describe(result.effect)}", file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,6 @@ right, unsteered and steered).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -19,35 +18,23 @@ from trainer.logprobs import make_batch, pair_rows, response_logprobs
 from trainer.objectives import last_token_states
 from trainer.resources import Resources
 from trainer.tokens import EncodedPair
+from vectors.training_record import Effect
 from vectors.vector import SteeringVector
 
 WEAK_MARGIN = 0.1  # nats: below this mean margin gain at strength 1, a vector is reported as too weak
 SAMPLE_PAIRS = 256
 
 
-@dataclass(frozen=True)
-class Effect:
-    """What the vector does at strength 1 on `pairs` training pairs."""
-
-    pairs: int
-    shift_norm: float  # |Δh| the vector adds at its layer (decoded through the SAE for SAE-space vectors)
-    residual_norm: float  # mean |h| at that layer, last token of the training rows (unsteered)
-    margin_gain: float  # mean steered − unsteered preference margin, nats
-    ranked_unsteered: float  # share of pairs with chosen ahead of rejected
-    ranked_steered: float
-    weak: bool
-
-    def describe(self) -> str:
-        verdict = (
-            f"too weak to matter (margin gain under {WEAK_MARGIN:g} nats at strength 1)"
-            if self.weak
-            else "ok"
-        )
-        return (
-            f"effect at strength 1 on {self.pairs} training pairs: shift |Δh| {self.shift_norm:.3g} "
-            f"(residual |h| ≈ {self.residual_norm:.3g}), margin gain {self.margin_gain:+.3f} nats, pairs ranked "
-            f"right {100 * self.ranked_unsteered:.1f} % → {100 * self.ranked_steered:.1f} %: {verdict}"
-        )
+def describe(effect: Effect) -> str:
+    """One line for `steer train` to print: the effect's numbers and whether the vector is too weak to matter."""
+    verdict = (
+        f"too weak to matter (margin gain under {WEAK_MARGIN:g} nats at strength 1)" if effect.weak else "ok"
+    )
+    return (
+        f"effect at strength 1 on {effect.pairs} training pairs: shift |Δh| {effect.shift_norm:.3g} "
+        f"(residual |h| ≈ {effect.residual_norm:.3g}), margin gain {effect.margin_gain:+.3f} nats, pairs ranked "
+        f"right {100 * effect.ranked_unsteered:.1f} % → {100 * effect.ranked_steered:.1f} %: {verdict}"
+    )
 
 
 def shift_norm(vector: SteeringVector, res: Resources) -> float:
@@ -99,4 +86,4 @@ def measure_effect(res: Resources, vector: SteeringVector, encoded: Sequence[Enc
     )
 
 
-__all__ = ["WEAK_MARGIN", "Effect", "measure_effect", "shift_norm"]
+__all__ = ["WEAK_MARGIN", "describe", "measure_effect", "shift_norm"]

@@ -12,11 +12,10 @@ training pairs' margins at strength 1, so a vector too weak to matter says so wh
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch
 
 from trainer.config import PREFERENCE_METHODS, SAE_METHODS, TrainConfig, TrainMethod
 from trainer.data import DataError, PreferencePair, load_pairs, pairs_hash
-from trainer.effect import Effect, measure_effect
+from trainer.effect import measure_effect
 from trainer.logprobs import pair_rows
 from trainer.objectives import (
     keep_top_k,
@@ -47,6 +46,7 @@ from trainer.tokens import EncodedPair, EncodeStats, encode_pairs
 from vectors.io import load_vector, save_vector
 from vectors.metadata import SaeRef, VectorMetadata, dense_hook_name
 from vectors.names import vector_path
+from vectors.training_record import Effect, Hyperparameters, LossCurve, RetentionRecord, TrainingRecord
 from vectors.vector import SteeringVector
 
 
@@ -84,7 +84,7 @@ class TrainResult:
             "encode_stats": self.encode_stats,
             "log_path": str(self.log_path) if self.log_path else None,
             "completed": self.completed,
-            "effect": asdict(self.effect) if self.effect else None,
+            "effect": self.effect.to_dict() if self.effect else None,
         }
 
     @classmethod
@@ -103,7 +103,7 @@ class TrainResult:
             encode_stats=dict(raw.get("encode_stats", {})),
             log_path=Path(raw["log_path"]) if raw.get("log_path") else None,
             completed=bool(raw.get("completed", True)),
-            effect=Effect(**raw["effect"]) if raw.get("effect") else None,
+            effect=Effect.from_dict(raw["effect"]) if raw.get("effect") else None,
         )
 
 
@@ -222,25 +222,31 @@ def _train_preference(
         v = keep_top_k(v, cfg.top_k)
     tail = losses[-cfg.log_every :]
     final = float(sum(tail) / len(tail)) if tail else None
-    training = _training_meta(cfg, run.data_hash, len(pairs), stats, layer) | {
-        "steps": run.total,
-        "warmup_steps": run.warmup,
-        "final_loss": final,
-        "steps_to_loss_0.1": steps_to_loss(losses, 0.1),
-        "seconds": round(seconds, 2),
-        "loss_curve": loss_curve(history),
-    }
+    training = _training_record(
+        cfg,
+        run.data_hash,
+        len(pairs),
+        stats,
+        layer,
+        steps=run.total,
+        warmup_steps=run.warmup,
+        final_loss=final,
+        steps_to_loss=steps_to_loss(losses, 0.1),
+        seconds=round(seconds, 2),
+        loss_curve=loss_curve(history),
+    )
     if run.m:
-        training["retain"] = {
-            "data": Path(cfg.retain).name if cfg.retain else None,
-            "data_hash": run.retain_hash,
-            "pairs": run.m,
-            "weight": cfg.retain_weight,
-            "batch_size": cfg.retain_batch_size,
-            "margin": cfg.retain_margin,
-            "strengths": [1.0, *cfg.retain_strengths],
-            "final_penalty": history[-1].get("retain_penalty") if history else None,
-        }
+        retention = RetentionRecord(
+            data=Path(cfg.retain).name if cfg.retain else None,
+            data_hash=run.retain_hash,
+            pairs=run.m,
+            weight=cfg.retain_weight,
+            batch_size=cfg.retain_batch_size,
+            margin=cfg.retain_margin,
+            strengths=(1.0, *cfg.retain_strengths),
+            final_penalty=history[-1].get("retain_penalty") if history else None,
+        )
+        training = training.model_copy(update={"retain": retention})
     vector, effect = _finish(cfg, res, layer, v, training, encoded)
     return TrainResult(
         vector=vector, path=_save(cfg, vector), steps=run.total, final_loss=final, effect=effect, **common
@@ -252,67 +258,49 @@ def _finish(
     res: Resources,
     layer: int,
     v: torch.Tensor,
-    training: dict[str, Any],
+    training: TrainingRecord,
     encoded: Sequence[EncodedPair],
 ) -> tuple[SteeringVector, Effect]:
     """The vector with its training metadata, and what it does at strength 1 (recorded as training.effect)."""
     effect = measure_effect(res, _make_vector(cfg, res, layer, v, training), encoded)
-    return _make_vector(cfg, res, layer, v, training | {"effect": asdict(effect)}), effect
+    return _make_vector(cfg, res, layer, v, training.model_copy(update={"effect": effect})), effect
 
 
-def loss_curve(history: Sequence[Mapping[str, Any]], max_points: int = 200) -> dict[str, list]:
-    """The logged mean losses as `{"step": [...], "loss": [...]}` for the vector's metadata (the playground plots
-    it), thinned to at most `max_points` so a long run keeps its file header small; the last point is kept."""
+def loss_curve(history: Sequence[Mapping[str, Any]], max_points: int = 200) -> LossCurve:
+    """The logged mean losses at their steps for the vector's metadata (the playground plots them), thinned to at
+    most `max_points` so a long run keeps its file header small; the last point is kept."""
     points = [(int(h["step"]), round(float(h["loss"]), 5)) for h in history]
     if len(points) > max_points:
         stride = math.ceil(len(points) / max_points)
         points = [*points[::stride][: max_points - 1], points[-1]]
-    return {"step": [s for s, _ in points], "loss": [v for _, v in points]}
+    return LossCurve(step=tuple(s for s, _ in points), loss=tuple(v for _, v in points))
 
 
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _training_meta(
-    cfg: TrainConfig, data_hash: str, n_pairs: int, stats: EncodeStats, layer: int
-) -> dict[str, Any]:
-    hyper = {
-        k: getattr(cfg, k)
-        for k in (
-            "beta",
-            "lr",
-            "epochs",
-            "max_steps",
-            "batch_size",
-            "weight_decay",
-            "grad_clip",
-            "seed",
-            "max_length",
-            "top_k",
-            "l1",
-            "tau",
-            "dtype",
-        )
-    }
-    meta: dict[str, Any] = {
-        "method": cfg.method,
-        "data": Path(cfg.data).name if cfg.data else None,
-        "data_hash": data_hash,
-        "where": dict(cfg.where),
-        "pairs": n_pairs,
-        "encode": stats.as_dict(),
-        "layer": layer,
-        "hyperparameters": hyper,
-        "reference_mode": cfg.reference_mode,
-    }
-    if cfg.target:
-        meta["target"] = cfg.target
-    return _jsonable(meta)
+def _training_record(
+    cfg: TrainConfig, data_hash: str, n_pairs: int, stats: EncodeStats, layer: int, **method_fields: Any
+) -> TrainingRecord:
+    """What every method records, plus `method_fields` (TrainingRecord fields only: an unknown name is an error,
+    not an extra key); `target` only when the run was given one."""
+    unknown = set(method_fields) - set(TrainingRecord.model_fields)
+    if unknown:
+        raise TypeError(f"not TrainingRecord fields: {sorted(unknown)}")
+    record = TrainingRecord(
+        method=cfg.method,
+        data=Path(cfg.data).name if cfg.data else None,
+        data_hash=data_hash,
+        where=dict(cfg.where),
+        pairs=n_pairs,
+        encode=stats.as_dict(),
+        layer=layer,
+        hyperparameters=Hyperparameters(**{k: getattr(cfg, k) for k in Hyperparameters.model_fields}),
+        reference_mode=cfg.reference_mode,
+        **method_fields,
+    )
+    return record.model_copy(update={"target": cfg.target}) if cfg.target else record
 
 
 def _make_vector(
-    cfg: TrainConfig, res: Resources, layer: int, v: torch.Tensor, training: dict
+    cfg: TrainConfig, res: Resources, layer: int, v: torch.Tensor, training: TrainingRecord
 ) -> SteeringVector:
     sae_space = cfg.method in SAE_METHODS
     coder = res.coder
@@ -378,10 +366,15 @@ def _estimate_mean_difference(
         z_l = coder.encode(h_l.to(coder.device)).float().cpu()
         v = keep_top_k(threshold_relative(mean_difference(z_w, z_l), cfg.tau), cfg.top_k)
     seconds = time.perf_counter() - t0
-    training = _training_meta(cfg, pairs_hash(pairs), len(pairs), stats, layer) | {
-        "position": "last token of prompt+response",
-        "seconds": round(seconds, 2),
-    }
+    training = _training_record(
+        cfg,
+        pairs_hash(pairs),
+        len(pairs),
+        stats,
+        layer,
+        position="last token of prompt+response",
+        seconds=round(seconds, 2),
+    )
     vector, effect = _finish(cfg, res, layer, v, training, encoded)
     return TrainResult(
         vector=vector,

@@ -1,7 +1,9 @@
 """The ``steer`` JSON object stored in a vector file's safetensors header.
 
 This schema is the product's file-format contract: other tools read it, so it is strict (unknown keys are
-rejected, so typos surface) and self-describing (model, layer, hook site, SAE, recommended strength).
+rejected, so typos surface) and self-describing (model, layer, hook site, SAE, recommended strength). The one
+exception is the `training` provenance (`TrainingRecord`): it keeps keys it does not know, so that vectors from
+other trainer versions keep their record when read and written back.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from vectors.names import validate_name
+from vectors.training_record import TrainingRecord
 
 Method = Literal["yapo", "bipo", "caa", "sas", "manual"]
 Space = Literal["sae", "dense"]
@@ -85,7 +88,7 @@ class VectorMetadata(_Strict):
     strength_range: tuple[float, float] = (-2.0, 2.0)
     apply: ApplyPhase = "both"
     created: str = Field(default_factory=utc_now)
-    training: dict[str, Any] = Field(default_factory=dict)
+    training: TrainingRecord = Field(default_factory=TrainingRecord)
     eval: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -99,6 +102,10 @@ class VectorMetadata(_Strict):
         if v != FORMAT_VERSION:
             raise ValueError(f"unsupported format_version {v} (this reader knows {FORMAT_VERSION})")
         return v
+
+    @field_serializer("training")
+    def _training(self, record: TrainingRecord) -> dict[str, Any]:
+        return record.to_dict()
 
     @model_validator(mode="after")
     def _consistent(self) -> VectorMetadata:

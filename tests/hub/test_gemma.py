@@ -76,7 +76,8 @@ def test_train_and_eval_by_hub_ids(trained: dict[str, Any], catalog: Path) -> No
     assert meta.method == "yapo" and meta.space == "sae" and meta.layer == SCOPE_LAYER
     assert (meta.model.name, meta.model.hidden_size, meta.model.num_layers) == (GEMMA_ID, GEMMA_WIDTH, 3)
     assert (meta.sae.source, meta.sae.d_sae, meta.sae.architecture) == (SCOPE_SAE, SCOPE_D_SAE, "jumprelu")
-    assert meta.training["hyperparameters"]["dtype"] == "bfloat16"
+    hyper = meta.training.hyperparameters
+    assert hyper is not None and hyper.dtype == "bfloat16"
     assert set(trained["report"]["vectors"][VECTOR]["by_strength"]) == {"0", "1"}
     assert meta.eval["target"] == "morocco"
 

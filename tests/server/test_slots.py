@@ -5,8 +5,6 @@ the batch, the device sampler's distribution, and buffers that never move (CPU f
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -15,9 +13,9 @@ from server.engine.model import LoadedModel
 from server.engine.request import Row, SteerSpec
 from server.engine.sampling import Sampler, SamplingParams
 from tests.kit_families import HIDDEN, MODELS, VOCAB
+from tests.server.kit_reference import hf_tokens
 from vectors.metadata import ModelRef, SaeRef, VectorMetadata, dense_hook_name
 from vectors.sae import SparseCoder, coder_from_sae_lens
-from vectors.slots import SlotSteering, compose
 from vectors.vector import SteeringVector
 
 LAYER, D_SAE = 1, 128
@@ -99,42 +97,6 @@ def _engine(arch: str, coder: SparseCoder, slots: int = 8, max_neg: int = 256) -
     return LoadedModel(
         model, Tokens(), {LAYER: coder}, max_context=64, max_batch=slots, max_neg_features=max_neg
     )
-
-
-@contextmanager
-def hf_steering(model: torch.nn.Module, coder: SparseCoder, spec: SteerSpec) -> Iterator[None]:
-    """HF generate steered like the engine: prompt phase on the first forward, generation after."""
-    steering = SlotSteering(model, [coder], 1, max_neg=64)
-    calls: list[int] = []
-
-    def phase(_m: object, _a: object) -> None:
-        steering.select(0, 1, "prompt" if not calls else "generation")
-        calls.append(1)
-
-    handle = model.register_forward_pre_hook(phase)
-    try:
-        steering.write(0, compose(spec.as_config(), [coder], HIDDEN))
-        yield
-    finally:
-        handle.remove()
-        steering.close()
-
-
-def hf_tokens(engine: LoadedModel, coder: SparseCoder, ids: list[int], spec: SteerSpec, n: int) -> list[int]:
-    """The reference: Hugging Face `generate` (its own cache and masks) on the row alone, greedy.
-
-    Run when the engine is idle: its hooks stay installed, and with every slot cleared they return h itself.
-    """
-    assert not any(t.any() for t in (layer.active for layer in engine.runner.steering.layers.values()))
-    with torch.no_grad(), hf_steering(engine.model, coder, spec):
-        out = engine.model.generate(
-            input_ids=torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=n,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    return out[0, len(ids) :].tolist()
 
 
 def prompts(n: int, seed: int = 5) -> list[list[int]]:

@@ -68,9 +68,9 @@ def test_train_then_eval_cli(tiny_res, tmp_path, capsys):
     assert effect["weak"] == (effect["margin_gain"] < 0.1)
     assert "effect at strength 1" in captured.err and ("too weak" in captured.err) == effect["weak"]
     meta = read_metadata(catalog / "culture" / "egypt.safetensors")
-    assert meta.method == "yapo" and meta.sae.source == sae and meta.training["where"] == {"split": "train"}
-    retain = meta.training["retain"]
-    assert (retain["data"], retain["pairs"], retain["weight"], retain["margin"]) == (
+    assert meta.method == "yapo" and meta.sae.source == sae and meta.training.where == {"split": "train"}
+    retain = meta.training.retain
+    assert retain is not None and (retain.data, retain.pairs, retain.weight, retain.margin) == (
         "facts.jsonl",
         1,
         0.5,

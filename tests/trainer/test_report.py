@@ -30,14 +30,14 @@ def test_demo_report_files_and_layout(tiny_res, tmp_path):
             name = vector_name(method, country)
             path = tmp_path / "vectors" / f"{name}.safetensors"
             vec = load_vector(path)
-            assert vec.meta.method == method and vec.meta.training["target"] == country
+            assert vec.meta.method == method and vec.meta.training.target == country
             assert vec.meta.eval["target"] == country  # eval wrote its headline back
-            retain = vec.meta.training.get("retain")
+            retain = vec.meta.training.retain
             if method in (
                 "yapo",
                 "bipo",
             ):  # trained against the even half of the neutral facts: 1 fact, 1 pair
-                assert retain["pairs"] == 1 and retain["weight"] == cfg.retain_weight
+                assert retain is not None and retain.pairs == 1 and retain.weight == cfg.retain_weight
             else:
                 assert retain is None
     assert (tmp_path / "vectors" / "culture" / "morocco.safetensors").is_file()
@@ -96,7 +96,7 @@ def test_report_in_two_processes_writes_what_one_process_writes(tiny_res, tmp_pa
                 b.meta.strength_range,
             )
             for key in ("final_loss", "effect", "data_hash"):
-                assert a.meta.training.get(key) == b.meta.training.get(key), (rel, key)
+                assert getattr(a.meta.training, key) == getattr(b.meta.training, key), (rel, key)
     assert (tmp_path / "two" / "train-logs" / "report_worker-1.log").is_file()
     eval_one = json.loads((tmp_path / "one" / "eval.json").read_text())
     eval_two = json.loads((tmp_path / "two" / "eval.json").read_text())

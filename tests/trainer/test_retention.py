@@ -109,8 +109,9 @@ def test_weighted_penalty_keeps_the_neutral_answers(world_dir, tmp_path):
     # only that it breaks some, and that optimising the penalty removes nearly all of it, is asserted.
     assert broken > 0, "unprotected, this vector breaks neutral answers on the small world"
     assert kept < 0.1 * broken
-    meta = read_metadata(runs[1.0].path).training["retain"]
-    assert meta["pairs"] == len(retain) and meta["weight"] == 1.0 and meta["data_hash"].startswith("sha256:")
+    meta = read_metadata(runs[1.0].path).training.retain
+    assert meta is not None and meta.pairs == len(retain) and meta.weight == 1.0
+    assert meta.data_hash is not None and meta.data_hash.startswith("sha256:")
 
 
 def test_resume_with_retention_is_bit_for_bit(tiny_res, morocco_pairs, tmp_path):

@@ -37,11 +37,11 @@ def test_yapo_vector_file_round_trips(tiny_res, morocco_pairs, tmp_path):
         "blocks.1.hook_resid_post",
     )
     assert meta.sae.d_sae == tiny_res.coder.d_sae and meta.model.hidden_size == 32
-    assert meta.training["target"] == "morocco" and meta.training["data_hash"].startswith("sha256:")
-    assert meta.training["final_loss"] == pytest.approx(result.final_loss)
-    curve = meta.training["loss_curve"]  # what the playground plots
-    assert curve["step"] == [4, 8, 12]
-    assert curve["loss"] == pytest.approx([h["loss"] for h in result.history], abs=1e-5)
+    assert meta.training.target == "morocco" and meta.training.data_hash.startswith("sha256:")
+    assert meta.training.final_loss == pytest.approx(result.final_loss)
+    curve = meta.training.loss_curve  # what the playground plots
+    assert curve.step == (4, 8, 12)
+    assert curve.loss == pytest.approx([h["loss"] for h in result.history], abs=1e-5)
     logs = tmp_path / "train-logs" / "culture"
     log = json.loads((logs / "morocco.log.json").read_text())
     assert [h["step"] for h in log["history"]] == [4, 8, 12] and len(log["losses"]) == 12
@@ -160,9 +160,9 @@ def test_bf16_model_keeps_float32_vector_and_optimizer(morocco_pairs, tmp_path):
 def test_loss_curve_is_thinned_but_keeps_the_last_point():
     history = [{"step": 10 * (i + 1), "loss": 1.0 / (i + 1)} for i in range(1000)]
     curve = loss_curve(history, max_points=200)
-    assert len(curve["step"]) == 200 and curve["step"][0] == 10 and curve["step"][-1] == 10_000
-    assert curve["step"] == sorted(curve["step"]) and curve["loss"][-1] == pytest.approx(0.001)
-    assert loss_curve(history[:3]) == {"step": [10, 20, 30], "loss": [1.0, 0.5, 0.33333]}
+    assert len(curve.step) == 200 and curve.step[0] == 10 and curve.step[-1] == 10_000
+    assert list(curve.step) == sorted(curve.step) and curve.loss[-1] == pytest.approx(0.001)
+    assert loss_curve(history[:3]).to_dict() == {"step": [10, 20, 30], "loss": [1.0, 0.5, 0.33333]}
 
 
 def test_one_preference_step_alone(tiny_res, morocco_pairs, tmp_path):

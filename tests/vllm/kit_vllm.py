@@ -1,5 +1,5 @@
-"""The vLLM tests' world and server helpers: the prompts, the world's paths, its catalog (every steering term) and
-the real server under uvicorn on either backend. Imported by package path (`tests.vllm.kit_vllm`)."""
+"""The vLLM tests' world: the prompts, the world's paths and its catalog (every steering term). The servers are
+`tests.server.kit_server.run_server`'s. Imported by package path (`tests.vllm.kit_vllm`)."""
 
 from __future__ import annotations
 
@@ -95,53 +95,3 @@ def _active_features(world: VllmWorld, coder: Any) -> list[int]:
             model(torch.tensor([format_prompt(tok, prompt=p)]))
     z = coder.encode(torch.cat(seen)).amax(0)
     return [int(i) for i in torch.argsort(z, descending=True)[:8] if z[i] > 0]
-
-
-@dataclass
-class Served:
-    url: str
-    state: Any
-
-
-def serve(settings: Any, timeout: float = 600) -> Any:
-    """The real app under uvicorn in a thread, on a free loopback port, until ready (a context manager)."""
-    import contextlib
-    import socket
-    import threading
-    import time
-
-    import httpx
-    import uvicorn
-
-    from server.app import create_app
-    from server.runtime import ServerRuntime
-
-    @contextlib.contextmanager
-    def running() -> Any:
-        state = ServerRuntime(settings)
-        app = create_app(settings, runtime=state)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    ready = httpx.get(f"{url}/ready", timeout=5)
-                    if ready.status_code == 200:
-                        break
-                    if ready.json().get("status") == "failed":
-                        raise RuntimeError(ready.json().get("detail"))
-                time.sleep(0.2)
-            else:
-                raise TimeoutError(f"{settings.backend} server not ready in {timeout} s")
-            yield Served(url, state)
-        finally:
-            server.should_exit = True
-            thread.join(30)
-            sock.close()
-
-    return running()

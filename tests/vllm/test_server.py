@@ -27,7 +27,8 @@ import pytest
 
 from server.settings import ServerSettings
 from tests.server.kit_api import CHECKS, UNSUPPORTED, Api, check_unsupported_is_a_422
-from tests.vllm.kit_vllm import PROMPTS, Served, VllmWorld, serve
+from tests.server.kit_server import RunningServer, run_server
+from tests.vllm.kit_vllm import PROMPTS, VllmWorld
 
 
 def settings(world: VllmWorld, **extra: Any) -> ServerSettings:
@@ -44,21 +45,24 @@ def settings(world: VllmWorld, **extra: Any) -> ServerSettings:
 
 
 @pytest.fixture(scope="module")
-def servers(vllm_world: VllmWorld) -> Iterator[tuple[Served, Served]]:
+def servers(vllm_world: VllmWorld) -> Iterator[tuple[RunningServer, RunningServer]]:
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the async engine runs its core in a process
-    # The vLLM front end rescans its catalog only when a test says so (`state.catalog.refresh()`).
+    # The vLLM front end rescans its catalog only when a test says so (`runtime.catalog.refresh()`).
     with (
-        serve(settings(vllm_world, backend="vllm", vllm_max_neg_features=3, catalog_poll_s=3600)) as vllm,
-        serve(settings(vllm_world)) as native,
+        run_server(
+            settings(vllm_world, backend="vllm", vllm_max_neg_features=3, catalog_poll_s=3600),
+            ready_timeout=600,
+        ) as vllm,
+        run_server(settings(vllm_world), ready_timeout=600) as native,
     ):
         yield vllm, native
 
 
-def post(server: Served, path: str, body: dict[str, Any]) -> httpx.Response:
+def post(server: RunningServer, path: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", json=body, timeout=120)
 
 
-def test_ready_names_the_backend_and_its_layout(servers: tuple[Served, Served]) -> None:
+def test_ready_names_the_backend_and_its_layout(servers: tuple[RunningServer, RunningServer]) -> None:
     vllm, native = servers
     engine = httpx.get(f"{vllm.url}/ready").json()["engine"]
     assert engine["backend"] == "vllm"
@@ -80,7 +84,9 @@ def test_ready_names_the_backend_and_its_layout(servers: tuple[Served, Served]) 
         {"t/prompt": 5.0},
     ],
 )
-def test_generate_equals_native(servers: tuple[Served, Served], steer: dict[str, float]) -> None:
+def test_generate_equals_native(
+    servers: tuple[RunningServer, RunningServer], steer: dict[str, float]
+) -> None:
     vllm, native = servers
     for prompt in PROMPTS:
         body = {"prompt": prompt, "max_new_tokens": 10, "steer": steer, "compare": bool(steer)}
@@ -91,7 +97,7 @@ def test_generate_equals_native(servers: tuple[Served, Served], steer: dict[str,
         assert ja["usage"] == jb["usage"]
 
 
-def test_streamed_text_equals_the_json_answer(servers: tuple[Served, Served]) -> None:
+def test_streamed_text_equals_the_json_answer(servers: tuple[RunningServer, RunningServer]) -> None:
     vllm, _ = servers
     body = {"prompt": PROMPTS[0], "max_new_tokens": 8, "steer": {"t/yapo": 3.0}}
     whole = post(vllm, "/generate", body).json()["text"]
@@ -103,7 +109,7 @@ def test_streamed_text_equals_the_json_answer(servers: tuple[Served, Served]) ->
     assert "".join(parts) == whole
 
 
-def test_completions_equal_native(servers: tuple[Served, Served]) -> None:
+def test_completions_equal_native(servers: tuple[RunningServer, RunningServer]) -> None:
     vllm, native = servers
     for model in ("culture-world", "culture-world:t/yapo@3"):
         body = {"model": model, "prompt": PROMPTS[1], "max_tokens": 8, "temperature": 0, "logprobs": 2}
@@ -127,7 +133,9 @@ def test_completions_equal_native(servers: tuple[Served, Served]) -> None:
     assert [c["text"] for c in first["choices"]] == [c["text"] for c in again["choices"]]  # seeds reproduce
 
 
-def test_too_many_negative_features_is_a_422_naming_the_setting(servers: tuple[Served, Served]) -> None:
+def test_too_many_negative_features_is_a_422_naming_the_setting(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
     vllm, _ = servers
     r = post(
         vllm,
@@ -139,7 +147,7 @@ def test_too_many_negative_features_is_a_422_naming_the_setting(servers: tuple[S
 
 
 @pytest.fixture(params=["vllm", "native"])
-def api(request: pytest.FixtureRequest, servers: tuple[Served, Served]) -> Iterator[Api]:
+def api(request: pytest.FixtureRequest, servers: tuple[RunningServer, RunningServer]) -> Iterator[Api]:
     """Each server as the shared API checks see it (`tests.server.kit_api`, which the native suites run too)."""
     served = dict(zip(("vllm", "native"), servers, strict=True))[request.param]
     with httpx.Client(base_url=served.url, timeout=120) as http:
@@ -172,7 +180,7 @@ def _copy_of_yapo(world: VllmWorld, name: str) -> Path:
 
 @pytest.mark.parametrize("how", ["changed", "broken"])
 def test_a_vector_the_workers_cannot_load_fails_only_its_request(
-    servers: tuple[Served, Served], vllm_world: VllmWorld, how: str
+    servers: tuple[RunningServer, RunningServer], vllm_world: VllmWorld, how: str
 ) -> None:
     from vectors.io import load_vector, save_vector
     from vectors.vector import SteeringVector
@@ -181,7 +189,7 @@ def test_a_vector_the_workers_cannot_load_fails_only_its_request(
     name = f"t/drift-{how}"
     path = _copy_of_yapo(vllm_world, name)
     try:
-        vllm.state.catalog.refresh()  # the front end admits the first version ...
+        vllm.runtime.catalog.refresh()  # the front end admits the first version ...
         if how == "changed":  # ... and the workers, which have not read it yet, find another one
             v = load_vector(path)
             assert v.values is not None and v.indices is not None
@@ -202,10 +210,12 @@ def test_a_vector_the_workers_cannot_load_fails_only_its_request(
             assert ok.status_code == 200, ok.text
     finally:
         path.unlink()
-        vllm.state.catalog.refresh()
+        vllm.runtime.catalog.refresh()
 
 
-def test_a_dead_engine_core_is_not_ready_and_refuses_requests(servers: tuple[Served, Served]) -> None:
+def test_a_dead_engine_core_is_not_ready_and_refuses_requests(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
     """Kills the vLLM engine core (as the kernel's OOM killer would): `/ready` says failed, requests get 503.
     Last in this module: the module's vLLM server does not serve after it."""
     import psutil

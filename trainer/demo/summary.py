@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from trainer.effect import Effect
+from vectors.training_record import Effect
 
 # method (or "base") -> country (or "mean") -> kind ("localized", "nonlocalized", "both", ...; "retention", "lost")
 Table = dict[str, dict[str, dict[str, float]]]
@@ -119,7 +119,7 @@ class DemoReport:
             if f.name == "served":
                 value = {m: {c: asdict(v) for c, v in per.items()} for m, per in value.items()}
             elif f.name == "effect":
-                value = {m: {c: asdict(e) for c, e in per.items()} for m, per in value.items()}
+                value = {m: {c: e.to_dict() for c, e in per.items()} for m, per in value.items()}
             elif f.name in ("retention", "targets"):
                 value = value.to_dict()
             elif f.name == "plots" and not value:
@@ -134,7 +134,9 @@ class DemoReport:
         values["served"] = {
             m: {c: ServedVector(**v) for c, v in per.items()} for m, per in raw["served"].items()
         }
-        values["effect"] = {m: {c: Effect(**e) for c, e in per.items()} for m, per in raw["effect"].items()}
+        values["effect"] = {
+            m: {c: Effect.from_dict(e) for c, e in per.items()} for m, per in raw["effect"].items()
+        }
         values["retention"] = Retention.from_dict(raw["retention"])
         values["targets"] = Targets.from_dict(raw["targets"])
         return cls(**values)

@@ -76,7 +76,7 @@ def target_of(vector: SteeringVector, override: Mapping[str, str]) -> str:
     """The country a vector steers toward: explicit mapping, else training.target, else the name's leaf."""
     if vector.name in override:
         return override[vector.name]
-    return str(vector.meta.training.get("target") or vector.name.rsplit("/", 1)[-1])
+    return vector.meta.training.target or vector.name.rsplit("/", 1)[-1]
 
 
 def evaluate_vectors(
