@@ -40,9 +40,9 @@ class Gemma3Config:
     # the SAE (trainer/gemma3/sae.py): the corpus's activations computed once, seen for several epochs
     sae_expansion: int = 4
     sae_training_samples: int = 1_000_000
-    sae_batch: int = 4096
-    sae_lr: float = 3e-4
-    sae_l1_coefficient: float = 5.0
+    sae_batch: int = 512
+    sae_lr: float = 1e-3
+    sae_l1_coefficient: float = 6.0
     sae_context: int = 128
     sae_eval_rows: int = 48
     steps: int = 150

@@ -2,9 +2,13 @@
 
 For each candidate layer, a CAA-style probe: the mean difference of the last prompt token's residual between
 localized prompts of a country ("I am from Morocco. ...") and the same prompts without a country, on train
-topics, added at that layer to non-localized prompts of validation topics. The layer whose probe lifts the
-country's MCQ accuracy most (mean over the probed countries) is the one where "which country" is a direction
-a vector can set; the SAE is trained there.
+topics, added at that layer (at `PROBE_STRENGTH`) to non-localized prompts of validation topics. The layer
+whose probe lifts the log-probability of the country's answers most (mean over questions and probed countries)
+is the one where "which country" is a direction a vector can set; the SAE is trained there. The accuracy gain
+is recorded too, but with 30 questions per country it moves in steps of 3.3 points and ties at small strengths.
+
+At strength 1 the mean difference is ~3 % of the residual's norm on this model (|h| ≈ 2,300 at layer 4, 3,500
+at 6) and moved no answer at any layer, hence a probe strength of 4.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 from trainer.eval.items import McqItem
 from vectors.metadata import ModelRef, VectorMetadata, dense_hook_name
 from vectors.prompts import format_prompt
-from vectors.scoring import Question, option_accuracy, option_priors
+from vectors.scoring import Question, option_accuracy, option_logprobs_many, option_priors
 from vectors.slots import apply_config
 from vectors.vector import SteeringVector
 
@@ -26,8 +30,18 @@ from vectors.vector import SteeringVector
 @dataclass(frozen=True)
 class LayerProbe:
     layer: int
+    logprob_gain: float  # mean over countries and questions of the right answer's log-probability gain (nats)
     gain: float  # mean over countries of (probe-steered − unsteered) non-localized val accuracy
-    by_country: dict[str, float]
+    by_country: dict[str, float]  # accuracy gain per country
+
+
+PROBE_STRENGTH = 4.0
+
+
+def _answer_logprobs(model: Any, tokenizer: Any, questions: Sequence[Question]) -> float:
+    """Mean log-probability of each question's right option."""
+    scores = option_logprobs_many(model, tokenizer, [(q.prompt, q.options) for q in questions])
+    return sum(s[q.answer] for s, q in zip(scores, questions, strict=True)) / len(questions)
 
 
 @torch.no_grad()
@@ -60,6 +74,7 @@ def probe_layers(
     cfg = model.config
     ref = ModelRef(name="probe", hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers)
     gains: dict[int, dict[str, float]] = {layer: {} for layer in layers}
+    lp_gains: dict[int, dict[str, float]] = {layer: {} for layer in layers}
     for country in countries:
         train = [it for it in mcq if it.split == "train" and it.country == country]
         loc = _last_token_states(model, tokenizer, [it.prompt for it in train if it.localized])
@@ -70,6 +85,7 @@ def probe_layers(
             [it for it in mcq if it.split == "val" and it.country == country and not it.localized],
         )
         base = option_accuracy(model, tokenizer, val)
+        base_lp = _answer_logprobs(model, tokenizer, val)
         for layer in layers:
             meta = VectorMetadata(
                 name="probe/caa",
@@ -80,11 +96,15 @@ def probe_layers(
                 model=ref,
             )
             vec = SteeringVector.dense_vector(meta, loc[layer].mean(0) - non[layer].mean(0))
-            with apply_config(model, {vec: 1.0}, {}):
+            with apply_config(model, {vec: PROBE_STRENGTH}, {}):
                 gains[layer][country] = option_accuracy(model, tokenizer, val) - base
-    return [LayerProbe(layer, sum(g.values()) / len(g), g) for layer, g in gains.items()]
+                lp_gains[layer][country] = _answer_logprobs(model, tokenizer, val) - base_lp
+    return [
+        LayerProbe(layer, sum(lp_gains[layer].values()) / len(g), sum(g.values()) / len(g), g)
+        for layer, g in gains.items()
+    ]
 
 
 def best_layer(probes: Sequence[LayerProbe]) -> int:
-    """The highest gain; the earlier layer on a tie (cheaper to train at, more of the model after it)."""
-    return max(probes, key=lambda p: (round(p.gain, 4), -p.layer)).layer
+    """The highest log-probability gain; the earlier layer on a tie (cheaper to train at, more model after it)."""
+    return max(probes, key=lambda p: (round(p.logprob_gain, 3), -p.layer)).layer
