@@ -10,11 +10,10 @@
   trained on.
 
 Every MCQ row is calibrated (`"calibrate": true`, `trainer.eval.items.load_mcq`): scored relative to the
-options' mean log-probability after every country's localized prompts of its topic. On the val + test topics of
-Morocco, Egypt, KSA and Levantine, the unsteered model's raw log-likelihood picks the country's answer on 11.6 %
-of localized and 2.9 % of non-localized prompts (ten options): its Anglo prior and short frequent answers win even
-when the country is named. Calibrated, 40.6 % / 5.8 % (docs/real-model-results.md): naming the country then
-moves the pick, which is the range a steering vector can be measured in.
+options' mean log-probability after every country's localized prompts of its topic. Scored raw, the unsteered
+model's Anglo prior and short frequent answers win even when the country is named (the first quick build scored
+0 % localized for Morocco); calibrated, naming the country moves the pick, which is the range a steering vector
+can be measured in (docs/real-model-results.md).
 """
 
 from __future__ import annotations
