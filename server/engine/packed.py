@@ -25,9 +25,10 @@ from torch import nn
 
 # One row is a matrix-vector product: MKL was as fast or faster (6 % at one row of a Gemma 3 step).
 PACKED_MIN_ROWS = 2
-# Elements of the smallest weight worth packing (2 MiB in float32): below it, the packed call's fixed cost outweighs
-# its gain (a 640 → 256 projection was slower packed at 2, 4, 8 and 32 rows; a 1024 → 640 one 1.3–1.9× faster).
-PACKED_MIN_WEIGHT = 1 << 19
+# Elements of the smallest weight worth packing: below it the packed call's fixed cost outweighs its gain. The culture
+# world's largest weight (128 → 1024, 131,072) was 5–25 % slower packed alone at 4–32 rows; a Gemma 3 step at 32
+# rows was 8 % slower (rounds 0–9 %) with its smallest (640 → 256, 163,840) left unpacked.
+PACKED_MIN_WEIGHT = 160_000
 _PACKED: dict[int, torch.Tensor] = {}  # data_ptr of a weight [out, in] -> its oneDNN-packed copy
 
 

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(not torch._C._has_mkldnn, reason="oneDNN is not 
 
 
 def two_layers() -> nn.Sequential:
-    """One weight of exactly `PACKED_MIN_WEIGHT` elements, one far below it."""
+    """One weight just above `PACKED_MIN_WEIGHT` elements, one far below it."""
     torch.manual_seed(0)
-    big = nn.Linear(1024, PACKED_MIN_WEIGHT // 1024, bias=True)
+    big = nn.Linear(1024, -(-PACKED_MIN_WEIGHT // 1024), bias=True)
     return nn.Sequential(big, nn.ReLU(), nn.Linear(big.out_features, 64, bias=False)).eval()
 
 
