@@ -25,9 +25,9 @@ from torch import nn
 
 # One row is a matrix-vector product: MKL was as fast or faster (6 % at one row of a Gemma 3 step).
 PACKED_MIN_ROWS = 2
-# Elements of the smallest weight worth packing: below it the packed call's fixed cost outweighs its gain. The culture
-# world's largest weight (128 → 1024, 131,072) was 5–25 % slower packed alone at 4–32 rows; a Gemma 3 step at 32
-# rows was 8 % slower (rounds 0–9 %) with its smallest (640 → 256, 163,840) left unpacked.
+# Elements of the smallest weight worth packing: below it the packed call's fixed cost outweighs its gain. A 128 → 1024
+# weight (131,072, the largest of the culture world's shapes) was 5–25 % slower packed alone at 4–32 rows; a Gemma 3
+# step at 32 rows was 8 % slower (rounds 0–9 %) with its smallest (640 → 256, 163,840) left unpacked.
 PACKED_MIN_WEIGHT = 160_000
 _PACKED: dict[int, torch.Tensor] = {}  # data_ptr of a weight [out, in] -> its oneDNN-packed copy
 
