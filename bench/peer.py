@@ -295,7 +295,8 @@ def run_peer(world: Any, cfg: BenchConfig) -> dict[str, Any]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "STEER_MAX_CONFIGS_PER_BATCH": str(slots)}
     env["STEER_MODEL_NAME"] = name
     env["STEER_MAX_QUEUE"] = str(4 * slots)
-    vllm_env = {**env, "VLLM_CPU_OMP_THREADS_BIND": cfg.vllm_threads_bind}
+    # plain vLLM: a plugin name no entry point has, so none loads (the venv also holds our steering plugin)
+    vllm_env = {**env, "VLLM_CPU_OMP_THREADS_BIND": cfg.vllm_threads_bind, "VLLM_PLUGINS": "no-plugin"}
     ours_port, vllm_port = free_port(), free_port()
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="steer-peer-") as tmp:
