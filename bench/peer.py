@@ -292,7 +292,9 @@ def run_peer(world: Any, cfg: BenchConfig) -> dict[str, Any]:
     folder = shape_folder(cfg)
     slots, tokens, name = cfg.clients, cfg.server_new_tokens, "peer-model"
     prompts = [f"In country {i % 10} at the festival number {i} people like" for i in range(slots)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STEER_MAX_CONFIGS_PER_BATCH": str(slots)}
+    # the servers choose their own threads (ours: its CPUs; vLLM: the bound cores), not the bench's one thread
+    inherited = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = {**inherited, "HF_HUB_OFFLINE": "1", "STEER_MAX_CONFIGS_PER_BATCH": str(slots)}
     env["STEER_MODEL_NAME"] = name
     env["STEER_MAX_QUEUE"] = str(4 * slots)
     # plain vLLM: a plugin name no entry point has, so none loads (the venv also holds our steering plugin)
