@@ -34,6 +34,8 @@ from bench.config import BenchConfig
 from bench.server_load import SERVER_CONTEXT
 from bench.timing import interleave, median, paired_ratio, percentile, summary
 
+VLLM_MEMORY_SHARE = 0.25
+VLLM_KV_GIB = 2  # 32 rows × 512 positions of this model need ~0.6 GiB
 SERIAL_REQUESTS = 4  # prompts the single client sends one after the other per round
 READY_TIMEOUT_S = 1800.0  # a cold start compiles (ours: one graph; vLLM: its own) on a busy 2-core machine
 
@@ -110,6 +112,10 @@ def vllm_command(python: str, folder: Path, port: int, slots: int, name: str) ->
         str(SERVER_CONTEXT),
         "--max-num-seqs",
         str(slots),
+        # on the CPU backend this is the share of the machine's memory vLLM reserves (default 0.92: refused on a
+        # machine where other processes hold memory); its KV cache is VLLM_CPU_KVCACHE_SPACE GiB
+        "--gpu-memory-utilization",
+        str(VLLM_MEMORY_SHARE),
         "--host",
         "127.0.0.1",
         "--port",
@@ -142,7 +148,9 @@ def child_server(
         t0 = time.monotonic()
         while True:
             if proc.poll() is not None:
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                lines = log.read_text(errors="replace").splitlines()
+                errors = [line for line in lines if "Error" in line][:3]  # the root cause comes first
+                tail = "\n".join(errors + lines[-10:])
                 raise RuntimeError(f"{command[0]} … exited with {proc.returncode} before ready:\n{tail}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(ready_url, timeout=5).status_code == 200:
@@ -299,6 +307,7 @@ def run_peer(world: Any, cfg: BenchConfig) -> dict[str, Any]:
     env["STEER_MAX_QUEUE"] = str(4 * slots)
     # plain vLLM: a plugin name no entry point has, so none loads (the venv also holds our steering plugin)
     vllm_env = {**env, "VLLM_CPU_OMP_THREADS_BIND": cfg.vllm_threads_bind, "VLLM_PLUGINS": "no-plugin"}
+    vllm_env["VLLM_CPU_KVCACHE_SPACE"] = str(VLLM_KV_GIB)
     ours_port, vllm_port = free_port(), free_port()
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="steer-peer-") as tmp:
