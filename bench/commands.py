@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
         nargs="?",
         default="all",
         choices=["all", *SUITES],
-        help="run one suite only (default: all)",
+        help="run one suite only (default: all but peer, which runs only when named)",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="CPU, culture-world shapes, ~3 minutes (default)")
@@ -51,6 +51,14 @@ def register(subparsers: Any) -> None:
         "--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on GPU)"
     )
     parser.add_argument("--seed", type=int, help="seed of the random model, SAE, vectors and prompts")
+    parser.add_argument(
+        "--vllm-python",
+        help="peer suite: the Python of a venv with vLLM (default var/vllm-venv/bin/python, `make vllm-venv`)",
+    )
+    parser.add_argument(
+        "--vllm-threads-bind",
+        help="peer suite: VLLM_CPU_OMP_THREADS_BIND for vLLM's server (default 0-1)",
+    )
     parser.set_defaults(handler=bench)
 
 
@@ -59,8 +67,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         cfg = BenchConfig.gpu()
     elif args.smoke:
         cfg = BenchConfig.smoke()
-    elif args.shape:
-        cfg = BenchConfig.real_shape(args.shape)
+    elif args.shape or args.suite == "peer":  # the peer suite's servers need a model folder: a shape's
+        cfg = BenchConfig.real_shape(args.shape or "gemma3-270m")
     else:
         cfg = BenchConfig.quick()
     changes: dict[str, Any] = {}
@@ -76,6 +84,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         changes["threads"] = args.threads
     if args.seed is not None:
         changes["seed"] = args.seed
+    if args.vllm_python is not None:
+        changes["vllm_python"] = args.vllm_python
+    if args.vllm_threads_bind is not None:
+        changes["vllm_threads_bind"] = args.vllm_threads_bind
     return replace(cfg, **changes)
 
 

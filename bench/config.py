@@ -6,7 +6,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Mode = Literal["quick", "gpu", "smoke"]
-SUITES: tuple[str, ...] = ("decode", "engine", "server", "join", "train", "hf")
+SUITES: tuple[str, ...] = ("decode", "engine", "server", "join", "train", "hf", "peer")
+# Run only when named (`steer bench peer`): it starts vLLM's server beside ours, minutes on a CPU.
+ON_REQUEST: tuple[str, ...] = ("peer",)
+DEFAULT_SUITES: tuple[str, ...] = tuple(s for s in SUITES if s not in ON_REQUEST)
 
 
 @dataclass(frozen=True)
@@ -14,7 +17,7 @@ class BenchConfig:
     """What to measure and how big. Every field lands in the JSON result."""
 
     mode: Mode = "quick"
-    suites: tuple[str, ...] = SUITES
+    suites: tuple[str, ...] = DEFAULT_SUITES
     repeats: int = 5  # timed rounds per case (median taken); ≥ 5 for a table of record
     warmup: int = 1  # untimed rounds first
     seed: int = 0
@@ -44,6 +47,9 @@ class BenchConfig:
     )
     world: str | None = "var/demo"  # a built culture world; None or missing → random weights of its shape
     shape: str | None = None  # a real model's shape with random weights (`bench.world.SHAPES`), instead
+    # peer (vLLM's OpenAI server beside ours, on `shape`'s folder)
+    vllm_python: str = "var/vllm-venv/bin/python"  # the vLLM venv (`make vllm-venv`)
+    vllm_threads_bind: str = "0-1"  # VLLM_CPU_OMP_THREADS_BIND: vLLM's CPU threads pinned to these cores
     gpu_model: str = "gemma-2-2b"
     gpu_sae_widths: tuple[int, ...] = (16384, 65536)
     extra: dict[str, Any] = field(default_factory=dict)  # shape overrides (tests)

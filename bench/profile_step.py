@@ -1,7 +1,7 @@
-"""Profile the served decode step on a real shape: `python -m bench.profile_step [--threads 1] [--buckets 1,32]`.
+"""Profile the served decode step: `python -m bench.profile_step [--shape culture] [--threads 1] [--buckets 1,32]`.
 
-Loads `--shape`'s random world (`bench.world.shape_folder`) as `steer serve` does (32 slots × 512 positions, its
-SAE), compiles and verifies the buckets (`--eager`: none), then for batch 1 and 32 and prompts of 16 and 200
+Loads `--shape`'s random world (`bench.world.shape_folder`; `culture`: the random world of the culture world's
+shape, `bench.world.random_world`) as `steer serve` does (32 slots × 512 positions, its SAE), compiles and verifies the buckets (`--eager`: none), then for batch 1 and 32 and prompts of 16 and 200
 tokens prints the prefill time and the mean decode step, and torch.profiler's top operators over three steps.
 Uses only `LoadedModel` / `ModelRunner` calls that older commits have too, so the same command profiles them.
 """
@@ -14,12 +14,14 @@ import time
 import torch
 
 from bench.config import BenchConfig
-from bench.world import shape_folder
+from bench.world import random_world, shape_folder
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="gemma3-270m")
+    parser.add_argument(
+        "--shape", default="gemma3-270m", help="gemma3-270m, or culture (the 96-128 wide world)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--buckets", default="1,32", help="compiled buckets (comma-separated)")
     parser.add_argument("--eager", action="store_true", help="profile the eager step")
@@ -33,16 +35,23 @@ def main() -> None:
     from server.engine.sampling import SamplingParams
 
     torch.set_num_threads(args.threads)
-    folder = shape_folder(BenchConfig.real_shape(args.shape))
-    engine = LoadedModel.load(
-        EngineConfig(
-            model=str(folder / "model"),
-            sae=(str(folder / "sae"),),
-            device="cpu",
-            max_batch=32,
-            max_context=512,
+    if args.shape == "culture":
+        world = random_world(BenchConfig.quick(world=None))
+        coder = world.saes[0].coder
+        engine = LoadedModel(
+            world.model, world.tokenizer, {coder.layer: coder}, max_batch=32, max_context=512
         )
-    )
+    else:
+        folder = shape_folder(BenchConfig.real_shape(args.shape))
+        engine = LoadedModel.load(
+            EngineConfig(
+                model=str(folder / "model"),
+                sae=(str(folder / "sae"),),
+                device="cpu",
+                max_batch=32,
+                max_context=512,
+            )
+        )
     runner = engine.runner
     if not args.eager:
         t0 = time.perf_counter()

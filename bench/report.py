@@ -34,6 +34,8 @@ SUMMARY_KEYS = (
     "engine_vs_hf_b1",
     "engine_vs_hf_batch",
 )
+# Added to the summary when the peer suite ran (it runs only when named): ours / vLLM.
+PEER_KEYS = ("ours_vs_vllm_tok_s_1", "ours_vs_vllm_tok_s_batch", "ours_vs_vllm_ttft_1")
 _PACKAGES = ("torch", "transformers", "tokenizers", "sae-lens", "fastapi", "uvicorn", "httpx", "pydantic")
 
 
@@ -150,6 +152,11 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     if isinstance(hf, dict) and "clients" in hf:
         out["engine_vs_hf_b1"] = hf["engine_vs_hf_b1"]
         out["engine_vs_hf_batch"] = hf[f"engine_vs_hf_b{hf['clients']}"]
+    peer = result.get("peer")
+    if isinstance(peer, dict) and "ours_vs_vllm" in peer:
+        ratios = peer["ours_vs_vllm"]
+        picked = (ratios["tok_s_1"], ratios[f"tok_s_{peer['clients']}"], ratios["ttft_1"])
+        out.update(zip(PEER_KEYS, picked, strict=True))
     train = result.get("train")
     if isinstance(train, dict):
         out["train_fast_vs_reference"] = train.get("fast_vs_reference", train.get("status"))
@@ -194,12 +201,18 @@ def _decode_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """The human table (every number is a median; ratios are paired per round)."""
     m = result["machine"]
+    world = result["world"]
     lines = [
         f"steer bench ({result['mode']}) on {m['device_name']} [{m['device']}], torch threads {m['torch_threads']}, "
         f"load {m.get('load_average_start')} → {m.get('load_average_end')}, {result['seconds']:.0f} s",
-        f"world: {result['world']['source']}; model {result['world']['model']['architecture']} "
-        f"d_model={result['world']['model']['hidden_size']} layers={result['world']['model']['num_layers']}; "
-        f"SAE(s) {', '.join(str(s['d_sae']) for s in result['world']['saes'])} at layer {result['world']['layer']}",
+        f"world: {world['source']}"
+        + (
+            f"; model {world['model']['architecture']} d_model={world['model']['hidden_size']} "
+            f"layers={world['model']['num_layers']}; SAE(s) {', '.join(str(s['d_sae']) for s in world['saes'])} "
+            f"at layer {world['layer']}"
+            if "model" in world
+            else ""
+        ),
     ]
     decode = result.get("decode")
     head = ["batch", "case", "nnz", "neg", "tok/s", "ms/step", "ttft ms", "overhead", "ttft×"]
@@ -258,6 +271,21 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         ]
     elif hf is not None:
         lines += ["", f"hf: {hf}"]
+    peer = result.get("peer")
+    if isinstance(peer, dict) and "cases" in peer:
+        rows = [
+            [case, v["clients"], v["tokens_per_s"]["median"], v["ttft_ms"]["p50"], v["ttft_ms"]["p99"]]
+            for case, v in peer["cases"].items()
+        ]
+        lines += [
+            "",
+            f"peer: ours vs vLLM's OpenAI server, {peer['new_tokens']} greedy tokens per request (ignore_eos), "
+            f"ready in {peer['ready_s']}, RSS GiB {peer['rss_gib']}, identical texts {peer['identical_texts']}",
+            *_table(["case", "clients", "tok/s", "ttft p50 ms", "ttft p99 ms"], rows),
+            f"ours / vLLM (paired per round): {peer['ours_vs_vllm']}",
+        ]
+    elif peer is not None:
+        lines += ["", f"peer: {peer}"]
     train = result.get("train")
     if isinstance(train, dict) and train.get("status") == "ok":
         rows = [[name, mode["what"], mode["pairs_per_s"]["median"]] for name, mode in train["modes"].items()]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bench.config import SUITES, BenchConfig
+from bench.config import ON_REQUEST, SUITES, BenchConfig
 from bench.report import SCHEMA, loadavg, machine_info, summarize, versions, write_json
 from bench.world import BenchWorld, load_world
 
@@ -34,11 +34,13 @@ def check_device(cfg: BenchConfig) -> torch.device:
     return device
 
 
-def _suites() -> dict[str, Callable[[BenchWorld, BenchConfig], dict[str, Any]]]:
+def _suites() -> dict[str, Callable[[Any, BenchConfig], dict[str, Any]]]:
+    """Each suite's function; it gets the loaded world (None for the peer suite, which loads none)."""
     from bench.decode import run_decode
     from bench.engine_decode import run_engine
     from bench.hf_generate import run_hf
     from bench.join import run_join
+    from bench.peer import run_peer
     from bench.server_load import run_server
     from bench.train_speed import run_train
 
@@ -49,6 +51,7 @@ def _suites() -> dict[str, Callable[[BenchWorld, BenchConfig], dict[str, Any]]]:
         "join": run_join,
         "train": run_train,
         "hf": run_hf,
+        "peer": run_peer,
     }
 
 
@@ -79,8 +82,11 @@ def run_bench(
 
 def _run(cfg: BenchConfig, device: torch.device, say: Callable[[str], None]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    say(f"steer bench: building the world ({cfg.mode})")
-    world = load_world(cfg)
+    # the peer suite's servers load the shape's folder themselves; the others run on a world loaded here
+    world: BenchWorld | None = None
+    if any(name not in ON_REQUEST for name in cfg.suites):
+        say(f"steer bench: building the world ({cfg.mode})")
+        world = load_world(cfg)
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "mode": cfg.mode,
@@ -88,7 +94,7 @@ def _run(cfg: BenchConfig, device: torch.device, say: Callable[[str], None]) -> 
         "machine": machine_info(device),
         "versions": versions(),
         "config": cfg.to_dict(),
-        "world": world.shapes(),
+        "world": world.shapes() if world else {"source": f"the {cfg.shape} folder, loaded by the servers"},
         "suite_seconds": {},
     }
     runners = _suites()

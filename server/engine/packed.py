@@ -1,9 +1,13 @@
 """Linear layers on oneDNN-packed weights (CPU, float32): the matrix products that are ~90 % of a decode step.
 
 torch's `F.linear` on CPU calls MKL's sgemm, which on AMD EPYC runs well behind oneDNN on a weight reordered once
-into its blocked layout: a Gemma 3 270M decode step at 32 rows was 1.47× faster packed (docs/BENCHMARKS.md). Below
-`PACKED_MIN_ROWS` rows the product reads each weight once either way and MKL was as fast or faster, so it is used.
-`pack_linears` swaps every `nn.Linear` of a model for a `PackedLinear` that keeps
+into its blocked layout: a Gemma 3 270M decode step at 32 rows was 1.47× faster packed (docs/BENCHMARKS.md), and
+on a large weight MKL took 2–3× its one-row time for 2 or 3 rows, where the packed product took about its one-row
+time (what a compiled batch-1 step runs: a lone row beside a free slot).
+A single row is a matrix-vector product that MKL does as fast or faster, so it goes to `F.linear`. A packed call
+costs a fixed ~50 µs (oneDNN's primitive, this op's dispatch), so only weights of `PACKED_MIN_WEIGHT` elements or
+more are packed: a small model (the culture world, 96–128 wide) keeps stock layers, which a compiled graph calls
+as plain library products. `pack_linears` swaps each such `nn.Linear` of a model for a `PackedLinear` that keeps
 the original weight (tied embeddings still read it) and multiplies by its packed copy. The packed tensor is opaque
 to the compiler, so it sits in a table outside the graph, found by the address of the original weight, and the
 product is a custom op (`steer::packed_linear`) on that weight: the compiled decode step calls it like any library
@@ -19,8 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-# Below this many rows the product reads each weight once either way and MKL was faster (6 % at one row).
-PACKED_MIN_ROWS = 4
+# One row is a matrix-vector product: MKL was as fast or faster (6 % at one row of a Gemma 3 step).
+PACKED_MIN_ROWS = 2
+# Elements of the smallest weight worth packing: below it the packed call's fixed cost outweighs its gain. A 128 → 1024
+# weight (131,072, the largest of the culture world's shapes) was 5–25 % slower packed alone at 4–32 rows; a Gemma 3
+# step at 32 rows was 8 % slower (rounds 0–9 %) with its smallest (640 → 256, 163,840) left unpacked.
+PACKED_MIN_WEIGHT = 160_000
 _PACKED: dict[int, torch.Tensor] = {}  # data_ptr of a weight [out, in] -> its oneDNN-packed copy
 
 
@@ -86,13 +94,15 @@ def can_pack(model: Any) -> bool:
     return bool(torch._C._has_mkldnn and param.device.type == "cpu" and param.dtype == torch.float32)
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Swap every `nn.Linear` of `model` for a `PackedLinear` (idempotent); how many were swapped."""
+def pack_linears(model: nn.Module, min_weight: int | None = None) -> int:
+    """Swap every `nn.Linear` of `model` whose weight has at least `min_weight` elements (default
+    `PACKED_MIN_WEIGHT`) for a `PackedLinear` (idempotent); how many were swapped."""
+    least = PACKED_MIN_WEIGHT if min_weight is None else min_weight
     swaps = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if type(child) is nn.Linear
+        if type(child) is nn.Linear and child.weight.numel() >= least
     ]
     for parent, name, child in swaps:
         setattr(parent, name, PackedLinear(child))

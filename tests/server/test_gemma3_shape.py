@@ -11,6 +11,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from server.engine.model import LoadedModel
+from server.engine.packed import pack_linears
 from server.engine.request import Row, SteerSpec
 from server.engine.sampling import SamplingParams
 from tests.kit_families import HIDDEN, VOCAB
@@ -54,7 +55,11 @@ def gemma3(window: int = WINDOW) -> torch.nn.Module:
 
 
 def engine_for(coder: SparseCoder, slots: int = 8) -> LoadedModel:
-    return LoadedModel(gemma3(), Tokens(), {LAYER: coder}, max_context=96, max_batch=slots)
+    """The engine with every linear layer packed, as a real model's large ones are (this model's are all below
+    `PACKED_MIN_WEIGHT`): steps of 2 rows or more, the compiled ones included, multiply through the packed op."""
+    engine = LoadedModel(gemma3(), Tokens(), {LAYER: coder}, max_context=96, max_batch=slots)
+    assert pack_linears(engine.model, min_weight=0) > 0
+    return engine
 
 
 def greedy(n: int) -> SamplingParams:
