@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from bench.config import BenchConfig
-from bench.world import random_world, shape_folder
+from bench.profile_step import load_shape_engine
 
 RULES = {"previous": (0, 4), "current": (None, None)}  # (min_weight, min_rows); None: the module's default
 
@@ -33,27 +32,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from server.engine import packed
-    from server.engine.model import EngineConfig, LoadedModel
     from server.engine.runner_io import NewRow
     from server.engine.sampling import SamplingParams
 
     torch.set_num_threads(1)
-    if args.shape == "culture":
-        world = random_world(BenchConfig.quick(world=None))
-        coder = world.saes[0].coder
-        engine = LoadedModel(
-            world.model, world.tokenizer, {coder.layer: coder}, max_batch=32, max_context=512
-        )
-    else:
-        folder = shape_folder(BenchConfig.real_shape(args.shape))
-        config = EngineConfig(
-            model=str(folder / "model"),
-            sae=(str(folder / "sae"),),
-            device="cpu",
-            max_batch=32,
-            max_context=512,
-        )
-        engine = LoadedModel.load(config)
+    engine = load_shape_engine(args.shape)
     runner = engine.runner
     default_rows = packed.PACKED_MIN_ROWS
     vocab = int(engine.model.config.vocab_size)

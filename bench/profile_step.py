@@ -15,6 +15,20 @@ import torch
 
 from bench.config import BenchConfig
 from bench.world import random_world, shape_folder
+from server.engine.model import EngineConfig, LoadedModel
+
+
+def load_shape_engine(shape: str) -> LoadedModel:
+    """`shape`'s random world loaded as `steer serve` loads it (32 slots × 512 positions, its SAE), eager."""
+    if shape == "culture":
+        world = random_world(BenchConfig.quick(world=None))
+        coder = world.saes[0].coder
+        return LoadedModel(world.model, world.tokenizer, {coder.layer: coder}, max_batch=32, max_context=512)
+    folder = shape_folder(BenchConfig.real_shape(shape))
+    config = EngineConfig(
+        model=str(folder / "model"), sae=(str(folder / "sae"),), device="cpu", max_batch=32, max_context=512
+    )
+    return LoadedModel.load(config)
 
 
 def main() -> None:
@@ -30,28 +44,11 @@ def main() -> None:
     parser.add_argument("--prompts", default="16,200", help="prompt lengths")
     args = parser.parse_args()
 
-    from server.engine.model import EngineConfig, LoadedModel
     from server.engine.runner_io import NewRow
     from server.engine.sampling import SamplingParams
 
     torch.set_num_threads(args.threads)
-    if args.shape == "culture":
-        world = random_world(BenchConfig.quick(world=None))
-        coder = world.saes[0].coder
-        engine = LoadedModel(
-            world.model, world.tokenizer, {coder.layer: coder}, max_batch=32, max_context=512
-        )
-    else:
-        folder = shape_folder(BenchConfig.real_shape(args.shape))
-        engine = LoadedModel.load(
-            EngineConfig(
-                model=str(folder / "model"),
-                sae=(str(folder / "sae"),),
-                device="cpu",
-                max_batch=32,
-                max_context=512,
-            )
-        )
+    engine = load_shape_engine(args.shape)
     runner = engine.runner
     if not args.eager:
         t0 = time.perf_counter()
