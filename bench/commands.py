@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--shape",
         choices=["gemma3-270m"],
-        help="with --quick: a real model's shape with random weights (written once under var/bench/)",
+        help="with --quick (or server --backend vllm): a real model's shape with random weights (written once under var/bench/)",
     )
     parser.add_argument(
         "--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on GPU)"
@@ -54,6 +54,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--vllm-python",
         help="peer suite: the Python of a venv with vLLM (default var/vllm-venv/bin/python, `make vllm-venv`)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["native", "vllm"],
+        help="server suite: native alone (default), or vllm: `steer serve` on the native and the vLLM engine side "
+        "by side (child processes on --shape's folder, default gemma3-270m; the vLLM venv's Python)",
     )
     parser.add_argument(
         "--vllm-threads-bind",
@@ -67,7 +73,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         cfg = BenchConfig.gpu()
     elif args.smoke:
         cfg = BenchConfig.smoke()
-    elif args.shape or args.suite == "peer":  # the peer suite's servers need a model folder: a shape's
+    elif args.shape or args.suite == "peer" or args.backend == "vllm":  # child servers need a model folder
         cfg = BenchConfig.real_shape(args.shape or "gemma3-270m")
     else:
         cfg = BenchConfig.quick()
@@ -86,6 +92,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         changes["seed"] = args.seed
     if args.vllm_python is not None:
         changes["vllm_python"] = args.vllm_python
+    if args.backend is not None:
+        changes["backend"] = args.backend
+    if args.backend == "vllm" and cfg.shape is None:  # --gpu: the servers load the shape's folder on CUDA
+        changes["shape"] = args.shape or "gemma3-270m"
     if args.vllm_threads_bind is not None:
         changes["vllm_threads_bind"] = args.vllm_threads_bind
     return replace(cfg, **changes)

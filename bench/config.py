@@ -50,6 +50,9 @@ class BenchConfig:
     # peer (vLLM's OpenAI server beside ours, on `shape`'s folder)
     vllm_python: str = "var/vllm-venv/bin/python"  # the vLLM venv (`make vllm-venv`)
     vllm_threads_bind: str = "0-1"  # VLLM_CPU_OMP_THREADS_BIND: vLLM's CPU threads pinned to these cores
+    # the server suite's engines: native alone (in this process), or vllm (`steer serve` on both engines, as
+    # child processes on `shape`'s folder, `bench.backends`)
+    backend: Literal["native", "vllm"] = "native"
     gpu_model: str = "gemma-2-2b"
     gpu_sae_widths: tuple[int, ...] = (16384, 65536)
     extra: dict[str, Any] = field(default_factory=dict)  # shape overrides (tests)
@@ -132,6 +135,10 @@ class BenchConfig:
             raise ValueError("prompt_len, new_tokens and server_new_tokens must be positive")
         if self.clients < 1 or self.mixed_batch < 1 or self.train_pairs < 1 or self.train_batch < 1:
             raise ValueError("clients, mixed_batch, train_pairs and train_batch must be positive")
+        if self.backend == "vllm" and self.suites != ("server",):
+            raise ValueError(
+                "--backend vllm compares the engines in the server suite: `steer bench server --backend vllm`"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

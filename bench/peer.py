@@ -66,13 +66,26 @@ def vllm_missing(python: str) -> str | None:
     return None
 
 
-def ours_command(folder: Path, port: int, slots: int, max_tokens: int) -> list[str]:
-    """`steer serve` on the world's folder: its SAE and vectors, `slots` rows of `SERVER_CONTEXT` positions."""
+def ours_command(
+    folder: Path,
+    port: int,
+    slots: int,
+    max_tokens: int,
+    *,
+    python: str = sys.executable,
+    backend: str = "native",
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> list[str]:
+    """`steer serve` (from `python`, on `backend`'s engine) on the world's folder: its SAE and vectors, `slots`
+    rows of `SERVER_CONTEXT` positions."""
     return [
-        sys.executable,
+        python,
         "-m",
         "steer_cli",
         "serve",
+        "--backend",
+        backend,
         "--model",
         str(folder / "model"),
         "--sae",
@@ -80,9 +93,9 @@ def ours_command(folder: Path, port: int, slots: int, max_tokens: int) -> list[s
         "--vectors",
         str(folder / "vectors"),
         "--device",
-        "cpu",
+        device,
         "--dtype",
-        "float32",
+        dtype,
         "--max-batch",
         str(slots),
         "--max-context",

@@ -36,6 +36,14 @@ SUMMARY_KEYS = (
 )
 # Added to the summary when the peer suite ran (it runs only when named): ours / vLLM.
 PEER_KEYS = ("ours_vs_vllm_tok_s_1", "ours_vs_vllm_tok_s_batch", "ours_vs_vllm_ttft_1")
+# Added when the server suite compared the engines (`steer bench server --backend vllm`), unsteered and steered.
+BACKEND_KEYS = (
+    "vllm_vs_native_tok_s_1",
+    "vllm_vs_native_tok_s_batch",
+    "vllm_vs_native_tok_s_batch_steered",
+    "native_steered_vs_plain_batch",
+    "vllm_steered_vs_plain_batch",
+)
 _PACKAGES = ("torch", "transformers", "tokenizers", "sae-lens", "fastapi", "uvicorn", "httpx", "pydantic")
 
 
@@ -145,6 +153,16 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         out["batched_vs_serial"] = server["batched_vs_serial"]
         out["server_steered_vs_unsteered"] = server["steered_vs_unsteered"]
         out["server_ready_s"] = server["ready_s"]
+    if isinstance(server, dict) and "backends" in server and "ratios" in server:
+        r, n = server["ratios"], server["clients"]
+        picked = (
+            r["vllm_vs_native_tok_s_1_plain"],
+            r[f"vllm_vs_native_tok_s_{n}_plain"],
+            r[f"vllm_vs_native_tok_s_{n}_steered"],
+            r[f"native_steered_vs_plain_tok_s_{n}"],
+            r[f"vllm_steered_vs_plain_tok_s_{n}"],
+        )
+        out.update(zip(BACKEND_KEYS, picked, strict=True))
     join = result.get("join")
     if isinstance(join, dict) and "join_cost_ratio" in join:
         out["join_cost_ratio"] = join["join_cost_ratio"]
@@ -257,6 +275,19 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"server: {server['clients']} concurrent clients, {server['distinct_vectors']} distinct vectors, "
             f"{server['new_tokens']} tokens each",
             *_table(["mode", "max_batch", "req/s", "tok/s", "p50 ms", "p99 ms"], rows),
+        ]
+    elif isinstance(server, dict) and "backends" in server:
+        rows = [
+            [case, v["clients"], v["tokens_per_s"]["median"], v["ttft_ms"]["p50"], v["ttft_ms"]["p99"]]
+            for case, v in server["cases"].items()
+        ]
+        lines += [
+            "",
+            f"server on both engines: {server['clients']} distinct vectors, {server['new_tokens']} greedy tokens per "
+            f"request (ignore_eos), ready in {server['ready_s']}, RSS GiB {server['rss_gib']}, identical texts "
+            f"{server['identical_texts']}",
+            *_table(["case", "clients", "tok/s", "ttft p50 ms", "ttft p99 ms"], rows),
+            f"paired per round: {server['ratios']}",
         ]
     elif server is not None:
         lines += ["", f"server: {server}"]

@@ -34,8 +34,9 @@ def check_device(cfg: BenchConfig) -> torch.device:
     return device
 
 
-def _suites() -> dict[str, Callable[[Any, BenchConfig], dict[str, Any]]]:
-    """Each suite's function; it gets the loaded world (None for the peer suite, which loads none)."""
+def _suites(cfg: BenchConfig) -> dict[str, Callable[[Any, BenchConfig], dict[str, Any]]]:
+    """Each suite's function; it gets the loaded world (None for the suites whose servers load their own)."""
+    from bench.backends import run_backends
     from bench.decode import run_decode
     from bench.engine_decode import run_engine
     from bench.hf_generate import run_hf
@@ -47,7 +48,7 @@ def _suites() -> dict[str, Callable[[Any, BenchConfig], dict[str, Any]]]:
     return {
         "decode": run_decode,
         "engine": run_engine,
-        "server": run_server,
+        "server": run_backends if cfg.backend == "vllm" else run_server,
         "join": run_join,
         "train": run_train,
         "hf": run_hf,
@@ -82,9 +83,11 @@ def run_bench(
 
 def _run(cfg: BenchConfig, device: torch.device, say: Callable[[str], None]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    # the peer suite's servers load the shape's folder themselves; the others run on a world loaded here
+    # child servers (the peer suite, the server suite on both backends) load the shape's folder themselves; the
+    # other suites run on a world loaded here
     world: BenchWorld | None = None
-    if any(name not in ON_REQUEST for name in cfg.suites):
+    own_world = set(ON_REQUEST) | ({"server"} if cfg.backend == "vllm" else set())
+    if any(name not in own_world for name in cfg.suites):
         say(f"steer bench: building the world ({cfg.mode})")
         world = load_world(cfg)
     result: dict[str, Any] = {
@@ -97,7 +100,7 @@ def _run(cfg: BenchConfig, device: torch.device, say: Callable[[str], None]) -> 
         "world": world.shapes() if world else {"source": f"the {cfg.shape} folder, loaded by the servers"},
         "suite_seconds": {},
     }
-    runners = _suites()
+    runners = _suites(cfg)
     for name in cfg.suites:
         say(f"steer bench: {name}")
         s0 = time.perf_counter()

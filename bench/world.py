@@ -397,12 +397,19 @@ def gpu_world(cfg: BenchConfig) -> BenchWorld:
     )
 
 
+def client_vector(i: int) -> str:
+    """The catalog name of client `i`'s vector in a shape folder."""
+    return f"clients/c{i:03d}"
+
+
 def shape_folder(cfg: BenchConfig, root: Path = Path("var/bench")) -> Path:
     """The folder of `cfg.shape`'s random world (`model/`, `sae/`, `vectors/`, `world.json`), written once.
 
     `model/` is a plain safetensors folder of the real config with random weights and a tokenizer as wide as its
     vocabulary; `sae/` a random sae-lens JumpReLU SAE (4,096 features at layer 6, as in DESIGN §5); `vectors/`
-    random YaPO vectors of each k in `cfg.ks`. Reused while its `world.json` records the same shape and seed.
+    random YaPO vectors of each k in `cfg.ks` (`bench/k<k>`) and one per client (`clients/c<i>`, k cycling through
+    `cfg.ks`: the servers' steered requests each name their own). Reused while its `world.json` records the same
+    shape, seed, k values and clients.
     """
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -414,7 +421,14 @@ def shape_folder(cfg: BenchConfig, root: Path = Path("var/bench")) -> Path:
     if cfg.shape not in SHAPES:
         raise WorldError(f"unknown --shape {cfg.shape!r} (known: {', '.join(SHAPES)})")
     spec = {**SHAPES[cfg.shape], **{k: v for k, v in cfg.extra.items() if k in SHAPES[cfg.shape]}}
-    record = {"shape": cfg.shape, "config": spec, "seed": cfg.seed, "d_sae": SHAPE_D_SAE, "ks": list(cfg.ks)}
+    record = {
+        "shape": cfg.shape,
+        "config": spec,
+        "seed": cfg.seed,
+        "d_sae": SHAPE_D_SAE,
+        "ks": list(cfg.ks),
+        "clients": cfg.clients,
+    }
     out = root / f"{cfg.shape}-s{cfg.seed}"
     with contextlib.suppress(OSError, ValueError):
         if json.loads((out / "world.json").read_text()) == record:
@@ -441,6 +455,11 @@ def shape_folder(cfg: BenchConfig, root: Path = Path("var/bench")) -> Path:
     coder.source = str(out / "sae")
     for k in cfg.ks:
         v = random_vector(coder, ref, k, name=f"bench/k{k}", seed=cfg.seed * 7 + k)
+        save_vector(v, vector_path(out / "vectors", v.name))
+    for i in range(cfg.clients):
+        v = random_vector(
+            coder, ref, cfg.ks[i % len(cfg.ks)], name=client_vector(i), seed=cfg.seed * 1009 + i + 1
+        )
         save_vector(v, vector_path(out / "vectors", v.name))
     (out / "world.json").write_text(json.dumps(record, indent=1))
     return out

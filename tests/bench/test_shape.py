@@ -40,3 +40,4 @@ def test_shape_world_is_written_once_and_loads_like_a_served_model(tmp_path: Pat
         "k4.safetensors",
         "k8.safetensors",
     ]
+    assert len(list((folder / "vectors" / "clients").iterdir())) == cfg.clients  # one per client
