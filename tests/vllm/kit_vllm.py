@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from server.settings import ServerSettings
 
 PROMPTS = ("At a wedding we eat", "In my country, the drink")
 
@@ -95,3 +98,33 @@ def _active_features(world: VllmWorld, coder: Any) -> list[int]:
             model(torch.tensor([format_prompt(tok, prompt=p)]))
     z = coder.encode(torch.cat(seen)).amax(0)
     return [int(i) for i in torch.argsort(z, descending=True)[:8] if z[i] > 0]
+
+
+def copy_of_yapo(world: VllmWorld, name: str) -> Path:
+    """t/yapo saved again under another name (a file no worker has read yet)."""
+    from vectors.io import load_vector, save_vector
+    from vectors.names import vector_path
+    from vectors.vector import SteeringVector
+
+    original = load_vector(vector_path(world.catalog, "t/yapo"))
+    assert original.indices is not None and original.values is not None
+    meta = original.meta.model_copy(update={"name": name})
+    path = vector_path(world.catalog, name)
+    save_vector(SteeringVector.sparse(meta, original.indices, original.values), path)
+    return path
+
+
+def server_settings(world: VllmWorld, **extra: Any) -> ServerSettings:
+    """`steer serve`'s settings on the world (float32 CPU, 8 slots, no warm-up); `extra` picks the engine."""
+    from server.settings import ServerSettings
+
+    return ServerSettings(
+        model=str(world.model),
+        sae=[str(world.sae)],
+        vectors=str(world.catalog),
+        dtype="float32",
+        device="cpu",
+        max_batch=8,
+        warmup=False,
+        **extra,
+    )

@@ -19,29 +19,14 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from server.settings import ServerSettings
 from tests.server.kit_api import CHECKS, UNSUPPORTED, Api, check_unsupported_is_a_422
 from tests.server.kit_server import RunningServer, run_server
-from tests.vllm.kit_vllm import PROMPTS, VllmWorld
-
-
-def settings(world: VllmWorld, **extra: Any) -> ServerSettings:
-    return ServerSettings(
-        model=str(world.model),
-        sae=[str(world.sae)],
-        vectors=str(world.catalog),
-        dtype="float32",
-        device="cpu",
-        max_batch=8,
-        warmup=False,
-        **extra,
-    )
+from tests.vllm.kit_vllm import PROMPTS, VllmWorld, copy_of_yapo, server_settings
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +35,10 @@ def servers(vllm_world: VllmWorld) -> Iterator[tuple[RunningServer, RunningServe
     # The vLLM front end rescans its catalog only when a test says so (`runtime.catalog.refresh()`).
     with (
         run_server(
-            settings(vllm_world, backend="vllm", vllm_max_neg_features=3, catalog_poll_s=3600),
+            server_settings(vllm_world, backend="vllm", vllm_max_neg_features=3, catalog_poll_s=3600),
             ready_timeout=600,
         ) as vllm,
-        run_server(settings(vllm_world), ready_timeout=600) as native,
+        run_server(server_settings(vllm_world), ready_timeout=600) as native,
     ):
         yield vllm, native
 
@@ -164,20 +149,6 @@ def test_unsupported_fields_are_422s_on_both_engines(api: Api, route: str, field
     check_unsupported_is_a_422(api, route, field, value)
 
 
-def _copy_of_yapo(world: VllmWorld, name: str) -> Path:
-    """t/yapo saved again under another name (a file no worker has read yet)."""
-    from vectors.io import load_vector, save_vector
-    from vectors.names import vector_path
-    from vectors.vector import SteeringVector
-
-    original = load_vector(vector_path(world.catalog, "t/yapo"))
-    assert original.indices is not None and original.values is not None
-    meta = original.meta.model_copy(update={"name": name})
-    path = vector_path(world.catalog, name)
-    save_vector(SteeringVector.sparse(meta, original.indices, original.values), path)
-    return path
-
-
 @pytest.mark.parametrize("how", ["changed", "broken"])
 def test_a_vector_the_workers_cannot_load_fails_only_its_request(
     servers: tuple[RunningServer, RunningServer], vllm_world: VllmWorld, how: str
@@ -187,7 +158,7 @@ def test_a_vector_the_workers_cannot_load_fails_only_its_request(
 
     vllm, _ = servers
     name = f"t/drift-{how}"
-    path = _copy_of_yapo(vllm_world, name)
+    path = copy_of_yapo(vllm_world, name)
     try:
         vllm.runtime.catalog.refresh()  # the front end admits the first version ...
         if how == "changed":  # ... and the workers, which have not read it yet, find another one
@@ -216,11 +187,15 @@ def test_a_vector_the_workers_cannot_load_fails_only_its_request(
 def test_a_dead_engine_core_is_not_ready_and_refuses_requests(
     servers: tuple[RunningServer, RunningServer],
 ) -> None:
-    """Kills the vLLM engine core (as the kernel's OOM killer would): `/ready` says failed, requests get 503.
+    """Kills the vLLM engine core (as the kernel's OOM killer would): `/ready` says failed, requests get 503, and
+    the runtime calls its fatal hook, which `steer serve` turns into exit code 1 (the hook's exit path is the one
+    `tests/server/test_lifecycle.py::test_failed_start_exits_non_zero` checks on a real process).
     Last in this module: the module's vLLM server does not serve after it."""
     import psutil
 
     vllm, _ = servers
+    fatal: list[str] = []
+    vllm.runtime.on_fatal = fatal.append  # what `steer serve` sets to DrainingServer.fatal
     cores = [
         p
         for p in psutil.Process().children(recursive=True)
@@ -238,3 +213,4 @@ def test_a_dead_engine_core_is_not_ready_and_refuses_requests(
     assert "vLLM" in ready.json()["detail"]
     r = post(vllm, "/generate", {"prompt": PROMPTS[0], "max_new_tokens": 4})
     assert r.status_code == 503, r.text
+    assert len(fatal) == 1 and fatal[0].startswith("engine failed"), fatal
