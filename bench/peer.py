@@ -152,7 +152,7 @@ def child_server(
     key: str,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start `command` (its own process group, output to `log`), wait until `ready_url` answers 200; stop it
-    (SIGTERM to the group, then SIGKILL) on leaving. `timings[key]` is the time to ready."""
+    (SIGTERM to it, then SIGKILL to its group) on leaving. `timings[key]` is the time to ready."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             list(command), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -174,14 +174,15 @@ def child_server(
         timings[key] = round(time.monotonic() - t0, 1)
         yield proc
     finally:
+        # SIGTERM to the server alone, as an orchestrator stops it (the group's children, vLLM's engine core among
+        # them, are the server's to stop: signalled directly they die first and the server logs a dead engine)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
 
 
 def tree_rss_bytes(pid: int) -> int:
