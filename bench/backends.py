@@ -26,6 +26,7 @@ from bench.peer import (
     VLLM_KV_GIB,
     VLLM_MEMORY_SHARE,
     Pass,
+    case_records,
     child_server,
     free_port,
     ours_command,
@@ -35,7 +36,7 @@ from bench.peer import (
     vllm_missing,
 )
 from bench.server_load import SERVER_CONTEXT
-from bench.timing import interleave, median, paired_ratio, percentile, summary
+from bench.timing import interleave, median, paired_ratio
 from bench.world import client_vector, shape_folder
 
 ENGINES = ("native", "vllm")
@@ -80,18 +81,7 @@ def ratios(passes: dict[str, list[Pass]], clients: int) -> dict[str, float]:
 
 def record(passes: dict[str, list[Pass]], clients: int) -> dict[str, Any]:
     """Per case tokens/s and TTFT percentiles; the ratios; greedy texts equal between the engines, per case."""
-    cases = {
-        name: {
-            "clients": runs[0].clients,
-            "tokens_per_s": summary([p.tokens_per_s for p in runs], digits=2),
-            "ttft_ms": {
-                "p50": round(percentile([t * 1e3 for p in runs for t in p.ttft], 50), 1),
-                "p99": round(percentile([t * 1e3 for p in runs for t in p.ttft], 99), 1),
-            },
-            "tokens_per_pass": runs[0].tokens,
-        }
-        for name, runs in passes.items()
-    }
+    cases = case_records(passes)
     same: dict[str, str] = {}
     for n in (1, clients):
         for steered in (False, True):

@@ -270,9 +270,9 @@ def ratios(passes: dict[str, list[Pass]], clients: int) -> dict[str, float]:
     }
 
 
-def record(passes: dict[str, list[Pass]], clients: int) -> dict[str, Any]:
-    """What the JSON keeps of the passes: per case tokens/s, TTFT percentiles, and whether greedy texts agreed."""
-    cases = {
+def case_records(passes: dict[str, list[Pass]]) -> dict[str, dict[str, Any]]:
+    """Per case: clients, tokens/s (summary over rounds), TTFT percentiles over every request, tokens per pass."""
+    return {
         name: {
             "clients": runs[0].clients,
             "tokens_per_s": summary([p.tokens_per_s for p in runs], digits=2),
@@ -284,6 +284,11 @@ def record(passes: dict[str, list[Pass]], clients: int) -> dict[str, Any]:
         }
         for name, runs in passes.items()
     }
+
+
+def record(passes: dict[str, list[Pass]], clients: int) -> dict[str, Any]:
+    """What the JSON keeps of the passes: per case tokens/s, TTFT percentiles, and whether greedy texts agreed."""
+    cases = case_records(passes)
     same = {
         n: sum(
             a == b

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +14,7 @@ import torch
 
 if TYPE_CHECKING:
     from server.settings import ServerSettings
+    from tests.server.kit_server import RunningServer
 
 PROMPTS = ("At a wedding we eat", "In my country, the drink")
 
@@ -128,3 +132,18 @@ def server_settings(world: VllmWorld, **extra: Any) -> ServerSettings:
         warmup=False,
         **extra,
     )
+
+
+@contextlib.contextmanager
+def vllm_and_native(world: VllmWorld, **vllm: Any) -> Iterator[tuple[RunningServer, RunningServer]]:
+    """`steer serve --backend vllm` (its settings `vllm`; the front end rescans its catalog only when a test says
+    so: `runtime.catalog.refresh()`) and a native server on the world, both under uvicorn in this process."""
+    from tests.server.kit_server import run_server
+
+    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the async engine runs its core in a process
+    settings = server_settings(world, backend="vllm", catalog_poll_s=3600, **vllm)
+    with (
+        run_server(settings, ready_timeout=600) as served_by_vllm,
+        run_server(server_settings(world), ready_timeout=600) as native,
+    ):
+        yield served_by_vllm, native

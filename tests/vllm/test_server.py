@@ -16,7 +16,6 @@ its request (409, naming the vector) and the engine serves on; a vLLM engine cor
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,22 +24,14 @@ import httpx
 import pytest
 
 from tests.server.kit_api import CHECKS, UNSUPPORTED, Api, check_unsupported_is_a_422
-from tests.server.kit_server import RunningServer, run_server
-from tests.vllm.kit_vllm import PROMPTS, VllmWorld, copy_of_yapo, server_settings
+from tests.server.kit_server import RunningServer
+from tests.vllm.kit_vllm import PROMPTS, VllmWorld, copy_of_yapo, vllm_and_native
 
 
 @pytest.fixture(scope="module")
 def servers(vllm_world: VllmWorld) -> Iterator[tuple[RunningServer, RunningServer]]:
-    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the async engine runs its core in a process
-    # The vLLM front end rescans its catalog only when a test says so (`runtime.catalog.refresh()`).
-    with (
-        run_server(
-            server_settings(vllm_world, backend="vllm", vllm_max_neg_features=3, catalog_poll_s=3600),
-            ready_timeout=600,
-        ) as vllm,
-        run_server(server_settings(vllm_world), ready_timeout=600) as native,
-    ):
-        yield vllm, native
+    with vllm_and_native(vllm_world, vllm_max_neg_features=3) as both:
+        yield both
 
 
 def post(server: RunningServer, path: str, body: dict[str, Any]) -> httpx.Response:

