@@ -187,11 +187,14 @@ def test_a_dead_engine_core_is_not_ready_and_refuses_requests(
     vllm, _ = servers
     fatal: list[str] = []
     vllm.runtime.on_fatal = fatal.append  # what `steer serve` sets to DrainingServer.fatal
-    cores = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "EngineCore" in " ".join([*p.cmdline(), p.name()])
-    ]
+
+    def is_engine_core(p: psutil.Process) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE and "EngineCore" in " ".join([*p.cmdline(), p.name()])
+        except psutil.Error:  # exited, or a zombie of an earlier module's engine not reaped yet
+            return False
+
+    cores = [p for p in psutil.Process().children(recursive=True) if is_engine_core(p)]
     assert len(cores) == 1, cores
     cores[0].kill()
     deadline = time.monotonic() + 60
