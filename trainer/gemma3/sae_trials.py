@@ -62,6 +62,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--samples", type=int, default=500_000)
     ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument(
+        "--seed", type=int, default=SEED, help="the training's (the corpus rows keep the build's)"
+    )
     ap.add_argument("--b-dec-at-zero", action="store_true", help="sae-lens's own start for the decoder bias")
     ap.add_argument("--cache", type=Path, default=Path("var/sae-trials"))
     ap.add_argument("--out", type=Path, default=Path("var/sae-trials/sae"))
@@ -76,7 +79,7 @@ def main() -> None:
         lr=args.lr,
         samples=args.samples,
         batch=args.batch,
-        seed=SEED,
+        seed=args.seed,
         architecture=args.architecture,
         k=args.k,
         sparsity_coefficient=args.sparsity,
