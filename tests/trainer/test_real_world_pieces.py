@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.trainer.kit_tiny import build_model
@@ -48,9 +49,11 @@ def test_generalization_rows_come_localized_and_not_and_never_overlap_the_topic_
         assert all(it.null_prompts and len(set(it.null_prompts)) == 4 * len(COUNTRIES) for it in rows)
 
 
-def test_sae_trained_on_cached_activations_loads_and_reconstructs(tmp_path) -> None:
+@pytest.mark.parametrize(("architecture", "loaded_as"), [("batchtopk", "jumprelu"), ("standard", "standard")])
+def test_sae_trained_on_cached_activations_loads_and_reconstructs(tmp_path, architecture, loaded_as) -> None:
     """The activations are block 1's output without BOS; the trained SAE is a sae-lens folder whose hook is that
-    block, folded to raw residuals (the server's loader reads it), and it reconstructs better than the mean."""
+    block, folded to raw residuals, that the server's loader reads as an element-wise SAE (BatchTopK is saved as
+    JumpReLU), and it reconstructs better than the mean."""
     torch.manual_seed(0)
     model = build_model(40, seed=0).eval()
     rows = torch.randint(4, model.config.vocab_size, (24, 17))
@@ -62,12 +65,22 @@ def test_sae_trained_on_cached_activations_loads_and_reconstructs(tmp_path) -> N
     cap = norm_cap(acts)
     assert cap == 3 * float(acts.norm(dim=-1).median())
 
+    d_sae = 4 * acts.shape[1]
     spec = SaeTraining(
-        d_sae=4 * acts.shape[1], l1_coefficient=0.5, lr=3e-3, samples=64 * 300, batch=64, seed=0
+        d_sae=d_sae,
+        lr=3e-3,
+        samples=64 * 300,
+        batch=64,
+        seed=0,
+        architecture=architecture,
+        k=16,
+        sparsity_coefficient=0.5,
     )
     train_sae_on_activations(acts, 1, spec, tmp_path / "sae", model_name="tiny")
     coder = load_sae(tmp_path / "sae")
-    assert coder.layer == 1 and coder.architecture == "standard" and not coder.normalizes
+    assert coder.layer == 1 and coder.architecture == loaded_as and coder.elementwise and not coder.normalizes
     stats = measure_sae(model, rows, tmp_path / "sae", 1, max_norm=cap)
-    assert stats.hook_name == "model.layers.1" and stats.d_sae == 4 * acts.shape[1]
+    assert stats.hook_name == "model.layers.1" and stats.d_sae == d_sae
     assert stats.fve > 0.5, stats
+    if architecture == "batchtopk":  # the saved threshold keeps L0 near k (wide margin: it is learned)
+        assert stats.l0 < d_sae / 4, stats

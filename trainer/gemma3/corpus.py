@@ -82,3 +82,13 @@ def token_rows(tokenizer: Any, texts: list[str], context: int, n_rows: int, seed
         rows.append([tokenizer.bos_token_id, *stream[: context - 1]])
         stream = stream[context - 1 :]
     return torch.tensor(rows)
+
+
+def sae_rows(tokenizer: Any, context: int, eval_rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SAE's token rows: every tenth paragraph held out (`eval_rows` rows of them, for FVE), the rest packed
+    into as many rows as their tokens fill (one pass over the training text)."""
+    texts = paragraphs()
+    held_out, train = texts[::10], [t for i, t in enumerate(texts) if i % 10]
+    corpus_tokens = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in train)
+    rows = token_rows(tokenizer, train, context, corpus_tokens // (context - 1), seed)
+    return rows, token_rows(tokenizer, held_out, context, eval_rows, seed + 1)

@@ -131,10 +131,16 @@ def measure_sae(
 ) -> SaeStats:
     """FVE, L0 and dead features of the saved SAE on held-out rows (positions after BOS; with `max_norm`, the
     positions whose residual norm is at most that, as the SAE was trained)."""
+    return sae_stats(layer_activations(model, rows, layer)[:, 1:], sae_dir, max_norm=max_norm)
+
+
+@torch.no_grad()
+def sae_stats(acts: torch.Tensor, sae_dir: Path, *, max_norm: float | None = None) -> SaeStats:
+    """`measure_sae` on activations already computed ([..., d]): FVE around their mean, L0, never-active features."""
     from sae_lens import SAE
 
     sae = SAE.load_from_disk(str(sae_dir), device="cpu")
-    acts = layer_activations(model, rows, layer)[:, 1:].reshape(-1, sae.cfg.d_in)
+    acts = acts.reshape(-1, sae.cfg.d_in)
     if max_norm is not None:
         acts = acts[acts.norm(dim=-1) <= max_norm]
     codes = sae.encode(acts)
