@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -69,6 +70,8 @@ class ModelRunner:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.compiled: CompiledDecode | None = None
         self.status = EngineStatus(requested="eager", reason="not compiled")
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self._head: torch.nn.Module | None = head if isinstance(head, torch.nn.Module) else None
 
     def close(self) -> None:
         """Remove the steering hooks (a new runner takes over the model)."""
@@ -123,15 +126,21 @@ class ModelRunner:
         positions = torch.arange(width, device=self.device).expand(m, width)
         wants_prompt = [r.sampling.prompt_logprobs is not None for r in rows]
         last = torch.tensor(lengths, device=self.device) - 1
+        ids = ids.to(self.device)
+        rows_m = torch.arange(m, device=self.device)
         if any(wants_prompt):
-            keep: int | torch.Tensor = 0
-            pick = last
-        else:  # only the distinct last positions go through the lm_head
+            logits = self._forward(ids, positions, start, width, "prompt", 0)
+            final = logits[rows_m, last]
+        elif self._head is not None:  # only each row's last position goes through the lm_head
+            with _head_input(self._head, rows_m, last):
+                logits = self._forward(ids, positions, start, width, "prompt", 0)
+            final = logits[:, 0]
+        else:  # a model without a known head: the distinct last positions of every row
             uniq = sorted(set(lengths))
             keep = torch.tensor([n - 1 for n in uniq], device=self.device)
             pick = torch.tensor([uniq.index(n) for n in lengths], device=self.device)
-        logits = self._forward(ids.to(self.device), positions, start, width, "prompt", keep)
-        final = logits[torch.arange(m, device=self.device), pick]
+            logits = self._forward(ids, positions, start, width, "prompt", keep)
+            final = logits[rows_m, pick]
         out = self._sample(final, start)
         for i, n in enumerate(lengths):
             self.lengths[start + i] = n
@@ -250,6 +259,25 @@ class ModelRunner:
                 for i, lp in zip(wants, chosen_logprobs(logits[pick], chosen[pick], tops), strict=True):
                     logprobs[i] = lp
         return StepOutput(chosen.tolist(), logprobs)
+
+
+@contextmanager
+def _head_input(head: torch.nn.Module, rows: torch.Tensor, last: torch.Tensor) -> Iterator[None]:
+    """Inside the context `head` (the lm_head) sees only position `last[i]` of row i: [m, 1, d_model].
+
+    A prefill over right-padded prompts of different lengths then multiplies the 262k-row head of a real
+    vocabulary once per row, where `logits_to_keep` (one set of positions for every row) took each distinct
+    last position in every row.
+    """
+
+    def pick(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0][rows, last].unsqueeze(1), *args[1:])
+
+    handle = head.register_forward_pre_hook(pick)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def check_fits(shape: CacheShape, device: torch.device) -> None:
