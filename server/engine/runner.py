@@ -70,8 +70,6 @@ class ModelRunner:
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.compiled: CompiledDecode | None = None
         self.status = EngineStatus(requested="eager", reason="not compiled")
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        self._head: torch.nn.Module | None = head if isinstance(head, torch.nn.Module) else None
 
     def close(self) -> None:
         """Remove the steering hooks (a new runner takes over the model)."""
@@ -131,9 +129,13 @@ class ModelRunner:
         if any(wants_prompt):
             logits = self._forward(ids, positions, start, width, "prompt", 0)
             final = logits[rows_m, last]
-        elif self._head is not None:  # only each row's last position goes through the lm_head
-            with _head_input(self._head, rows_m, last):
+        elif (head := self._head()) is not None:  # only each row's last position goes through the lm_head
+            with _head_input(head, rows_m, last):
                 logits = self._forward(ids, positions, start, width, "prompt", 0)
+            if logits.shape[1] != 1:
+                raise RuntimeError(
+                    "the lm_head hook did not see the head's input (is it the output embeddings?)"
+                )
             final = logits[:, 0]
         else:  # a model without a known head: the distinct last positions of every row
             uniq = sorted(set(lengths))
@@ -175,6 +177,12 @@ class ModelRunner:
         for slot in range(start, start + n):
             self.lengths[slot] += 1
         return out
+
+    def _head(self) -> torch.nn.Module | None:
+        """The model's lm_head as it is now (packing replaces modules after the runner is built)."""
+        get = getattr(self.model, "get_output_embeddings", None)
+        head = get() if get is not None else None
+        return head if isinstance(head, torch.nn.Module) else None
 
     def kv_len(self, start: int, n: int) -> int:
         """Key positions a decode step over slots [start, start + n) reads: the longest row's, rounded up."""
