@@ -38,9 +38,10 @@ def grouped_sdpa(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    batch, heads, _, _ = query.shape
+    batch, heads, _, dim = query.shape
+    packed = query.reshape(batch, heads // groups, groups, dim)  # as pack_gqa: [batch, kv heads, group, dim]
     out = F.scaled_dot_product_attention(
-        pack_gqa(query, groups),  # [batch, kv heads, group, dim]
+        packed,
         key,
         value,
         attn_mask=pack_gqa(attention_mask, groups),  # a mask shared by the heads stays as it is
