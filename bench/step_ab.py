@@ -11,7 +11,9 @@ order alternates), CPU time per call of this thread (torch on `--threads` thread
   last positions (`before`, `logits_to_keep`) and on each row's own last position (`after`).
 
 Tokens must be identical between the variants (checked every round). Prints before / after per round and the
-medians.
+medians. `--change cache` or `--change attention` makes `before` differ from `after` in that part alone.
+`--steering` instead times `after` with every row its own random YaPO vector (k 16 / 64 / 256, half negative: 8, 32
+and 128 negative features) against unsteered rows, decode step and prefill: steered / unsteered.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--prompt", type=int, default=16, help="prompt tokens before the decode steps")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--change", choices=("all", "cache", "attention"), default="all")
+    parser.add_argument(
+        "--steering", action="store_true", help="steered / unsteered instead of before / after"
+    )
     args = parser.parse_args()
 
     from server.engine.attention import NAME
@@ -56,8 +62,8 @@ def main() -> None:
     engine = load_shape_engine("gemma3-270m")
     runner, model = engine.runner, engine.model
     after_cache = type(runner.cache)
-    attention = {"before": "sdpa", "after": NAME}
-    caches = {"before": ScatterCache, "after": after_cache}
+    attention = {"before": "sdpa" if args.change != "cache" else NAME, "after": NAME}
+    caches = {"before": ScatterCache if args.change != "attention" else after_cache, "after": after_cache}
     head = runner._head
     compiled: dict[str, Any] = {}
 
@@ -68,7 +74,7 @@ def main() -> None:
         if variant in compiled:
             runner.compiled = compiled[variant]
 
-    for variant in ("before", "after"):
+    for variant in ("after",) if args.steering else ("before", "after"):
         use(variant)
         t0 = time.perf_counter()
         status = runner.compile("compiled", "inductor", [32])
@@ -81,10 +87,12 @@ def main() -> None:
     decode_prompts = [torch.randint(4, vocab, (args.prompt,), generator=g).tolist() for _ in range(32)]
     prefill_prompts = [torch.randint(4, vocab, (15 + i % 3,), generator=g).tolist() for i in range(31)]
 
+    steering: list[dict[int, Any]] = [{} for _ in range(32)]
+
     def fill(prompts: list[list[int]]) -> tuple[float, list[int]]:
         for slot in range(runner.slots):
             runner.free(slot)
-        rows = [NewRow(p, params, seed=i, steering={}) for i, p in enumerate(prompts)]
+        rows = [NewRow(p, params, seed=i, steering=steering[i]) for i, p in enumerate(prompts)]
         t0 = time.thread_time()
         out = runner.prefill(0, rows)
         return time.thread_time() - t0, out.tokens
@@ -102,6 +110,9 @@ def main() -> None:
         return fill(prefill_prompts)
 
     cases = {"decode": decode, "prefill": prefill}
+    if args.steering:
+        steer_ab(engine, cases, steering, args.rounds)
+        return
     times: dict[tuple[str, str], list[float]] = {}
     seen: dict[str, Any] = {}
     for r in range(args.rounds):
@@ -124,6 +135,35 @@ def main() -> None:
             f"{case}: before / after {statistics.median(ratios):.2f} (rounds {rounds}); "
             f"median CPU ms before {med['before']:.0f}, after {med['after']:.0f}"
         )
+
+
+def steer_ab(engine: Any, cases: dict[str, Any], steering: list[dict[int, Any]], rounds: int) -> None:
+    """Steered (`steering` filled with 32 distinct YaPO rows) / unsteered CPU time of each case, interleaved."""
+    from bench.world import random_vector
+    from server.engine.request import SteerSpec
+    from vectors.metadata import ModelRef
+
+    coder = next(iter(engine.coders.values()))
+    info = engine.model_info()
+    ref = ModelRef(name=info.name, hidden_size=info.hidden_size, num_layers=info.num_layers)
+    vectors = [
+        random_vector(coder, ref, (16, 64, 256)[i % 3], name=f"bench/s{i:03d}", seed=i + 1) for i in range(32)
+    ]
+    rows = [engine.steering.rows(SteerSpec(((v, 1.0),))) for v in vectors]
+    times: dict[tuple[str, bool], list[float]] = {}
+    for r in range(rounds):
+        for case, fn in cases.items():
+            for steered in (True, False)[:: 1 if r % 2 == 0 else -1]:
+                steering[:] = rows if steered else [{} for _ in rows]
+                times.setdefault((case, steered), []).append(fn("after")[0])
+            on, off = times[(case, True)][-1], times[(case, False)][-1]
+            print(
+                f"round {r} {case}: steered {on * 1e3:.0f} ms, unsteered {off * 1e3:.0f} ms (CPU)", flush=True
+            )
+    for case in cases:
+        ratios = [a / b for a, b in zip(times[(case, True)], times[(case, False)], strict=True)]
+        rounds_s = ", ".join(f"{x:.3f}" for x in ratios)
+        print(f"{case}: steered / unsteered {statistics.median(ratios):.3f} (rounds {rounds_s})")
 
 
 if __name__ == "__main__":
