@@ -29,9 +29,6 @@ def _write(out: IO[str], kind: str, t0: float, c0: float, n: int, **extra: Any) 
 
 def serve(trace: str, argv: list[str]) -> int:
     """`steer serve argv` with its scheduler and batcher timed into `trace`."""
-    from server.commands import passive_omp_waits
-
-    passive_omp_waits()  # as `steer serve` does, before the imports below load torch
     from server.engine.batcher import Batcher
     from server.engine.scheduler import Scheduler
     from steer_cli import main as steer_main

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Any
 
@@ -73,21 +72,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(**{k: v for k, v in given.items() if v is not None})
 
 
-def passive_omp_waits() -> None:
-    """OpenMP threads that wait sleep instead of spinning, unless OMP_WAIT_POLICY says otherwise (call it before
-    torch loads its OpenMP runtime, which reads the variable once).
-
-    With the server's threads on every CPU of a machine that other processes share, a spinning thread whose partner
-    was descheduled stalls each parallel region of a step: on a loaded 2-core machine 2 threads took 3.6x the wall
-    time of 1 thread per compiled step, and with this they took 1.5x less (docs/BENCHMARKS.md).
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
-
-    passive_omp_waits()
 
     logging.basicConfig(
         level=args.log_level.upper(),
