@@ -2,9 +2,9 @@
 
 The event loop only enqueues (`submit`) and reads events; all tensor work happens in one worker thread that
 loops: admit waiting requests (row and steering-config caps; their rows prefill into free slots; once more for
-those that arrived meanwhile) → one decode step for every running row (`server.engine.batcher`) → the output stage hands events back through
-`loop.call_soon_threadsafe` into each request's `asyncio.Queue`. The scheduler holds requests and rows, never
-tensors.
+those that arrived meanwhile) → one decode step for every running row (`server.engine.batcher`) → the output
+stage hands events back through `loop.call_soon_threadsafe` into each request's `asyncio.Queue`. The scheduler
+holds requests and rows, never tensors.
 """
 
 from __future__ import annotations
