@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from server.engine.attention import NAME as ATTENTION_NAME
+from server.engine.attention import use_grouped_sdpa, use_stock_sdpa
 from server.engine.batcher import Batcher
 from server.engine.compiled_step import EngineMode, EngineStatus
 from server.engine.output import OutputStage
@@ -70,6 +72,8 @@ class LoadedModel:
         self.model = model.eval()
         if can_pack(model):  # CPU float32: the matrix products on oneDNN-packed weights
             log.info("packed %d linear layers for oneDNN", pack_linears(model))
+        if use_grouped_sdpa(model):  # one-token attention on the key/value heads, compiled too
+            log.info("attention: %s (grouped-query decode without repeat_kv)", ATTENTION_NAME)
         self.tokenizer = tokenizer
         self.coders: dict[int, Any] = dict(coders or {})
         self.name = name
@@ -159,6 +163,7 @@ class LoadedModel:
         it)."""
         self.runner.close()
         unpack_linears(self.model)
+        use_stock_sdpa(self.model)
 
     # --- properties -------------------------------------------------------------------------------------
     @property

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -123,15 +124,25 @@ class ModelRunner:
         positions = torch.arange(width, device=self.device).expand(m, width)
         wants_prompt = [r.sampling.prompt_logprobs is not None for r in rows]
         last = torch.tensor(lengths, device=self.device) - 1
+        ids = ids.to(self.device)
+        rows_m = torch.arange(m, device=self.device)
         if any(wants_prompt):
-            keep: int | torch.Tensor = 0
-            pick = last
-        else:  # only the distinct last positions go through the lm_head
+            logits = self._forward(ids, positions, start, width, "prompt", 0)
+            final = logits[rows_m, last]
+        elif (head := self._head()) is not None:  # only each row's last position goes through the lm_head
+            with _head_input(head, rows_m, last):
+                logits = self._forward(ids, positions, start, width, "prompt", 0)
+            if logits.shape[1] != 1:
+                raise RuntimeError(
+                    "the lm_head hook did not see the head's input (is it the output embeddings?)"
+                )
+            final = logits[:, 0]
+        else:  # a model without a known head: the distinct last positions of every row
             uniq = sorted(set(lengths))
             keep = torch.tensor([n - 1 for n in uniq], device=self.device)
             pick = torch.tensor([uniq.index(n) for n in lengths], device=self.device)
-        logits = self._forward(ids.to(self.device), positions, start, width, "prompt", keep)
-        final = logits[torch.arange(m, device=self.device), pick]
+            logits = self._forward(ids, positions, start, width, "prompt", keep)
+            final = logits[rows_m, pick]
         out = self._sample(final, start)
         for i, n in enumerate(lengths):
             self.lengths[start + i] = n
@@ -166,6 +177,12 @@ class ModelRunner:
         for slot in range(start, start + n):
             self.lengths[slot] += 1
         return out
+
+    def _head(self) -> torch.nn.Module | None:
+        """The model's lm_head as it is now (packing replaces modules after the runner is built)."""
+        get = getattr(self.model, "get_output_embeddings", None)
+        head = get() if get is not None else None
+        return head if isinstance(head, torch.nn.Module) else None
 
     def kv_len(self, start: int, n: int) -> int:
         """Key positions a decode step over slots [start, start + n) reads: the longest row's, rounded up."""
@@ -250,6 +267,25 @@ class ModelRunner:
                 for i, lp in zip(wants, chosen_logprobs(logits[pick], chosen[pick], tops), strict=True):
                     logprobs[i] = lp
         return StepOutput(chosen.tolist(), logprobs)
+
+
+@contextmanager
+def _head_input(head: torch.nn.Module, rows: torch.Tensor, last: torch.Tensor) -> Iterator[None]:
+    """Inside the context `head` (the lm_head) sees only position `last[i]` of row i: [m, 1, d_model].
+
+    A prefill over right-padded prompts of different lengths then multiplies the 262k-row head of a real
+    vocabulary once per row, where `logits_to_keep` (one set of positions for every row) took each distinct
+    last position in every row.
+    """
+
+    def pick(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0][rows, last].unsqueeze(1), *args[1:])
+
+    handle = head.register_forward_pre_hook(pick)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def check_fits(shape: CacheShape, device: torch.device) -> None:

@@ -1,10 +1,10 @@
 """Scheduler: bounded admission queue, continuous batching in a worker thread, cancellation, draining.
 
 The event loop only enqueues (`submit`) and reads events; all tensor work happens in one worker thread that
-loops: admit waiting requests (row and steering-config caps; their rows prefill into free slots) → one decode
-step for every running row (`server.engine.batcher`) → the output stage hands events back through
-`loop.call_soon_threadsafe` into each request's `asyncio.Queue`. The scheduler holds requests and rows, never
-tensors.
+loops: admit waiting requests (row and steering-config caps; their rows prefill into free slots; once more for
+those that arrived meanwhile) → one decode step for every running row (`server.engine.batcher`) → the output
+stage hands events back through `loop.call_soon_threadsafe` into each request's `asyncio.Queue`. The scheduler
+holds requests and rows, never tensors.
 """
 
 from __future__ import annotations
@@ -187,18 +187,32 @@ class Scheduler:
         return admitted
 
     def _iterate(self, admitted: list[Request]) -> None:
+        """Prefill the admitted requests, then decode every running row once.
+
+        Requests that arrived during that prefill are admitted and prefilled before the step too (one more round,
+        not more, so a stream of arrivals cannot hold back the running rows' tokens for long): a burst whose
+        first request found the engine idle then costs two prefills and one step for everyone, not a step for
+        the first request alone between the two prefills.
+        """
         batcher = self.batcher
         batcher.drop_cancelled()
         if admitted:
-            for h in admitted:
-                assert h.admitted is not None
-                self.metrics.queue_time.observe(h.admitted - h.submitted)
-                self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in h.seqs))
-            batcher.add([s for h in admitted for s in h.seqs])
+            self._prefill(admitted)
+            with self._cond:
+                again = self._admit()
+            if again:
+                self._prefill(again)
         batcher.step()
         for h in [h for h in self._running.values() if h.done]:
             self._running.pop(h.id, None)
         self.metrics.running.set(self.running_rows)
+
+    def _prefill(self, admitted: list[Request]) -> None:
+        for h in admitted:
+            assert h.admitted is not None
+            self.metrics.queue_time.observe(h.admitted - h.submitted)
+            self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in h.seqs))
+        self.batcher.add([s for h in admitted for s in h.seqs])
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._cond:

@@ -86,6 +86,9 @@ class SlotCache(Cache):
         self.start = 0
         self.kv_len = 0
         self.positions = torch.zeros(1, 1, dtype=torch.long, device=device)
+        # index tensors of `write`: slot ids [slots, 1, 1] and kv head ids [1, kv_heads, 1]
+        self.slot_ids = torch.arange(shape.slots, device=device).view(-1, 1, 1)
+        self.head_ids = torch.arange(shape.kv_heads, device=device).view(1, -1, 1)
 
     def buffers(self) -> list[torch.Tensor]:
         return self.keys + self.values
@@ -97,19 +100,25 @@ class SlotCache(Cache):
         self.start, self.positions, self.kv_len = start, positions, kv_len
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scatter the new keys/values [n, H, q, D] at each row's positions; the views attention reads."""
-        n, heads, q, dim = k.shape
+        """Put the new keys/values [n, H, q, D] at each row's positions; the views attention reads.
+
+        One `index_put_` on the whole layer buffer (slot, head, position → a D-vector): a compiled step turns it
+        into an in-place write of the new entries. A `scatter_` into the rows' slice, as before, is not one
+        inductor writes in place: it copied every bound slot's K and V (all `max_context` positions) and back,
+        per layer and step.
+        """
+        n, heads, _q, dim = k.shape
         if (heads, dim) != (self.shape.kv_heads, self.shape.head_dim):
             raise ValueError(
                 f"layer {layer}: attention gives {heads} kv heads × {dim}, the cache holds "
                 f"{self.shape.kv_heads} × {self.shape.head_dim}"
             )
+        index = (self.slot_ids[self.start : self.start + n], self.head_ids, self.positions[:, None, :])
+        keys, values = self.keys[layer], self.values[layer]
+        keys.index_put_(index, k.to(keys.dtype))
+        values.index_put_(index, v.to(values.dtype))
         rows = slice(self.start, self.start + n)
-        index = self.positions[:, None, :, None].expand(n, heads, q, dim)
-        keys, values = self.keys[layer][rows], self.values[layer][rows]
-        keys.scatter_(2, index, k.to(keys.dtype))
-        values.scatter_(2, index, v.to(values.dtype))
-        return keys[:, :, : self.kv_len], values[:, :, : self.kv_len]
+        return keys[rows, :, : self.kv_len], values[rows, :, : self.kv_len]
 
     def move(self, src: int, dst: int) -> None:
         """Copy one slot's K/V into another (compaction: at most one slot moves when a row leaves)."""
