@@ -54,10 +54,14 @@ def grouped_sdpa(
 def use_grouped_sdpa(model: Any) -> bool:
     """Switch a model that runs transformers' SDPA attention to `grouped_sdpa` (True if it did)."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
     AttentionInterface.register(NAME, grouped_sdpa)
+    # the masks SDPA gets: transformers builds none for an implementation without a mask function (it takes it
+    # for an engine that masks by itself), which drops Gemma 3's sliding window in a prefill past the window
+    AttentionMaskInterface.register(NAME, sdpa_mask)
     model.set_attn_implementation(NAME)
     return True
 
