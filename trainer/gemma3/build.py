@@ -311,7 +311,7 @@ def _vectors_stage(out: Path, cfg: Gemma3Config) -> dict[str, Any]:
         workers=1,
     )
     report = build_report(demo)
-    return {"report": "report.json", "seconds": report.get("seconds", {})}
+    return {"report": "report.json", "seconds": report.seconds}
 
 
 def _generalization_stage(out: Path, cfg: Gemma3Config) -> dict[str, Any]:
